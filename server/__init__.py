@@ -1,0 +1,1 @@
+"""HTTP, orchestration, persistence: knows the contract, never imports torch directly."""

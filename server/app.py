@@ -1,0 +1,333 @@
+"""create_app(settings): routes, lifespan (open store, start worker), error handlers.
+
+Lifecycle, as in vLLM's API server: build the app (create_app), init its state when it
+starts (open_state), serve. Handlers stay thin: parse, call one piece, render a view.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from server import views
+from server.catalog import LoraCatalog
+from server.config import Settings
+from server.contract import (
+    CONTRACT_PREFIX,
+    ApiError,
+    ErrorCode,
+    HistoryQuery,
+    ImageGenerationRequest,
+    SavePresetRequest,
+    check_limits,
+    not_found,
+    parse,
+)
+from server.jobs import Admission, JobQueue
+from server.store import Store
+from server.vault import EXTENSIONS, MEDIA_TYPES, Vault
+from server.worker import Renderer, Worker
+
+log = logging.getLogger("darkroom")
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    store: Store
+    vault: Vault
+    queue: JobQueue
+    catalog: LoraCatalog
+    admission: Admission
+    worker: Worker
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.store.close()
+
+
+def default_renderer(settings: Settings) -> Renderer:
+    from pipelines.sdxl import SDXLRenderer, default_model
+
+    model = settings.model
+    if model is None:
+        model, reason = default_model()
+        log.info("model: %s (%s)", model, reason)
+    return SDXLRenderer(
+        model,
+        settings.models_dir,
+        device=settings.device,
+        dtype=settings.dtype,
+        lora_cache_size=settings.lora_cache_size,
+    )
+
+
+def open_state(settings: Settings, renderer: Renderer | None) -> AppState:
+    store = Store(settings.database_path)
+    vault = Vault.open(settings.vault_dir)
+    removed = vault.remove_orphans(store.referenced_files())
+    if removed:
+        log.info("removed %d orphaned file(s) from the vault", removed)
+    catalog = LoraCatalog(store, settings.models_dir / "loras")
+    catalog.refresh()
+    queue = JobQueue()
+    for generation_id in store.requeue_interrupted():
+        row = store.generation_by_id(generation_id)
+        queue.put(generation_id, row["work_units"] if row else 0.0)
+    admission = Admission(store, catalog, queue, settings.max_loras)
+    worker = Worker(
+        renderer or default_renderer(settings),
+        store,
+        vault,
+        queue,
+        catalog,
+        settings.url_ttl_hours * 3600,
+    )
+    worker.start()
+    return AppState(settings, store, vault, queue, catalog, admission, worker)
+
+
+def state_of(request: Request) -> AppState:
+    return request.app.state.darkroom
+
+
+def links_for(request: Request) -> views.Links:
+    state = state_of(request)
+    base = (state.settings.public_url or str(request.base_url)).rstrip("/")
+    if request.url.path.startswith(CONTRACT_PREFIX + "/"):
+        base += CONTRACT_PREFIX
+    return views.Links(base, state.vault, state.settings.url_ttl_hours * 3600)
+
+
+async def json_body(request: Request) -> dict:
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR,
+            f"Request body is not valid JSON: {exc}",
+            {"fields": {"body": "not valid JSON"}},
+        ) from None
+    if not isinstance(data, dict):
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR,
+            "Request body must be a JSON object",
+            {"fields": {"body": f"expected an object, got {type(data).__name__}"}},
+        )
+    return data
+
+
+def generation_view(request: Request, row: dict) -> dict:
+    state = state_of(request)
+    images = state.store.images_of([row["id"]])[row["id"]]
+    return views.generation(row, images, links_for(request), state.queue, state.admission)
+
+
+async def generate(request: Request) -> Response:
+    state = state_of(request)
+    body = parse(ImageGenerationRequest, await json_body(request))
+    row = state.admission.submit(body)
+    return JSONResponse(generation_view(request, row), status_code=202)
+
+
+async def generation_status(request: Request) -> Response:
+    request_id = request.path_params["request_id"]
+    row = state_of(request).store.generation(request_id)
+    if row is None:
+        raise not_found("Generation", request_id)
+    return JSONResponse(generation_view(request, row))
+
+
+async def history(request: Request) -> Response:
+    state = state_of(request)
+    query = parse(HistoryQuery, dict(request.query_params))
+    date_from = parse_date(query.date_from) if query.date_from else None
+    rows, total = state.store.history(query.page, query.per_page, date_from, query.has_seed)
+    images = state.store.images_of([row["id"] for row in rows])
+    links = links_for(request)
+    items = [
+        views.history_item(row, images[row["id"]], links, state.queue, state.admission)
+        for row in rows
+    ]
+    page_total = -(-total // query.per_page)
+    return JSONResponse(
+        {
+            "items": items,
+            "itemsReceived": len(items),
+            "curPage": query.page,
+            "nextPage": query.page + 1 if query.page < page_total else None,
+            "prevPage": query.page - 1 if query.page > 1 else None,
+            "offset": (query.page - 1) * query.per_page,
+            "perPage": query.per_page,
+            "itemsTotal": total,
+            "pageTotal": page_total,
+        }
+    )
+
+
+def parse_date(text: str) -> float:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR,
+            f"date_from: not an ISO 8601 date: {text!r}",
+            {"fields": {"date_from": "expected YYYY-MM-DD or an ISO 8601 date-time"}},
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+async def loras_available(request: Request) -> Response:
+    links = links_for(request)
+    return JSONResponse(
+        [views.lora_model(row, links) for row in state_of(request).catalog.available()]
+    )
+
+
+async def lora_thumbnail(request: Request) -> Response:
+    lora_id = request.path_params["lora_id"]
+    path = state_of(request).catalog.preview_path(lora_id)
+    if path is None:
+        raise not_found("Thumbnail of LoRA", lora_id)
+    return FileResponse(path)
+
+
+async def save_preset(request: Request) -> Response:
+    state = state_of(request)
+    body = parse(SavePresetRequest, await json_body(request))
+    check_limits(body.loras, 1, state.settings.max_loras)
+    state.catalog.resolve(body.loras)
+    row, created = state.store.save_preset(
+        body.name,
+        body.settings.model_dump(mode="json", exclude_unset=True),
+        [lora.model_dump(mode="json") for lora in body.loras],
+        body.tags,
+    )
+    return JSONResponse(views.preset(row), status_code=201 if created else 200)
+
+
+async def list_presets(request: Request) -> Response:
+    return JSONResponse([views.preset(row) for row in state_of(request).store.presets()])
+
+
+async def health(request: Request) -> Response:
+    state = state_of(request)
+    worker = state.worker
+    ready = worker.state == "ready" and worker.alive
+    body = {
+        "status": "ok" if ready else worker.state,
+        "model": worker.renderer.model,
+        "device": worker.renderer.device,
+        "queue_depth": state.queue.depth(),
+        "worker_alive": worker.alive,
+    }
+    if worker.load_error:
+        body["error"] = worker.load_error
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def _image_file(request: Request, name: str, in_vault_only: bool) -> Response:
+    token, _, suffix = name.partition(".")
+    image = state_of(request).store.image_by_token(token)
+    if image is None or (in_vault_only and not image["in_vault"]):
+        raise not_found("Image", name)
+    if suffix == "thumb.webp":
+        file_name, media_type = image["thumb_name"], "image/webp"
+    elif suffix == EXTENSIONS[image["format"]]:
+        file_name, media_type = image["file_name"], MEDIA_TYPES[image["format"]]
+    else:
+        raise not_found("Image", name)
+    cache = "public, max-age=31536000, immutable" if in_vault_only else "private, max-age=3600"
+    return FileResponse(
+        state_of(request).vault.path(file_name),
+        media_type=media_type,
+        headers={"Cache-Control": cache},
+    )
+
+
+async def vault_file(request: Request) -> Response:
+    return _image_file(request, request.path_params["name"], in_vault_only=True)
+
+
+async def signed_file(request: Request) -> Response:
+    name = request.path_params["name"]
+    try:
+        expires = int(request.query_params.get("expires", ""))
+    except ValueError:
+        expires = 0
+    if not state_of(request).vault.verify(name, expires, request.query_params.get("sig", "")):
+        raise ApiError(
+            ErrorCode.NOT_FOUND, "This link is invalid or has expired", {"name": name}, 404
+        )
+    return _image_file(request, name, in_vault_only=False)
+
+
+ROUTES = [
+    Route("/image/generate", generate, methods=["POST"]),
+    Route("/generations/history", history, methods=["GET"]),
+    Route("/generations/{request_id}/status", generation_status, methods=["GET"]),
+    Route("/loras/available", loras_available, methods=["GET"]),
+    Route("/loras/{lora_id:int}/thumbnail", lora_thumbnail, methods=["GET"]),
+    Route("/presets/save", save_preset, methods=["POST"]),
+    Route("/presets", list_presets, methods=["GET"]),
+    Route("/health", health, methods=["GET"]),
+    Route("/vault/{name}", vault_file, methods=["GET"]),
+    Route("/files/{name}", signed_file, methods=["GET"]),
+]
+
+
+async def api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return JSONResponse(exc.body(), status_code=exc.http_status, headers=exc.headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(
+        exc.status_code, ErrorCode.VALIDATION_ERROR
+    )
+    error = ApiError(
+        code, str(exc.detail), {"path": request.url.path}, exc.status_code, dict(exc.headers or {})
+    )
+    return await api_error(request, error)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    error = ApiError(ErrorCode.INTERNAL_ERROR, "Internal server error", {}, 500)
+    return await api_error(request, error)
+
+
+def create_app(settings: Settings, renderer: Renderer | None = None) -> Starlette:
+    """The whole server, wired in one place. `renderer` replaces the SDXL pipeline (tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.darkroom = open_state(settings, renderer)
+        try:
+            yield
+        finally:
+            app.state.darkroom.close()
+
+    return Starlette(
+        routes=[*ROUTES, Mount(CONTRACT_PREFIX, routes=ROUTES)],
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: api_error,
+            HTTPException: http_error,
+            Exception: internal_error,
+        },
+    )

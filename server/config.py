@@ -1,0 +1,73 @@
+"""One Settings object from CLI flags, DARKROOM_* environment variables and defaults.
+
+Precedence: a CLI flag beats the environment, which beats the default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "DARKROOM_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # None means: SDXL base on CUDA, the tiny model elsewhere (decided when the pipeline loads).
+    model: str | None = None
+    data_dir: Path = Path("data")
+    models_dir: Path = Path("models")
+    # Base for the absolute URLs we hand out; None means the URL the request came in on.
+    public_url: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    max_loras: int = 5
+    lora_cache_size: int = 8
+    url_ttl_hours: float = 24.0
+    log_level: str = "info"
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Build settings from `overrides` (CLI flags; None values are unset) and the env."""
+        environ = os.environ if environ is None else environ
+        overrides = overrides or {}
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = overrides.get(f.name)
+            if raw is None:
+                raw = environ.get(ENV_PREFIX + f.name.upper()) or None
+            if raw is not None:
+                values[f.name] = _convert(f.name, raw, cls.__dataclass_fields__[f.name].default)
+        return cls(**values)
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "darkroom.sqlite3"
+
+    @property
+    def vault_dir(self) -> Path:
+        return self.data_dir / "vault"
+
+
+def _convert(name: str, raw: Any, default: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid number") from None
+    if isinstance(default, Path):
+        return Path(raw)
+    return raw

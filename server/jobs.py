@@ -1,0 +1,142 @@
+"""The queue: admission, ordering and progress of generation jobs.
+
+The database is the source of truth (a job is a row before anyone hears of it); this
+module keeps the in-memory order the worker takes jobs in, and what the worker is doing.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+from server.catalog import LoraCatalog
+from server.contract import (
+    MAX_SEED,
+    ApiError,
+    ErrorCode,
+    ImageGenerationRequest,
+    check_limits,
+)
+from server.store import Store
+
+# Until a job has been measured, assume roughly SDXL base on a modern GPU.
+DEFAULT_SECONDS_PER_WORK_UNIT = 0.07
+
+
+def work_units(width: int, height: int, steps: int, num_images: int) -> float:
+    """Megapixel-steps: what a render's duration is proportional to."""
+    return width * height / 1e6 * steps * num_images
+
+
+@dataclass
+class Progress:
+    generation_id: int
+    work_units: float
+    step: int = 0
+    total_steps: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+class JobQueue:
+    """FIFO of generation ids shared by the event loop (put) and the worker thread (take)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: deque[tuple[int, float]] = deque()
+        self._closed = False
+        self.current: Progress | None = None
+
+    def put(self, generation_id: int, units: float) -> None:
+        with self._cond:
+            self._pending.append((generation_id, units))
+            self._cond.notify()
+
+    def take(self, timeout: float | None = None) -> Progress | None:
+        """Block until a job is available; None on timeout or once closed."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._pending or self._closed, timeout):
+                return None
+            if self._closed:
+                return None
+            generation_id, units = self._pending.popleft()
+            self.current = Progress(generation_id, units)
+            return self.current
+
+    def done(self) -> None:
+        with self._cond:
+            self.current = None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            if self.current:
+                self.current.stop.set()
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def depth(self) -> int:
+        with self._cond:
+            return len(self._pending) + (1 if self.current else 0)
+
+    def position(self, generation_id: int) -> tuple[int, float] | None:
+        """(1-based place among pending jobs, work units ahead of it incl. the running job)."""
+        with self._cond:
+            ahead = self._remaining_current()
+            for place, (gid, units) in enumerate(self._pending, start=1):
+                if gid == generation_id:
+                    return place, ahead
+                ahead += units
+            return None
+
+    def work_ahead_of_new_job(self) -> float:
+        with self._cond:
+            return self._remaining_current() + sum(units for _, units in self._pending)
+
+    def _remaining_current(self) -> float:
+        job = self.current
+        if job is None:
+            return 0.0
+        done = job.step / job.total_steps if job.total_steps else 0.0
+        return job.work_units * (1.0 - done)
+
+
+class Admission:
+    """Turns a validated request into a persisted, queued job."""
+
+    def __init__(self, store: Store, catalog: LoraCatalog, queue: JobQueue, max_loras: int) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.queue = queue
+        self.max_loras = max_loras
+
+    def submit(self, request: ImageGenerationRequest) -> dict:
+        options, settings = request.options, request.settings
+        if options.provider != "auto":
+            raise ApiError(
+                ErrorCode.PROVIDER_ERROR,
+                f"Provider {options.provider!r} is not configured on this server",
+                {"provider": options.provider, "available": ["auto"]},
+            )
+        check_limits(request.loras, options.num_images, self.max_loras)
+        self.catalog.resolve(request.loras)
+        seed_fixed = settings.seed != -1
+        seed = settings.seed if seed_fixed else secrets.randbelow(MAX_SEED + 1)
+        units = work_units(settings.width, settings.height, settings.steps, options.num_images)
+        request_id = uuid.uuid4().hex
+        generation_id = self.store.insert_generation(
+            request_id, request.prompt, request.model_dump(mode="json"), seed, seed_fixed, units
+        )
+        self.queue.put(generation_id, units)
+        row = self.store.generation_by_id(generation_id)
+        assert row is not None
+        return row
+
+    def estimate_seconds(self, units: float) -> float:
+        rate = self.store.seconds_per_work_unit() or DEFAULT_SECONDS_PER_WORK_UNIT
+        return units * rate

@@ -1,0 +1,356 @@
+"""SQLite (WAL) schema, migrations and queries.
+
+One connection shared by the event loop and the worker thread, serialised by a lock:
+every statement here is short, and SQLite serialises writers anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE generations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        request_json TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        seed_fixed INTEGER NOT NULL,
+        work_units REAL NOT NULL,
+        credits_used REAL NOT NULL DEFAULT 0,
+        error_json TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        render_seconds REAL
+    );
+    CREATE INDEX generations_by_status ON generations(status, id);
+    CREATE INDEX generations_by_created ON generations(created_at);
+    CREATE TABLE images (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        generation_id INTEGER NOT NULL REFERENCES generations(id),
+        idx INTEGER NOT NULL,
+        token TEXT NOT NULL UNIQUE,
+        seed INTEGER NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        format TEXT NOT NULL,
+        file_name TEXT NOT NULL,
+        thumb_name TEXT NOT NULL,
+        in_vault INTEGER NOT NULL,
+        generation_time_ms INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        purged INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (generation_id, idx)
+    );
+    CREATE INDEX images_temporary ON images(in_vault, purged, created_at);
+    CREATE TABLE loras (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        sha256 TEXT NOT NULL UNIQUE,
+        path TEXT NOT NULL,
+        file_size INTEGER NOT NULL,
+        file_mtime REAL NOT NULL,
+        meta_json TEXT NOT NULL,
+        available INTEGER NOT NULL DEFAULT 1,
+        usage_count INTEGER NOT NULL DEFAULT 0,
+        weight_sum REAL NOT NULL DEFAULT 0
+    );
+    CREATE TABLE presets (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        settings_json TEXT NOT NULL,
+        loras_json TEXT NOT NULL,
+        tags_json TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
+]
+
+ACTIVE = ("pending", "processing")
+
+
+@dataclass(frozen=True)
+class NewImage:
+    idx: int
+    token: str
+    seed: int
+    width: int
+    height: int
+    format: str
+    file_name: str
+    thumb_name: str
+    in_vault: bool
+    generation_time_ms: int
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: an acknowledged job survives power loss, not only a process crash.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                with self.transaction() as db:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    db.execute(f"PRAGMA user_version={number}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(row) for row in self._db.execute(sql, args).fetchall()]
+
+    def _one(self, sql: str, args: Sequence[Any] = ()) -> dict[str, Any] | None:
+        rows = self._all(sql, args)
+        return rows[0] if rows else None
+
+    def writable(self) -> bool:
+        try:
+            with self.transaction() as db:
+                db.execute("PRAGMA user_version")
+            return True
+        except sqlite3.Error:
+            return False
+
+    # Generations
+
+    def insert_generation(
+        self,
+        request_id: str,
+        prompt: str,
+        request: dict[str, Any],
+        seed: int,
+        seed_fixed: bool,
+        work_units: float,
+    ) -> int:
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO generations (request_id, status, prompt, request_json, seed,"
+                " seed_fixed, work_units, created_at) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?)",
+                (
+                    request_id,
+                    prompt,
+                    json.dumps(request),
+                    seed,
+                    int(seed_fixed),
+                    work_units,
+                    time.time(),
+                ),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def generation(self, request_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM generations WHERE request_id = ?", (request_id,))
+
+    def generation_by_id(self, generation_id: int) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM generations WHERE id = ?", (generation_id,))
+
+    def images_of(self, generation_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        found: dict[int, list[dict[str, Any]]] = {gid: [] for gid in generation_ids}
+        if not generation_ids:
+            return found
+        marks = ",".join("?" * len(generation_ids))
+        for row in self._all(
+            f"SELECT * FROM images WHERE generation_id IN ({marks}) ORDER BY generation_id, idx",
+            list(generation_ids),
+        ):
+            found[row["generation_id"]].append(row)
+        return found
+
+    def image_by_token(self, token: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM images WHERE token = ? AND purged = 0", (token,))
+
+    def requeue_interrupted(self) -> list[int]:
+        """After a restart, processing jobs become pending again; all pending, oldest first."""
+        with self.transaction() as db:
+            db.execute("UPDATE generations SET status = 'pending' WHERE status = 'processing'")
+        return [
+            r["id"]
+            for r in self._all("SELECT id FROM generations WHERE status = 'pending' ORDER BY id")
+        ]
+
+    def mark_processing(self, generation_id: int) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE generations SET status = 'processing', started_at = ?,"
+                " attempts = attempts + 1 WHERE id = ?",
+                (time.time(), generation_id),
+            )
+
+    def complete(
+        self,
+        generation_id: int,
+        images: Sequence[NewImage],
+        credits_used: float,
+        render_seconds: float,
+        lora_weights: Sequence[tuple[int, float]],
+    ) -> None:
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO images (generation_id, idx, token, seed, width, height, format,"
+                " file_name, thumb_name, in_vault, generation_time_ms, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        generation_id,
+                        i.idx,
+                        i.token,
+                        i.seed,
+                        i.width,
+                        i.height,
+                        i.format,
+                        i.file_name,
+                        i.thumb_name,
+                        int(i.in_vault),
+                        i.generation_time_ms,
+                        now,
+                    )
+                    for i in images
+                ],
+            )
+            db.executemany(
+                "UPDATE loras SET usage_count = usage_count + 1, weight_sum = weight_sum + ?"
+                " WHERE id = ?",
+                [(weight, lora_id) for lora_id, weight in lora_weights],
+            )
+            db.execute(
+                "UPDATE generations SET status = 'completed', credits_used = ?, finished_at = ?,"
+                " render_seconds = ? WHERE id = ?",
+                (credits_used, now, render_seconds, generation_id),
+            )
+
+    def fail(self, generation_id: int, error: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE generations SET status = 'failed', error_json = ?, finished_at = ?"
+                " WHERE id = ?",
+                (json.dumps(error), time.time(), generation_id),
+            )
+
+    def history(
+        self, page: int, per_page: int, date_from: float | None, has_seed: bool | None
+    ) -> tuple[list[dict[str, Any]], int]:
+        where, args = [], []
+        if date_from is not None:
+            where.append("created_at >= ?")
+            args.append(date_from)
+        if has_seed is not None:
+            where.append("seed_fixed = ?")
+            args.append(int(has_seed))
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        total = self._one(f"SELECT COUNT(*) AS n FROM generations {clause}", args)
+        rows = self._all(
+            f"SELECT * FROM generations {clause} ORDER BY created_at DESC, id DESC"
+            " LIMIT ? OFFSET ?",
+            [*args, per_page, (page - 1) * per_page],
+        )
+        return rows, int(total["n"] if total else 0)
+
+    def seconds_per_work_unit(self, recent: int = 20) -> float | None:
+        """Measured render speed over the most recent completed jobs."""
+        row = self._one(
+            "SELECT SUM(render_seconds) AS seconds, SUM(work_units) AS units FROM ("
+            " SELECT render_seconds, work_units FROM generations WHERE status = 'completed'"
+            " AND render_seconds IS NOT NULL ORDER BY id DESC LIMIT ?)",
+            (recent,),
+        )
+        if not row or not row["units"]:
+            return None
+        return float(row["seconds"]) / float(row["units"])
+
+    def expired_temporary_images(self, older_than: float) -> list[dict[str, Any]]:
+        return self._all(
+            "SELECT * FROM images WHERE in_vault = 0 AND purged = 0 AND created_at < ?",
+            (older_than,),
+        )
+
+    def mark_purged(self, image_ids: Sequence[int]) -> None:
+        with self.transaction() as db:
+            db.executemany("UPDATE images SET purged = 1 WHERE id = ?", [(i,) for i in image_ids])
+
+    def referenced_files(self) -> set[str]:
+        rows = self._all("SELECT file_name, thumb_name FROM images WHERE purged = 0")
+        return {name for row in rows for name in (row["file_name"], row["thumb_name"])}
+
+    # LoRAs
+
+    def loras(self, available_only: bool = True) -> list[dict[str, Any]]:
+        clause = "WHERE available = 1" if available_only else ""
+        return self._all(f"SELECT * FROM loras {clause} ORDER BY id")
+
+    def lora_by_path(self, path: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM loras WHERE path = ?", (path,))
+
+    def sync_loras(self, found: Sequence[dict[str, Any]]) -> None:
+        """Make the catalog match a scan: upsert by content hash, mark the rest unavailable."""
+        with self.transaction() as db:
+            db.execute("UPDATE loras SET available = 0")
+            for lora in found:
+                db.execute(
+                    "INSERT INTO loras (sha256, path, file_size, file_mtime, meta_json, available)"
+                    " VALUES (:sha256, :path, :file_size, :file_mtime, :meta_json, 1)"
+                    " ON CONFLICT(sha256) DO UPDATE SET path = excluded.path,"
+                    " file_size = excluded.file_size, file_mtime = excluded.file_mtime,"
+                    " meta_json = excluded.meta_json, available = 1",
+                    lora,
+                )
+
+    # Presets
+
+    def save_preset(
+        self, name: str, settings: dict[str, Any], loras: list[dict[str, Any]], tags: list[str]
+    ) -> tuple[dict[str, Any], bool]:
+        """Insert or update by name; returns the stored row and whether it was created."""
+        now = time.time()
+        with self.transaction() as db:
+            existed = db.execute("SELECT 1 FROM presets WHERE name = ?", (name,)).fetchone()
+            db.execute(
+                "INSERT INTO presets (name, settings_json, loras_json, tags_json, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET"
+                " settings_json = excluded.settings_json, loras_json = excluded.loras_json,"
+                " tags_json = excluded.tags_json, updated_at = excluded.updated_at",
+                (name, json.dumps(settings), json.dumps(loras), json.dumps(tags), now, now),
+            )
+            row = dict(db.execute("SELECT * FROM presets WHERE name = ?", (name,)).fetchone())
+        return row, existed is None
+
+    def presets(self) -> list[dict[str, Any]]:
+        return self._all("SELECT * FROM presets ORDER BY name")

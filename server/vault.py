@@ -1,0 +1,138 @@
+"""Image files: atomic writes, thumbnails, signed temporary URLs.
+
+Layout under the vault root: `keep/` holds images saved to the vault (permanent),
+`temporary/` those of `save_to_vault: false` requests (purged once their link expires).
+Every file is named by a random 128-bit token, so a vault URL is a capability: it cannot
+be guessed, and it is the only handle on the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+THUMBNAIL_SIZE = 256
+TEMP_PREFIX = ".tmp-"
+PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+
+
+@dataclass(frozen=True)
+class StoredFiles:
+    token: str
+    file_name: str
+    thumb_name: str
+
+
+class Vault:
+    def __init__(self, root: Path, secret: bytes) -> None:
+        self.root = root
+        self._secret = secret
+        for area in ("keep", "temporary"):
+            (root / area).mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def open(cls, root: Path) -> Vault:
+        """Open the vault, creating its signing secret on first use."""
+        root.mkdir(parents=True, exist_ok=True)
+        key_path = root / "signing.key"
+        if not key_path.exists():
+            _write_atomic(key_path, secrets.token_bytes(32), mode=0o600)
+        return cls(root, key_path.read_bytes())
+
+    def save(
+        self, image: Image.Image, fmt: str, quality: int, in_vault: bool, parameters: str
+    ) -> StoredFiles:
+        token = secrets.token_urlsafe(16)
+        folder = f"{'keep' if in_vault else 'temporary'}/{token[:2]}"
+        file_name = f"{folder}/{token}.{EXTENSIONS[fmt]}"
+        thumb_name = f"{folder}/{token}.thumb.webp"
+        _write_atomic(self.root / file_name, encode(image, fmt, quality, parameters))
+        try:
+            _write_atomic(self.root / thumb_name, thumbnail(image))
+        except BaseException:
+            (self.root / file_name).unlink(missing_ok=True)
+            raise
+        return StoredFiles(token, file_name, thumb_name)
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def delete(self, *names: str) -> None:
+        for name in names:
+            (self.root / name).unlink(missing_ok=True)
+
+    def sign(self, name: str, expires: int) -> str:
+        message = f"{name}:{expires}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:32]
+
+    def verify(self, name: str, expires: int, signature: str) -> bool:
+        return expires >= time.time() and hmac.compare_digest(self.sign(name, expires), signature)
+
+    def remove_orphans(self, referenced: set[str]) -> int:
+        """Delete half-written temp files and files no record points to (a crash between
+        writing an image and committing its record). Run before the worker starts."""
+        removed = 0
+        for area in ("keep", "temporary"):
+            for path in (self.root / area).rglob("*"):
+                if not path.is_file():
+                    continue
+                name = path.relative_to(self.root).as_posix()
+                if path.name.startswith(TEMP_PREFIX) or name not in referenced:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+
+def encode(image: Image.Image, fmt: str, quality: int, parameters: str) -> bytes:
+    buffer = io.BytesIO()
+    if fmt == "png":
+        # AUTOMATIC1111's "parameters" chunk: its PNG Info tab and ComfyUI read it back.
+        info = PngInfo()
+        info.add_text("parameters", parameters)
+        # PNG is lossless; quality maps onto compression effort (higher quality, less effort).
+        image.save(
+            buffer, "PNG", pnginfo=info, compress_level=max(0, min(9, (100 - quality) // 10))
+        )
+    else:
+        image.convert("RGB").save(buffer, PIL_FORMATS[fmt], quality=quality)
+    return buffer.getvalue()
+
+
+def thumbnail(image: Image.Image) -> bytes:
+    small = image.convert("RGB")
+    small.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    buffer = io.BytesIO()
+    small.save(buffer, "WEBP", quality=80)
+    return buffer.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Temp file + fsync + rename + fsync of the folder: a reader sees all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(8)}-{path.name}")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
