@@ -87,6 +87,8 @@ class Worker:
             self.state, self.load_error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("could not load model %s", self.renderer.model)
             return
+        # Loading may have written files (the tiny model brings its LoRAs): list them too.
+        self.catalog.refresh()
         self.state = "ready"
         log.info("model %s ready on %s", self.renderer.model, self.renderer.device)
         while True:
@@ -116,6 +118,7 @@ class Worker:
             return
         spec = build_spec(request, row["seed"], loras)
         self.store.mark_processing(job.generation_id)
+        job.total_steps = spec.steps
         log.info("job %s: rendering %d image(s)", row["request_id"], spec.num_images)
 
         def on_step(step: int, total: int) -> None:

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pipelines.sdxl import SDXLRenderer  # noqa: E402
+from pipelines.tiny import build_tiny_model  # noqa: E402
+from server.app import create_app  # noqa: E402
+from server.config import Settings  # noqa: E402
+from server.worker import Renderer  # noqa: E402
+
+SMALL = {"width": 256, "height": 256, "steps": 10}
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("models")
+    build_tiny_model(path, loras=2)
+    return path
+
+
+class Preloaded:
+    """The session's tiny pipeline, loaded once and lent to every app a test starts."""
+
+    def __init__(self, renderer: SDXLRenderer) -> None:
+        self._renderer = renderer
+        self.model, self.device = renderer.model, renderer.device
+
+    def load(self) -> None:
+        pass
+
+    def render(self, spec, on_step=None, should_stop=None):  # type: ignore[no-untyped-def]
+        return self._renderer.render(spec, on_step=on_step, should_stop=should_stop)
+
+
+@pytest.fixture(scope="session")
+def tiny_renderer(models_dir: Path) -> Preloaded:
+    renderer = SDXLRenderer("tiny", models_dir)
+    renderer.load()
+    return Preloaded(renderer)
+
+
+AppFactory = Callable[..., TestClient]
+
+
+@pytest.fixture
+def make_client(tmp_path: Path, models_dir: Path, tiny_renderer: Preloaded) -> Iterator[AppFactory]:
+    """Start an app on a data dir (default: this test's); close it with `client.close()`
+    or at the end of the test. A closed app's data dir can be reopened: that is a restart."""
+    stack = ExitStack()
+
+    def start(renderer: Renderer | None = None, wait: bool = True, **overrides: Any) -> TestClient:
+        settings = Settings(
+            data_dir=overrides.pop("data_dir", tmp_path / "data"),
+            models_dir=overrides.pop("models_dir", models_dir),
+            model="tiny",
+            **overrides,
+        )
+        client = TestClient(create_app(settings, renderer or tiny_renderer))
+        stack.enter_context(client)
+        if wait:
+            wait_healthy(client)
+        return client
+
+    with stack:
+        yield start
+
+
+@pytest.fixture
+def client(make_client: AppFactory) -> TestClient:
+    return make_client()
+
+
+def wait_healthy(client: TestClient, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get("/health")
+        if response.status_code == 200:
+            return response.json()
+        time.sleep(0.02)
+    raise AssertionError(f"server not healthy: {response.json()}")
+
+
+def generate(client: TestClient, prompt: str = "a red fox", **parts: Any) -> dict:
+    """Submit a small generation; `settings`/`options` merge over small fast defaults."""
+    body = {
+        "prompt": prompt,
+        "settings": {**SMALL, "seed": 42, **parts.pop("settings", {})},
+        "options": {"format": "png", **parts.pop("options", {})},
+        **parts,
+    }
+    response = client.post("/image/generate", json=body)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def wait_done(client: TestClient, request_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/generations/{request_id}/status").json()
+        if body["status"] in ("completed", "failed"):
+            return body
+        time.sleep(0.02)
+    raise AssertionError(f"generation {request_id} did not finish: {body}")
+
+
+def render(client: TestClient, prompt: str = "a red fox", **parts: Any) -> dict:
+    body = wait_done(client, generate(client, prompt, **parts)["request_id"])
+    assert body["status"] == "completed", body
+    return body
+
+
+def fetch_image(client: TestClient, url: str) -> Image.Image:
+    response = client.get(url)
+    assert response.status_code == 200, response.text
+    return Image.open(io.BytesIO(response.content))
+
+
+def pixels(client: TestClient, body: dict, index: int = 0) -> bytes:
+    return fetch_image(client, body["images"][index]["url"]).convert("RGB").tobytes()
