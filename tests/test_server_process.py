@@ -92,3 +92,35 @@ def test_serve_builds_tiny_model_and_renders_a_real_image(server: tuple[str, Pat
     image = httpx.get(status["images"][0]["url"])
     assert image.headers["content-type"] == "image/jpeg"
     assert image.content[:3] == b"\xff\xd8\xff"
+
+
+def test_example_client_script_downloads_images(server: tuple[str, Path]) -> None:
+    base, tmp_path = server
+    script = Path(__file__).resolve().parents[1] / "scripts" / "client.py"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "a red barn",
+            "--server",
+            base,
+            "--steps",
+            "10",
+            "--size",
+            "256",
+            "--images",
+            "2",
+            "--seed",
+            "9",
+            "--lora",
+            "1:0.5",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    seeds = sorted(int(p.stem.rsplit("-", 1)[1]) for p in (tmp_path / "out").glob("*.png"))
+    assert seeds == [9, 10]
