@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pipelines.lora_fit import LoraFit
+from pipelines.lora_hotswap import HotswapAdapters
 from pipelines.loras import AdapterCache
 from pipelines.samplers import canonical_sampler, make_scheduler
 from pipelines.spec import GenerationSpec, RenderInterrupted
@@ -68,12 +70,21 @@ class SDXLRenderer:
         device: str | None = None,
         dtype: str | None = None,
         lora_cache_size: int = 8,
+        lora_hotswap: bool = False,
+        lora_max_rank: int = 64,
     ) -> None:
+        """`lora_hotswap` keeps `lora_cache_size` fixed adapter slots of rank
+        `lora_max_rank` on the UNet instead of loading and deleting adapters, so that a
+        compiled UNet never recompiles; LoRAs of a higher rank are then incompatible."""
         self.model = model
         self.models_dir = Path(models_dir)
         self.device = device or detect_device()
         self.dtype = resolve_dtype(dtype, self.device)
-        self._adapters = AdapterCache(lora_cache_size)
+        self.lora_cache_size = lora_cache_size
+        self.lora_hotswap = lora_hotswap
+        self.lora_max_rank = lora_max_rank
+        self._adapters = self._new_adapters()
+        self._fit: LoraFit | None = None
         self._pipe: Any = None
         self._base_scheduler_config: Any = None
         self._schedulers: dict[str, Any] = {}
@@ -84,8 +95,29 @@ class SDXLRenderer:
         return self._pipe
 
     @property
-    def adapters(self) -> AdapterCache:
+    def adapters(self) -> AdapterCache | HotswapAdapters:
         return self._adapters
+
+    def _new_adapters(self) -> AdapterCache | HotswapAdapters:
+        if self.lora_hotswap:
+            return HotswapAdapters(self.lora_cache_size, self.lora_max_rank)
+        return AdapterCache(self.lora_cache_size)
+
+    @property
+    def lora_compatibility(self) -> LoraFit:
+        """`lora_compatibility(path)`: None if the LoRA file fits the loaded model, else a
+        short reason. Reads only the file's header and the layer shapes recorded at load,
+        so the server may call it from any thread; `.model_key` keys its verdicts."""
+        self.load()
+        assert self._fit is not None
+        return self._fit
+
+    def unload_loras(self) -> None:
+        """Remove every LoRA layer, loaded or cached: the pipeline is again as loaded."""
+        if self._pipe is not None:
+            self._adapters.clear(self._pipe)
+            self._pipe.unload_lora_weights()
+            self._adapters = self._new_adapters()
 
     def load(self) -> None:
         """Load the model onto the device; later calls do nothing."""
@@ -103,6 +135,10 @@ class SDXLRenderer:
         pipe.to(self.device)
         # Every sampler is built from this, however often the scheduler is swapped later.
         self._base_scheduler_config = pipe.scheduler.config
+        # Before any adapter wraps a layer: the shapes LoRA files are checked against.
+        self._fit = LoraFit(pipe, max_rank=self.lora_max_rank if self.lora_hotswap else None)
+        if isinstance(self._adapters, HotswapAdapters):
+            self._adapters.prepare(pipe)
         self._pipe = pipe
 
     def render(

@@ -6,21 +6,24 @@ starts (open_state), serve. Handlers stay thin: parse, call one piece, render a 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from server import views
-from server.catalog import LoraCatalog
+from server.catalog import LoraCatalog, LoraQuery
 from server.config import Settings
 from server.contract import (
     CONTRACT_PREFIX,
@@ -33,12 +36,15 @@ from server.contract import (
     not_found,
     parse,
 )
+from server.failures import cancelled_error
 from server.jobs import Admission, JobQueue
 from server.store import Store
 from server.vault import EXTENSIONS, MEDIA_TYPES, Vault
 from server.worker import Renderer, Worker
 
 log = logging.getLogger("darkroom")
+
+CANCEL_WAIT_SECONDS = 5.0
 
 
 @dataclass
@@ -50,6 +56,14 @@ class AppState:
     catalog: LoraCatalog
     admission: Admission
     worker: Worker
+    draining: bool = False
+
+    def drain(self) -> bool:
+        """Refuse new generations, let the running job finish (up to the drain timeout) and
+        keep the rest queued for the next start. True if nothing was cut short."""
+        self.draining = True
+        log.info("draining: waiting up to %gs for the running job", self.settings.drain_timeout)
+        return self.worker.drain(self.settings.drain_timeout)
 
     def close(self) -> None:
         self.worker.stop()
@@ -81,18 +95,11 @@ def open_state(settings: Settings, renderer: Renderer | None) -> AppState:
     catalog = LoraCatalog(store, settings.models_dir / "loras")
     catalog.refresh()
     queue = JobQueue()
-    for generation_id in store.requeue_interrupted():
+    for generation_id in store.recover(settings.max_attempts):
         row = store.generation_by_id(generation_id)
         queue.put(generation_id, row["work_units"] if row else 0.0)
     admission = Admission(store, catalog, queue, settings.max_loras)
-    worker = Worker(
-        renderer or default_renderer(settings),
-        store,
-        vault,
-        queue,
-        catalog,
-        settings.url_ttl_hours * 3600,
-    )
+    worker = Worker(renderer or default_renderer(settings), store, vault, queue, catalog, settings)
     worker.start()
     return AppState(settings, store, vault, queue, catalog, admission, worker)
 
@@ -136,6 +143,14 @@ def generation_view(request: Request, row: dict) -> dict:
 
 async def generate(request: Request) -> Response:
     state = state_of(request)
+    if state.draining:
+        raise ApiError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "The server is shutting down; try again shortly",
+            {"reason": "draining"},
+            503,
+            {"Retry-After": str(round(state.settings.drain_timeout))},
+        )
     body = parse(ImageGenerationRequest, await json_body(request))
     row = state.admission.submit(body)
     return JSONResponse(generation_view(request, row), status_code=202)
@@ -191,10 +206,17 @@ def parse_date(text: str) -> float:
 
 
 async def loras_available(request: Request) -> Response:
+    query = parse(LoraQuery, dict(request.query_params))
     links = links_for(request)
     return JSONResponse(
-        [views.lora_model(row, links) for row in state_of(request).catalog.available()]
+        [views.lora_model(row, links) for row in state_of(request).catalog.available(query)]
     )
+
+
+async def refresh_loras(request: Request) -> Response:
+    # Hashing new files and checking them against the model takes a while: not on the loop.
+    summary = await run_in_threadpool(state_of(request).catalog.refresh)
+    return JSONResponse(summary.as_json())
 
 
 async def lora_thumbnail(request: Request) -> Response:
@@ -223,20 +245,75 @@ async def list_presets(request: Request) -> Response:
     return JSONResponse([views.preset(row) for row in state_of(request).store.presets()])
 
 
-async def health(request: Request) -> Response:
-    state = state_of(request)
+def readiness(state: AppState) -> dict[str, bool]:
     worker = state.worker
-    ready = worker.state == "ready" and worker.alive
+    return {
+        "model_loaded": worker.state == "ready",
+        "worker_alive": worker.alive,
+        "worker_responsive": worker.stuck_job is None,
+        "database_writable": state.store.writable(),
+        "accepting_jobs": not state.draining,
+    }
+
+
+async def health(request: Request) -> Response:
+    """Summary for people: 200 when ready, else 503 with what is wrong."""
+    state = state_of(request)
+    worker, checks = state.worker, readiness(state)
+    ready = all(checks.values())
+    if ready:
+        status = "ok"
+    elif state.draining:
+        status = "draining"
+    elif worker.state in ("loading", "failed"):
+        status = worker.state
+    else:
+        status = "degraded"
     body = {
-        "status": "ok" if ready else worker.state,
+        "status": status,
         "model": worker.renderer.model,
         "device": worker.renderer.device,
         "queue_depth": state.queue.depth(),
         "worker_alive": worker.alive,
+        "worker_restarts": worker.restarts,
+        "checks": checks,
     }
     if worker.load_error:
         body["error"] = worker.load_error
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+async def health_live(request: Request) -> Response:
+    return JSONResponse({"status": "alive"})
+
+
+async def health_ready(request: Request) -> Response:
+    checks = readiness(state_of(request))
+    ready = all(checks.values())
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+async def cancel_generation(request: Request) -> Response:
+    state = state_of(request)
+    request_id = request.path_params["request_id"]
+    row = state.store.generation(request_id)
+    if row is None:
+        raise not_found("Generation", request_id)
+    outcome = state.queue.cancel(row["id"])
+    if outcome == "removed" or (outcome == "inactive" and row["status"] == "pending"):
+        state.store.fail(row["id"], cancelled_error())
+    elif outcome == "stopping":
+        # The worker stops at the next denoising step: answer with the final state.
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        while state.store.generation(request_id)["status"] == "processing":
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
+    row = state.store.generation(request_id)
+    body = generation_view(request, row)
+    if outcome == "inactive" and row["status"] != "pending":
+        body["message"] = f"Nothing to cancel: the generation is already {row['status']}"
+    return JSONResponse(body)
 
 
 def _image_file(request: Request, name: str, in_vault_only: bool) -> Response:
@@ -280,10 +357,15 @@ ROUTES = [
     Route("/generations/history", history, methods=["GET"]),
     Route("/generations/{request_id}/status", generation_status, methods=["GET"]),
     Route("/loras/available", loras_available, methods=["GET"]),
+    Route("/loras/refresh", refresh_loras, methods=["POST"]),
     Route("/loras/{lora_id:int}/thumbnail", lora_thumbnail, methods=["GET"]),
     Route("/presets/save", save_preset, methods=["POST"]),
     Route("/presets", list_presets, methods=["GET"]),
+    Route("/generations/{request_id}/cancel", cancel_generation, methods=["POST"]),
+    Route("/generations/{request_id}", cancel_generation, methods=["DELETE"]),
     Route("/health", health, methods=["GET"]),
+    Route("/health/live", health_live, methods=["GET"]),
+    Route("/health/ready", health_ready, methods=["GET"]),
     Route("/vault/{name}", vault_file, methods=["GET"]),
     Route("/files/{name}", signed_file, methods=["GET"]),
 ]

@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
 
 from server.config import Settings
 
@@ -29,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", choices=["cuda", "mps", "cpu"], help="default: auto")
     serve.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: auto")
     serve.add_argument("--max-loras", type=int, help="LoRAs per request (default 5)")
+    serve.add_argument("--drain-timeout", type=float, help="seconds to finish a job on SIGTERM")
+    serve.add_argument("--job-timeout", type=float, help="seconds a job may render (default 600)")
+    serve.add_argument("--max-queue-age", type=float, help="seconds a job may wait (0: forever)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     tiny = commands.add_parser("tiny-model", help="write the tiny random SDXL model and LoRAs")
@@ -54,8 +62,6 @@ def tiny_model(models_dir: Path, loras: int) -> int:
 
 
 def serve(flags: dict) -> int:
-    import uvicorn
-
     from server.app import create_app
 
     try:
@@ -67,10 +73,35 @@ def serve(flags: dict) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level
     )
+    DrainingServer(config, app).run()
     return 0
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM or SIGINT: refuse new generations, let the running job finish (up to
+    the drain timeout) while status polls keep working, then shut down and exit 0.
+    A second signal exits at once; the interrupted job stays queued."""
+
+    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+        super().__init__(config)
+        self.app = app
+        self.draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        state = getattr(self.app.state, "darkroom", None)
+        if self.draining or state is None:
+            self.should_exit = self.force_exit = True
+            return
+        self.draining = True
+        threading.Thread(target=self._drain, args=(state,), daemon=True).start()
+
+    def _drain(self, state: Any) -> None:
+        state.drain()
+        self.should_exit = True
 
 
 if __name__ == "__main__":

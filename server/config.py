@@ -29,6 +29,12 @@ class Settings:
     max_loras: int = 5
     lora_cache_size: int = 8
     url_ttl_hours: float = 24.0
+    # Seconds: let the running job finish on SIGTERM; stop a job; fail one queued too long
+    # (0 = never). A job the server died under is retried up to max_attempts times.
+    drain_timeout: float = 30.0
+    job_timeout: float = 600.0
+    max_queue_age: float = 3600.0
+    max_attempts: int = 3
     log_level: str = "info"
 
     @classmethod

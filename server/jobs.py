@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -33,11 +34,20 @@ def work_units(width: int, height: int, steps: int, num_images: int) -> float:
 
 @dataclass
 class Progress:
+    """The job the worker is running: its progress, and a flag that stops it between steps."""
+
     generation_id: int
     work_units: float
+    started: float = field(default_factory=time.monotonic)
     step: int = 0
     total_steps: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
+    stop_reason: str | None = None  # "cancelled", "timeout" or "shutdown"
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stop.set()
 
 
 class JobQueue:
@@ -47,19 +57,21 @@ class JobQueue:
         self._cond = threading.Condition()
         self._pending: deque[tuple[int, float]] = deque()
         self._closed = False
+        self._paused = False
         self.current: Progress | None = None
 
     def put(self, generation_id: int, units: float) -> None:
         with self._cond:
             self._pending.append((generation_id, units))
-            self._cond.notify()
+            self._cond.notify_all()
 
     def take(self, timeout: float | None = None) -> Progress | None:
-        """Block until a job is available; None on timeout or once closed."""
+        """Block until a job is available; None on timeout, while paused or once closed."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._pending or self._closed, timeout):
-                return None
-            if self._closed:
+            ready = self._cond.wait_for(
+                lambda: (self._pending and not self._paused) or self._closed, timeout
+            )
+            if not ready or self._closed:
                 return None
             generation_id, units = self._pending.popleft()
             self.current = Progress(generation_id, units)
@@ -68,12 +80,34 @@ class JobQueue:
     def done(self) -> None:
         with self._cond:
             self.current = None
+            self._cond.notify_all()
+
+    def cancel(self, generation_id: int) -> str:
+        """ "removed" from the pending jobs, "stopping" the running one, or "inactive"."""
+        with self._cond:
+            for entry in self._pending:
+                if entry[0] == generation_id:
+                    self._pending.remove(entry)
+                    return "removed"
+            if self.current and self.current.generation_id == generation_id:
+                self.current.request_stop("cancelled")
+                return "stopping"
+            return "inactive"
+
+    def pause(self) -> None:
+        """Hand out no more jobs (draining); the running one carries on."""
+        with self._cond:
+            self._paused = True
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.current is None, timeout)
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             if self.current:
-                self.current.stop.set()
+                self.current.request_stop("shutdown")
             self._cond.notify_all()
 
     @property

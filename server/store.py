@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.failures import gave_up_error
+
 MIGRATIONS: list[str] = [
     """
     CREATE TABLE generations (
@@ -74,6 +76,16 @@ MIGRATIONS: list[str] = [
         tags_json TEXT NOT NULL,
         created_at REAL NOT NULL,
         updated_at REAL NOT NULL
+    );
+    """,
+    # LoRA compatibility verdicts per model (its layer shapes): a restart does not recheck.
+    """
+    CREATE TABLE lora_checks (
+        sha256 TEXT NOT NULL,
+        model_key TEXT NOT NULL,
+        reason TEXT,
+        checked_at REAL NOT NULL,
+        PRIMARY KEY (sha256, model_key)
     );
     """,
 ]
@@ -197,14 +209,18 @@ class Store:
     def image_by_token(self, token: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM images WHERE token = ? AND purged = 0", (token,))
 
-    def requeue_interrupted(self) -> list[int]:
-        """After a restart, processing jobs become pending again; all pending, oldest first."""
+    def recover(self, max_attempts: int) -> list[int]:
+        """At start-up: a job that was processing when the server died runs again, unless it
+        has already been tried `max_attempts` times. Returns all pending ids, oldest first."""
         with self.transaction() as db:
+            db.execute(
+                "UPDATE generations SET status = 'failed', finished_at = ?, error_json = ?"
+                " WHERE status = 'processing' AND attempts >= ?",
+                (time.time(), json.dumps(gave_up_error(max_attempts)), max_attempts),
+            )
             db.execute("UPDATE generations SET status = 'pending' WHERE status = 'processing'")
-        return [
-            r["id"]
-            for r in self._all("SELECT id FROM generations WHERE status = 'pending' ORDER BY id")
-        ]
+        rows = self._all("SELECT id FROM generations WHERE status = 'pending' ORDER BY id")
+        return [row["id"] for row in rows]
 
     def mark_processing(self, generation_id: int) -> None:
         with self.transaction() as db:
@@ -212,6 +228,23 @@ class Store:
                 "UPDATE generations SET status = 'processing', started_at = ?,"
                 " attempts = attempts + 1 WHERE id = ?",
                 (time.time(), generation_id),
+            )
+
+    def requeue(self, generation_id: int) -> None:
+        """The worker died under this job: run it again (the try is counted)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE generations SET status = 'pending' WHERE id = ? AND status = 'processing'",
+                (generation_id,),
+            )
+
+    def release(self, generation_id: int) -> None:
+        """A job stopped by a graceful shutdown goes back to the queue; that try is not counted."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE generations SET status = 'pending', attempts = MAX(attempts - 1, 0)"
+                " WHERE id = ? AND status = 'processing'",
+                (generation_id,),
             )
 
     def complete(
@@ -222,8 +255,13 @@ class Store:
         render_seconds: float,
         lora_weights: Sequence[tuple[int, float]],
     ) -> None:
+        """Record the images and charge, unless the job was finished meanwhile (cancelled,
+        timed out): then nothing is written and False says the files are not wanted."""
         now = time.time()
         with self.transaction() as db:
+            row = db.execute("SELECT status FROM generations WHERE id = ?", (generation_id,))
+            if row.fetchone()[0] != "processing":
+                return False
             db.executemany(
                 "INSERT INTO images (generation_id, idx, token, seed, width, height, format,"
                 " file_name, thumb_name, in_vault, generation_time_ms, created_at)"
@@ -256,14 +294,17 @@ class Store:
                 " render_seconds = ? WHERE id = ?",
                 (credits_used, now, render_seconds, generation_id),
             )
+        return True
 
-    def fail(self, generation_id: int, error: dict[str, Any]) -> None:
+    def fail(self, generation_id: int, error: dict[str, Any]) -> bool:
+        """Fail an active job; False (and no change) if it had already finished."""
         with self.transaction() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE generations SET status = 'failed', error_json = ?, finished_at = ?"
-                " WHERE id = ?",
+                " WHERE id = ? AND status IN ('pending', 'processing')",
                 (json.dumps(error), time.time(), generation_id),
             )
+            return cursor.rowcount == 1
 
     def history(
         self, page: int, per_page: int, date_from: float | None, has_seed: bool | None
@@ -318,6 +359,22 @@ class Store:
 
     def lora_by_path(self, path: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM loras WHERE path = ?", (path,))
+
+    def lora_by_id(self, lora_id: int) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM loras WHERE id = ?", (lora_id,))
+
+    def lora_verdicts(self, model_key: str) -> dict[str, str | None]:
+        """sha256 -> None (fits) or why not, for the files checked against this model."""
+        rows = self._all("SELECT sha256, reason FROM lora_checks WHERE model_key = ?", (model_key,))
+        return {row["sha256"]: row["reason"] for row in rows}
+
+    def save_lora_verdicts(self, model_key: str, verdicts: dict[str, str | None]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO lora_checks (sha256, model_key, reason, checked_at)"
+                " VALUES (?, ?, ?, ?)",
+                [(sha256, model_key, reason, time.time()) for sha256, reason in verdicts.items()],
+            )
 
     def sync_loras(self, found: Sequence[dict[str, Any]]) -> None:
         """Make the catalog match a scan: upsert by content hash, mark the rest unavailable."""

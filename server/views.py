@@ -144,6 +144,8 @@ def history_item(
 
 
 def lora_model(row: dict[str, Any], links: Links) -> dict[str, Any]:
+    """The contract's LoRAModel, plus what a user picking a LoRA wants to know: its trigger
+    words, weight, base model, file, and whether (or why not) it fits the loaded model."""
     meta = row["meta"]
     thumbnail = meta["thumbnail_url"] or (
         links.lora_thumbnail(row["id"]) if meta["has_preview"] else None
@@ -162,7 +164,21 @@ def lora_model(row: dict[str, Any], links: Links) -> dict[str, Any]:
         usage_count=usage,
         avg_weight=round(row["weight_sum"] / usage, 4) if usage else 0.0,
     )
-    return model.model_dump(mode="json")
+    return {
+        **model.model_dump(mode="json"),
+        "activation_text": meta.get("activation_text", ""),
+        "preferred_weight": meta.get("preferred_weight"),
+        "notes": meta.get("notes", ""),
+        "base_model": meta.get("base_model"),
+        "rank": meta.get("rank"),
+        "alpha": meta.get("alpha"),
+        "format": meta.get("format"),
+        "file": row["path"],
+        "duplicates": meta.get("duplicates", []),
+        "compatible": row["compatible"],
+        "incompatible_reason": row["reason"],
+        "warnings": meta.get("warnings", []),
+    }
 
 
 def preset(row: dict[str, Any]) -> dict[str, Any]:

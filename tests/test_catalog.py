@@ -24,6 +24,21 @@ CONTRACT_FIELDS = {
     "usage_count",
     "avg_weight",
 }
+# Beyond the contract: what a user picking a LoRA, or fixing a broken one, wants to know.
+EXTRA_FIELDS = {
+    "activation_text",
+    "preferred_weight",
+    "notes",
+    "base_model",
+    "rank",
+    "alpha",
+    "format",
+    "file",
+    "duplicates",
+    "compatible",
+    "incompatible_reason",
+    "warnings",
+}
 
 
 def lora_library(tmp_path: Path, models_dir: Path) -> Path:
@@ -43,7 +58,13 @@ def test_available_lists_every_contract_field_from_sidecars(
     assert [lora["id"] for lora in loras] == [1, 2]
     sidecar = json.loads((models_dir / "loras" / "tiny-lora-0.json").read_text())
     first = loras[0]
-    assert set(first) == CONTRACT_FIELDS
+    assert set(first) == CONTRACT_FIELDS | EXTRA_FIELDS
+    assert (first["file"], first["format"], first["rank"], first["compatible"]) == (
+        "tiny-lora-0.safetensors",
+        "peft",
+        4,
+        True,
+    )
     assert first["name"] == sidecar["name"]
     assert first["tags"] == sidecar["tags"]
     assert first["description"] == sidecar["description"]

@@ -6,7 +6,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from conftest import wait_done
-from server.worker import Renderer
+from fakes import RaisesOnce
 
 
 def post(client: TestClient, body: object, raw: bytes | None = None) -> tuple[int, dict]:
@@ -134,22 +134,6 @@ def test_unknown_route_and_method_use_the_error_format(client: TestClient) -> No
     response = client.get("/image/generate")
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
-
-
-class RaisesOnce:
-    model, device = "fake", "cpu"
-
-    def __init__(self, inner: Renderer) -> None:
-        self.inner, self.calls = inner, 0
-
-    def load(self) -> None:
-        pass
-
-    def render(self, spec, on_step=None, should_stop=None):  # type: ignore[no-untyped-def]
-        self.calls += 1
-        if self.calls == 1:
-            raise RuntimeError("CUDA kernel exploded\nTraceback (most recent call last): ...")
-        return self.inner.render(spec, on_step, should_stop)
 
 
 def test_pipeline_exception_fails_that_job_only(make_client, tiny_renderer) -> None:  # type: ignore[no-untyped-def]

@@ -2,42 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 from starlette.testclient import TestClient
 
 from conftest import fetch_image, generate, pixels, render, wait_done, wait_healthy
-from pipelines.spec import RenderInterrupted
-
-
-class Stalls:
-    """A pipeline that never finishes on its own: it waits to be interrupted."""
-
-    model, device = "stalls", "cpu"
-
-    def __init__(self) -> None:
-        self.started = threading.Event()
-
-    def load(self) -> None:
-        pass
-
-    def render(self, spec, on_step=None, should_stop=None):  # type: ignore[no-untyped-def]
-        self.started.set()
-        while not should_stop():
-            time.sleep(0.01)
-        raise RenderInterrupted
-
-
-class NeverLoads:
-    model, device = "broken", "cpu"
-
-    def load(self) -> None:
-        raise OSError("no weights here")
-
-    def render(self, spec, on_step=None, should_stop=None):  # type: ignore[no-untyped-def]
-        raise AssertionError("unreachable")
+from fakes import NeverLoads, Stalls
 
 
 def test_completed_generations_survive_restart(make_client) -> None:  # type: ignore[no-untyped-def]

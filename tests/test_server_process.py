@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,58 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from processes import ServerProcess
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """`darkroom serve` on an empty models dir: the tiny model is built on first use."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DARKROOM_PORT": str(port),
-        "DARKROOM_DATA_DIR": str(tmp_path / "data"),
-        "HF_HUB_OFFLINE": "1",
-    }
-    log = (tmp_path / "server.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--model",
-            "tiny",
-            "--models-dir",
-            str(tmp_path / "models"),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise AssertionError((tmp_path / "server.log").read_text())
-        yield base, tmp_path
-    finally:
-        process.terminate()
-        # uvicorn shuts down cleanly, then re-raises SIGTERM so the exit says why.
-        assert process.wait(30) in (0, -signal.SIGTERM)
-        log.close()
+    with ServerProcess(tmp_path / "data", tmp_path / "models", tmp_path / "server.log") as server:
+        yield server.base, tmp_path
+        assert server.stop() == 0, server.log.read_text()
 
 
 def test_serve_builds_tiny_model_and_renders_a_real_image(server: tuple[str, Path]) -> None:

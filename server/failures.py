@@ -1,0 +1,55 @@
+"""What a failed job tells its client: safe messages, no tracebacks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.contract import ErrorCode, error_object
+
+
+class OutOfMemory(Exception):
+    """The device ran out of memory, even one image at a time."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    # torch.cuda.OutOfMemoryError, torch.OutOfMemoryError (MPS) or a RuntimeError saying so;
+    # matched by name so that server/ never imports torch.
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def cancelled_error() -> dict:
+    return error_object(
+        ErrorCode.CANCELLED, "The generation was cancelled", {"reason": "cancelled"}
+    )
+
+
+def timeout_error(limit: float) -> dict:
+    return error_object(
+        ErrorCode.TIMEOUT,
+        f"The generation took longer than {limit:g} s and was stopped",
+        {"reason": "timeout", "limit_seconds": limit},
+    )
+
+
+def provider_error(exc: Exception) -> dict:
+    """A failure safe to show a client: the exception's kind and first line, no traceback."""
+    if isinstance(exc, OutOfMemory):
+        return error_object(
+            ErrorCode.PROVIDER_ERROR,
+            "The GPU ran out of memory",
+            {"reason": "out_of_memory", "hint": "Try a smaller width and height or fewer images"},
+        )
+    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return error_object(
+        ErrorCode.PROVIDER_ERROR,
+        "Image generation failed",
+        {"reason": f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__},
+    )
+
+
+def gave_up_error(attempts: int) -> dict[str, Any]:
+    return error_object(
+        ErrorCode.PROVIDER_ERROR,
+        f"The server stopped {attempts} times while rendering this job; gave up",
+        {"reason": "crashed", "attempts": attempts},
+    )

@@ -1,0 +1,126 @@
+"""One small pipeline per failure mode, as Cog's server tests have. Each wraps the real tiny
+renderer (`inner`) for the renders that should succeed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import torch
+from PIL import Image
+
+from pipelines.spec import RenderInterrupted
+
+
+class Solid:
+    """Renders instantly: flat images, for tests where the real model's speed would matter."""
+
+    def render(self, spec, on_step=None, should_stop=None):  # type: ignore[no-untyped-def]
+        return [
+            Image.new("RGB", (spec.width, spec.height), (seed % 256, 0, 0)) for seed in spec.seeds
+        ]
+
+
+class Fake:
+    model, device = "fake", "cpu"
+
+    def __init__(self, inner: Any = None) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.started = threading.Event()
+
+    def load(self) -> None:
+        pass
+
+    def render(self, spec, on_step=None, should_stop=None):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        self.started.set()
+        self.misbehave(spec, on_step, should_stop)
+        return self.inner.render(spec, on_step, should_stop)
+
+    def misbehave(self, spec, on_step, should_stop) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+
+class RaisesOnce(Fake):
+    def misbehave(self, spec, on_step, should_stop) -> None:  # type: ignore[no-untyped-def]
+        if self.calls == 1:
+            raise RuntimeError("CUDA kernel exploded\nTraceback (most recent call last): ...")
+
+
+class OutOfMemory(Fake):
+    """Runs out of device memory for batches larger than `fits` images."""
+
+    def __init__(self, inner: Any, fits: int) -> None:
+        super().__init__(inner)
+        self.fits = fits
+        self.freed = 0
+
+    def misbehave(self, spec, on_step, should_stop) -> None:  # type: ignore[no-untyped-def]
+        if spec.num_images > self.fits:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    def free_memory(self) -> None:
+        self.freed += 1
+
+
+class Stalls(Fake):
+    """Never finishes on its own, but honours its stop flag between steps."""
+
+    def misbehave(self, spec, on_step, should_stop) -> None:  # type: ignore[no-untyped-def]
+        step = 0
+        while not should_stop():
+            step = min(step + 1, spec.steps)
+            if on_step:
+                on_step(step, spec.steps)
+            time.sleep(0.01)
+        raise RenderInterrupted
+
+
+class StallsOnce(Stalls):
+    def misbehave(self, spec, on_step, should_stop) -> None:  # type: ignore[no-untyped-def]
+        if self.calls == 1:
+            super().misbehave(spec, on_step, should_stop)
+
+
+class Hangs(Fake):
+    """Stuck inside a step: ignores its stop flag until `release` is set."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.release = threading.Event()
+
+    def misbehave(self, spec, on_step, should_stop) -> None:  # type: ignore[no-untyped-def]
+        if self.calls == 1:
+            self.release.wait(60)
+
+
+class WorkerDeath(BaseException):
+    """Nothing a job handler catches: the worker thread ends."""
+
+
+class Dies(Fake):
+    """Kills the worker thread on its first render; the first `failed_reloads` reloads fail."""
+
+    def __init__(self, inner: Any, failed_reloads: int = 0) -> None:
+        super().__init__(inner)
+        self.loads = 0
+        self.failed_reloads = failed_reloads
+        self.allow_reload = threading.Event()
+
+    def load(self) -> None:
+        self.loads += 1
+        if 1 < self.loads <= 1 + self.failed_reloads:
+            raise OSError("weights vanished")
+
+    def misbehave(self, spec, on_step, should_stop) -> None:  # type: ignore[no-untyped-def]
+        if self.calls == 1:
+            raise WorkerDeath
+
+
+class NeverLoads(Fake):
+    model = "broken"
+
+    def load(self) -> None:
+        raise OSError("no weights here")

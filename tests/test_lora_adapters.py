@@ -1,0 +1,202 @@
+"""Switching LoRA stacks on a loaded pipeline: whatever came before, a stack renders what
+a pipeline that never saw another LoRA renders for it; weight 0 is no LoRA; evicted
+adapters leave no weights behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import lora_builders as build
+from pipelines.loras import LoraLoadError, adapter_name
+from pipelines.sdxl import SDXLRenderer
+from pipelines.spec import GenerationSpec, LoraSpec
+
+CAPACITY = 2
+WEIGHTS = (0.0, 0.6, 1.0, 1.7)
+# (LoRA index, weight) pairs, in request order.
+Stack = tuple[tuple[int, float], ...]
+
+
+def spec(loras: tuple[LoraSpec, ...] = ()) -> GenerationSpec:
+    return GenerationSpec("a lighthouse at dusk", "", 64, 64, 4, 5.0, "euler", (7,), loras)
+
+
+@pytest.fixture(scope="module")
+def lora_files(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[LoraSpec]:
+    """Two PEFT-layout UNet LoRAs and a kohya one with text-encoder layers and rank 8."""
+    kohya = build.kohya_lora(
+        models_dir, tmp_path_factory.mktemp("adapters") / "kohya.safetensors", seed=21
+    )
+    paths = [models_dir / "loras" / "tiny-lora-0.safetensors",
+             models_dir / "loras" / "tiny-lora-1.safetensors", kohya]  # fmt: skip
+    return [LoraSpec(f"lora{i}", str(path), 1.0) for i, path in enumerate(paths)]
+
+
+@pytest.fixture(scope="module")
+def switching(models_dir: Path) -> SDXLRenderer:
+    renderer = SDXLRenderer("tiny", models_dir, lora_cache_size=CAPACITY)
+    renderer.load()
+    return renderer
+
+
+class Reference:
+    """Each stack rendered on a pipeline stripped of every LoRA layer first."""
+
+    def __init__(self, renderer: SDXLRenderer, loras: list[LoraSpec]) -> None:
+        self.renderer, self.loras = renderer, loras
+        self.images: dict[Stack, np.ndarray] = {}
+
+    def __call__(self, stack: Stack) -> np.ndarray:
+        # Weight 0 means "no LoRA": the reference leaves it out.
+        stack = tuple((index, weight) for index, weight in stack if weight)
+        if stack not in self.images:
+            self.renderer.unload_loras()
+            self.images[stack] = pixels(self.renderer.render(spec(as_specs(self.loras, stack))))
+        return self.images[stack]
+
+
+@pytest.fixture(scope="module")
+def reference(models_dir: Path, lora_files: list[LoraSpec]) -> Reference:
+    renderer = SDXLRenderer("tiny", models_dir)
+    renderer.load()
+    return Reference(renderer, lora_files)
+
+
+def as_specs(loras: list[LoraSpec], stack: Stack) -> tuple[LoraSpec, ...]:
+    return tuple(LoraSpec(loras[i].key, loras[i].path, weight) for i, weight in stack)
+
+
+def pixels(images: list[Image.Image]) -> np.ndarray:
+    return np.asarray(images[0].convert("RGB"))
+
+
+def parameter_count(renderer: SDXLRenderer) -> int:
+    pipe = renderer.pipeline
+    return sum(
+        p.numel() for part in (pipe.unet, pipe.text_encoder, pipe.text_encoder_2)
+        for p in part.parameters()
+    )  # fmt: skip
+
+
+def adapter_sizes(renderer: SDXLRenderer, names: list[str]) -> int:
+    pipe = renderer.pipeline
+    return sum(
+        p.numel()
+        for part in (pipe.unet, pipe.text_encoder, pipe.text_encoder_2)
+        for name, p in part.named_parameters()
+        if any(f".{adapter}." in name for adapter in names)
+    )
+
+
+def test_each_lora_and_weight_changes_the_image(reference: Reference) -> None:
+    # Else the property below could not see residue.
+    stacks = [(), ((0, 1.0),), ((0, 0.6),), ((1, 1.0),), ((2, 1.0),), ((2, 1.7),),
+              ((0, 1.0), (2, 1.0))]  # fmt: skip
+    images = [reference(stack).tobytes() for stack in stacks]
+    assert len(set(images)) == len(stacks)
+
+
+stacks = st.lists(
+    st.tuples(st.integers(0, 2), st.sampled_from(WEIGHTS)), max_size=3, unique_by=lambda p: p[0]
+).map(tuple)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, database=None)
+@given(sequence=st.lists(stacks, min_size=1, max_size=4))
+def test_any_sequence_of_stacks_renders_like_a_fresh_pipeline(
+    switching: SDXLRenderer, reference: Reference, lora_files: list[LoraSpec], sequence: list
+) -> None:
+    base = parameter_count(switching) - adapter_sizes(
+        switching, [adapter_name(key) for key in switching.adapters.loaded_keys]
+    )
+    for stack in sequence:
+        image = pixels(switching.render(spec(as_specs(lora_files, stack))))
+        assert np.array_equal(image, reference(stack)), stack
+        loaded = [adapter_name(key) for key in switching.adapters.loaded_keys]
+        assert len(loaded) <= max(CAPACITY, len([w for _, w in stack if w]))
+        in_pipeline = switching.pipeline.get_list_adapters().values()
+        assert {name for names in in_pipeline for name in names} == set(loaded)
+        # Evicted adapters are gone from the device, weights and all.
+        assert parameter_count(switching) == base + adapter_sizes(switching, loaded)
+
+
+def test_unload_loras_restores_the_loaded_pipeline(
+    switching: SDXLRenderer, reference: Reference, lora_files: list[LoraSpec]
+) -> None:
+    switching.render(spec(as_specs(lora_files, ((2, 1.0), (0, 0.6)))))
+    switching.unload_loras()
+    assert switching.adapters.loaded_keys == []
+    assert not any("lora" in name for name, _ in switching.pipeline.unet.named_modules())
+    assert np.array_equal(pixels(switching.render(spec())), reference(()))
+
+
+# --- hot-swap mode: fixed UNet slots, for a compiled UNet
+
+HOTSWAP_SEQUENCE: list[Stack] = [
+    ((0, 1.0),),
+    ((2, 0.6), (0, 1.7)),  # the kohya LoRA, text-encoder layers and all, takes slot 2
+    ((1, 1.0),),  # evicts the least recently used slot
+    (),  # every slot idle
+    ((2, 1.0), (1, 0.6)),  # its text-encoder adapter comes back
+    ((0, 0.0), (2, 1.7)),
+]
+
+
+@pytest.fixture(scope="module")
+def hotswap(models_dir: Path) -> SDXLRenderer:
+    renderer = SDXLRenderer(
+        "tiny", models_dir, lora_cache_size=CAPACITY, lora_hotswap=True, lora_max_rank=8
+    )
+    renderer.load()
+    return renderer
+
+
+def unet_state(renderer: SDXLRenderer) -> list[tuple]:
+    """What compiled code depends on: the UNet's modules, parameter objects and shapes,
+    and the scaling tensors the weights live in."""
+    unet = renderer.pipeline.unet
+    state: list[tuple] = [(name, id(p), tuple(p.shape)) for name, p in unet.named_parameters()]
+    for name, module in unet.named_modules():
+        scaling = getattr(module, "scaling", {})
+        state += [(name, slot, id(value), type(value)) for slot, value in scaling.items()]
+    return state
+
+
+def test_hotswap_renders_like_adapters_and_never_changes_the_unet(
+    hotswap: SDXLRenderer, reference: Reference, lora_files: list[LoraSpec]
+) -> None:
+    before = unet_state(hotswap)
+    for stack in HOTSWAP_SEQUENCE:
+        image = pixels(hotswap.render(spec(as_specs(lora_files, stack))))
+        slots = hotswap.adapters.keys_by_slot  # type: ignore[union-attr]
+        # Slots add their outputs in slot order; the reference adds them in that order.
+        in_slot_order = sorted(
+            ((i, w) for i, w in stack if w), key=lambda pair: slots.index(lora_files[pair[0]].key)
+        )
+        assert np.array_equal(image, reference(tuple(in_slot_order))), stack
+    assert unet_state(hotswap) == before
+
+
+def test_hotswap_refuses_a_rank_above_its_slots(
+    hotswap: SDXLRenderer,
+    reference: Reference,
+    lora_files: list[LoraSpec],
+    models_dir: Path,
+    tmp_path: Path,
+) -> None:
+    wide = build.kohya_lora(models_dir, tmp_path / "rank16.safetensors", seed=22, rank=16)
+    assert hotswap.lora_compatibility(wide) == (
+        "rank 16 is above this server's hot-swap limit of 8"
+    )
+    before = unet_state(hotswap)
+    with pytest.raises(LoraLoadError, match="rank 16 is above the hot-swap limit 8"):
+        hotswap.render(spec((LoraSpec("wide", str(wide), 1.0),)))
+    assert unet_state(hotswap) == before
+    image = pixels(hotswap.render(spec(as_specs(lora_files, ((1, 1.0),)))))
+    assert np.array_equal(image, reference(((1, 1.0),)))
