@@ -174,6 +174,14 @@ class SDXLRenderer:
             )
         return list(result.images)
 
+    def free_memory(self) -> None:
+        """After an out-of-memory error: drop what the failed render left cached."""
+        import gc
+
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
     def _scheduler(self, sampler: str) -> Any:
         name = canonical_sampler(sampler) or sampler  # make_scheduler explains unknown names
         if name not in self._schedulers:

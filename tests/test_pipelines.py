@@ -432,3 +432,9 @@ def test_unloadable_lora_raises_and_leaves_the_pipeline_clean(
     assert clean.pipeline.get_list_adapters() == adapters_before
     assert broken.key not in clean.adapters.loaded_keys
     assert same(clean.render(make_spec(loras=(good,)))[0], with_good)
+
+
+def test_free_memory_after_out_of_memory_keeps_the_renderer_usable(renderer: SDXLRenderer) -> None:
+    before = renderer.render(make_spec())[0]
+    renderer.free_memory()
+    assert np.array_equal(np.asarray(renderer.render(make_spec())[0]), np.asarray(before))
