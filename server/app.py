@@ -1,7 +1,8 @@
 """create_app(settings): routes, lifespan (open store, start worker), error handlers.
 
-Lifecycle, as in vLLM's API server: build the app (create_app), init its state when it
-starts (open_state), serve. Handlers stay thin: parse, call one piece, render a view.
+Lifecycle, as in vLLM's API server: build the app (create_app, here), init its state when
+it starts (state.open_state), serve (cli.py). Handlers stay thin: parse, call one piece,
+render a view.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from starlette.applications import Starlette
@@ -23,7 +23,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from server import views
-from server.catalog import LoraCatalog, LoraQuery
+from server.catalog import LoraQuery
 from server.config import Settings
 from server.contract import (
     CONTRACT_PREFIX,
@@ -37,71 +37,13 @@ from server.contract import (
     parse,
 )
 from server.failures import cancelled_error
-from server.jobs import Admission, JobQueue
-from server.store import Store
-from server.vault import EXTENSIONS, MEDIA_TYPES, Vault
-from server.worker import Renderer, Worker
+from server.state import AppState, open_state
+from server.vault import EXTENSIONS, MEDIA_TYPES
+from server.worker import Renderer
 
 log = logging.getLogger("darkroom")
 
 CANCEL_WAIT_SECONDS = 5.0
-
-
-@dataclass
-class AppState:
-    settings: Settings
-    store: Store
-    vault: Vault
-    queue: JobQueue
-    catalog: LoraCatalog
-    admission: Admission
-    worker: Worker
-    draining: bool = False
-
-    def drain(self) -> bool:
-        """Refuse new generations, let the running job finish (up to the drain timeout) and
-        keep the rest queued for the next start. True if nothing was cut short."""
-        self.draining = True
-        log.info("draining: waiting up to %gs for the running job", self.settings.drain_timeout)
-        return self.worker.drain(self.settings.drain_timeout)
-
-    def close(self) -> None:
-        self.worker.stop()
-        self.store.close()
-
-
-def default_renderer(settings: Settings) -> Renderer:
-    from pipelines.sdxl import SDXLRenderer, default_model
-
-    model = settings.model
-    if model is None:
-        model, reason = default_model()
-        log.info("model: %s (%s)", model, reason)
-    return SDXLRenderer(
-        model,
-        settings.models_dir,
-        device=settings.device,
-        dtype=settings.dtype,
-        lora_cache_size=settings.lora_cache_size,
-    )
-
-
-def open_state(settings: Settings, renderer: Renderer | None) -> AppState:
-    store = Store(settings.database_path)
-    vault = Vault.open(settings.vault_dir)
-    removed = vault.remove_orphans(store.referenced_files())
-    if removed:
-        log.info("removed %d orphaned file(s) from the vault", removed)
-    catalog = LoraCatalog(store, settings.models_dir / "loras")
-    catalog.refresh()
-    queue = JobQueue()
-    for generation_id in store.recover(settings.max_attempts):
-        row = store.generation_by_id(generation_id)
-        queue.put(generation_id, row["work_units"] if row else 0.0)
-    admission = Admission(store, catalog, queue, settings.max_loras)
-    worker = Worker(renderer or default_renderer(settings), store, vault, queue, catalog, settings)
-    worker.start()
-    return AppState(settings, store, vault, queue, catalog, admission, worker)
 
 
 def state_of(request: Request) -> AppState:

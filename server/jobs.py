@@ -25,6 +25,7 @@ from server.store import Store
 
 # Until a job has been measured, assume roughly SDXL base on a modern GPU.
 DEFAULT_SECONDS_PER_WORK_UNIT = 0.07
+RATE_REFRESH_SECONDS = 1.0
 
 
 def work_units(width: int, height: int, steps: int, num_images: int) -> float:
@@ -148,6 +149,7 @@ class Admission:
         self.catalog = catalog
         self.queue = queue
         self.max_loras = max_loras
+        self._rate: tuple[float, float] | None = None  # (measured at, seconds per unit)
 
     def submit(self, request: ImageGenerationRequest) -> dict:
         options, settings = request.options, request.settings
@@ -172,5 +174,9 @@ class Admission:
         return row
 
     def estimate_seconds(self, units: float) -> float:
-        rate = self.store.seconds_per_work_unit() or DEFAULT_SECONDS_PER_WORK_UNIT
-        return units * rate
+        # Every poll asks; the measured speed is read from the database once a second.
+        now = time.monotonic()
+        if self._rate is None or now - self._rate[0] > RATE_REFRESH_SECONDS:
+            rate = self.store.seconds_per_work_unit() or DEFAULT_SECONDS_PER_WORK_UNIT
+            self._rate = (now, rate)
+        return units * self._rate[1]

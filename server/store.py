@@ -17,78 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from server.failures import gave_up_error
-
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE generations (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        request_id TEXT NOT NULL UNIQUE,
-        status TEXT NOT NULL,
-        prompt TEXT NOT NULL,
-        request_json TEXT NOT NULL,
-        seed INTEGER NOT NULL,
-        seed_fixed INTEGER NOT NULL,
-        work_units REAL NOT NULL,
-        credits_used REAL NOT NULL DEFAULT 0,
-        error_json TEXT,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL,
-        started_at REAL,
-        finished_at REAL,
-        render_seconds REAL
-    );
-    CREATE INDEX generations_by_status ON generations(status, id);
-    CREATE INDEX generations_by_created ON generations(created_at);
-    CREATE TABLE images (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        generation_id INTEGER NOT NULL REFERENCES generations(id),
-        idx INTEGER NOT NULL,
-        token TEXT NOT NULL UNIQUE,
-        seed INTEGER NOT NULL,
-        width INTEGER NOT NULL,
-        height INTEGER NOT NULL,
-        format TEXT NOT NULL,
-        file_name TEXT NOT NULL,
-        thumb_name TEXT NOT NULL,
-        in_vault INTEGER NOT NULL,
-        generation_time_ms INTEGER NOT NULL,
-        created_at REAL NOT NULL,
-        purged INTEGER NOT NULL DEFAULT 0,
-        UNIQUE (generation_id, idx)
-    );
-    CREATE INDEX images_temporary ON images(in_vault, purged, created_at);
-    CREATE TABLE loras (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        sha256 TEXT NOT NULL UNIQUE,
-        path TEXT NOT NULL,
-        file_size INTEGER NOT NULL,
-        file_mtime REAL NOT NULL,
-        meta_json TEXT NOT NULL,
-        available INTEGER NOT NULL DEFAULT 1,
-        usage_count INTEGER NOT NULL DEFAULT 0,
-        weight_sum REAL NOT NULL DEFAULT 0
-    );
-    CREATE TABLE presets (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL UNIQUE,
-        settings_json TEXT NOT NULL,
-        loras_json TEXT NOT NULL,
-        tags_json TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    """,
-    # LoRA compatibility verdicts per model (its layer shapes): a restart does not recheck.
-    """
-    CREATE TABLE lora_checks (
-        sha256 TEXT NOT NULL,
-        model_key TEXT NOT NULL,
-        reason TEXT,
-        checked_at REAL NOT NULL,
-        PRIMARY KEY (sha256, model_key)
-    );
-    """,
-]
+from server.migrations import MIGRATIONS
 
 ACTIVE = ("pending", "processing")
 
@@ -209,9 +138,10 @@ class Store:
     def image_by_token(self, token: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM images WHERE token = ? AND purged = 0", (token,))
 
-    def recover(self, max_attempts: int) -> list[int]:
+    def recover(self, max_attempts: int) -> list[dict[str, Any]]:
         """At start-up: a job that was processing when the server died runs again, unless it
-        has already been tried `max_attempts` times. Returns all pending ids, oldest first."""
+        has already been tried `max_attempts` times. Returns the pending jobs (id,
+        work_units), oldest first."""
         with self.transaction() as db:
             db.execute(
                 "UPDATE generations SET status = 'failed', finished_at = ?, error_json = ?"
@@ -219,8 +149,9 @@ class Store:
                 (time.time(), json.dumps(gave_up_error(max_attempts)), max_attempts),
             )
             db.execute("UPDATE generations SET status = 'pending' WHERE status = 'processing'")
-        rows = self._all("SELECT id FROM generations WHERE status = 'pending' ORDER BY id")
-        return [row["id"] for row in rows]
+        return self._all(
+            "SELECT id, work_units FROM generations WHERE status = 'pending' ORDER BY id"
+        )
 
     def mark_processing(self, generation_id: int) -> None:
         with self.transaction() as db:
