@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 from starlette.testclient import TestClient
 
-from conftest import pixels, render
+from conftest import AppFactory, pixels, render
 
 CONTRACT_FIELDS = {
     "id",
@@ -92,8 +92,8 @@ def test_lora_changes_the_image_and_leaves_no_residue(client: TestClient) -> Non
 
 
 def test_ids_survive_restart_rename_and_deletion(
-    make_client,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    make_client: AppFactory,
+    tmp_path: Path,
     models_dir: Path,
 ) -> None:
     library = lora_library(tmp_path, models_dir)
@@ -122,8 +122,8 @@ def test_ids_survive_restart_rename_and_deletion(
 
 
 def test_preview_image_and_broken_sidecar(
-    make_client,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    make_client: AppFactory,
+    tmp_path: Path,
     models_dir: Path,
 ) -> None:
     library = lora_library(tmp_path, models_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import wait_done
+from conftest import AppFactory, Preloaded, wait_done
 from fakes import RaisesOnce
 
 
@@ -101,7 +101,7 @@ def test_limits_are_limit_exceeded(client: TestClient) -> None:
     assert error["details"] == {"field": "loras", "requested": 6, "limit": 5}
 
 
-def test_max_loras_is_configurable(make_client) -> None:  # type: ignore[no-untyped-def]
+def test_max_loras_is_configurable(make_client: AppFactory) -> None:
     client = make_client(max_loras=1)
     _, error = post(client, {"prompt": "x", "loras": [{"id": 1}, {"id": 2}]})
     assert error["code"] == "LIMIT_EXCEEDED" and error["details"]["limit"] == 1
@@ -136,7 +136,9 @@ def test_unknown_route_and_method_use_the_error_format(client: TestClient) -> No
     assert response.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
 
 
-def test_pipeline_exception_fails_that_job_only(make_client, tiny_renderer) -> None:  # type: ignore[no-untyped-def]
+def test_pipeline_exception_fails_that_job_only(
+    make_client: AppFactory, tiny_renderer: Preloaded
+) -> None:
     client = make_client(renderer=RaisesOnce(tiny_renderer))
     first = client.post(
         "/image/generate",

@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 
 import server.vault
 import server.worker
-from conftest import generate, render, wait_done, wait_healthy
+from conftest import AppFactory, Preloaded, generate, render, wait_done, wait_healthy
 from fakes import Dies, Hangs, OutOfMemory, Solid, Stalls, StallsOnce
 
 
@@ -20,14 +20,14 @@ def vault_files(client: TestClient) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file() and p.name != "signing.key"}
 
 
-def wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.02)
 
 
-def test_cancel_running_and_pending_jobs(make_client, tiny_renderer) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_running_and_pending_jobs(make_client: AppFactory, tiny_renderer: Preloaded) -> None:
     stalls = StallsOnce(tiny_renderer)
     client = make_client(renderer=stalls)
     running, queued, after = generate(client), generate(client, "b"), generate(client, "c")
@@ -56,7 +56,9 @@ def test_cancel_finished_job_is_a_harmless_no_op(client: TestClient) -> None:
     assert client.post("/generations/unknown/cancel").status_code == 404
 
 
-def test_out_of_memory_splits_the_batch_then_succeeds(make_client, tiny_renderer) -> None:  # type: ignore[no-untyped-def]
+def test_out_of_memory_splits_the_batch_then_succeeds(
+    make_client: AppFactory, tiny_renderer: Preloaded
+) -> None:
     oom = OutOfMemory(tiny_renderer, fits=1)
     client = make_client(renderer=oom)
     body = render(client, options={"num_images": 2})
@@ -64,7 +66,9 @@ def test_out_of_memory_splits_the_batch_then_succeeds(make_client, tiny_renderer
     assert oom.freed == 1 and oom.calls == 3
 
 
-def test_out_of_memory_fails_with_a_hint_and_stays_healthy(make_client, tiny_renderer) -> None:  # type: ignore[no-untyped-def]
+def test_out_of_memory_fails_with_a_hint_and_stays_healthy(
+    make_client: AppFactory, tiny_renderer: Preloaded
+) -> None:
     client = make_client(renderer=OutOfMemory(tiny_renderer, fits=0))
     failed = wait_done(client, generate(client)["request_id"])
     assert failed["error"]["code"] == "PROVIDER_ERROR"
@@ -73,7 +77,7 @@ def test_out_of_memory_fails_with_a_hint_and_stays_healthy(make_client, tiny_ren
     assert wait_healthy(client)["status"] == "ok"
 
 
-def test_slow_job_is_stopped_at_its_timeout(make_client) -> None:  # type: ignore[no-untyped-def]
+def test_slow_job_is_stopped_at_its_timeout(make_client: AppFactory) -> None:
     client = make_client(renderer=StallsOnce(Solid()), job_timeout=0.5)
     slow, next_job = generate(client), generate(client, "next")
     failed = wait_done(client, slow["request_id"])
@@ -85,8 +89,8 @@ def test_slow_job_is_stopped_at_its_timeout(make_client) -> None:  # type: ignor
 
 
 def test_hung_job_is_failed_and_readiness_reports_it(
-    make_client,
-    tiny_renderer,  # type: ignore[no-untyped-def]
+    make_client: AppFactory,
+    tiny_renderer: Preloaded,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(server.worker, "HANG_GRACE_SECONDS", 0.3)
@@ -103,7 +107,7 @@ def test_hung_job_is_failed_and_readiness_reports_it(
     assert len(vault_files(client)) == 2
 
 
-def test_job_waiting_too_long_expires(make_client, tiny_renderer) -> None:  # type: ignore[no-untyped-def]
+def test_job_waiting_too_long_expires(make_client: AppFactory, tiny_renderer: Preloaded) -> None:
     stalls = StallsOnce(tiny_renderer)
     client = make_client(renderer=stalls, max_queue_age=0.3)
     first, waiting = generate(client), generate(client, "late")
@@ -113,7 +117,9 @@ def test_job_waiting_too_long_expires(make_client, tiny_renderer) -> None:  # ty
     assert expired["error"]["code"] == "EXPIRED" and stalls.calls == 1
 
 
-def test_dead_worker_is_restarted_and_its_job_retried(make_client, tiny_renderer) -> None:  # type: ignore[no-untyped-def]
+def test_dead_worker_is_restarted_and_its_job_retried(
+    make_client: AppFactory, tiny_renderer: Preloaded
+) -> None:
     dies = Dies(tiny_renderer)
     client = make_client(renderer=dies)
     body = wait_done(client, generate(client)["request_id"])
@@ -123,8 +129,8 @@ def test_dead_worker_is_restarted_and_its_job_retried(make_client, tiny_renderer
 
 
 def test_readiness_is_503_while_the_model_cannot_be_reloaded(
-    make_client,
-    tiny_renderer,  # type: ignore[no-untyped-def]
+    make_client: AppFactory,
+    tiny_renderer: Preloaded,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(server.worker, "RELOAD_BACKOFF_SECONDS", 1.0)
@@ -161,7 +167,7 @@ def test_vault_write_failure_leaves_no_partial_files(
     assert client.get(earlier["images"][0]["vault_url"]).status_code == 200
 
 
-def test_job_the_server_died_under_too_often_fails(make_client) -> None:  # type: ignore[no-untyped-def]
+def test_job_the_server_died_under_too_often_fails(make_client: AppFactory) -> None:
     client = make_client(renderer=Stalls())
     body = generate(client)
     wait_for(lambda: client.get(body["poll_url"]).json()["status"] == "processing")

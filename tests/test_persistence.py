@@ -7,11 +7,11 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
-from conftest import fetch_image, generate, pixels, render, wait_done, wait_healthy
+from conftest import AppFactory, fetch_image, generate, pixels, render, wait_done, wait_healthy
 from fakes import NeverLoads, Stalls
 
 
-def test_completed_generations_survive_restart(make_client) -> None:  # type: ignore[no-untyped-def]
+def test_completed_generations_survive_restart(make_client: AppFactory) -> None:
     client = make_client()
     body = render(client, options={"num_images": 2})
     before = [pixels(client, body, i) for i in range(2)]
@@ -24,7 +24,7 @@ def test_completed_generations_survive_restart(make_client) -> None:  # type: ig
     assert client.get("/generations/history").json()["itemsTotal"] == 1
 
 
-def test_queued_and_interrupted_jobs_run_after_restart(make_client) -> None:  # type: ignore[no-untyped-def]
+def test_queued_and_interrupted_jobs_run_after_restart(make_client: AppFactory) -> None:
     stalls = Stalls()
     client = make_client(renderer=stalls)
     running = generate(client)
@@ -42,7 +42,7 @@ def test_queued_and_interrupted_jobs_run_after_restart(make_client) -> None:  # 
     assert pixels(client, wait_done(client, queued["request_id"])) == pixels(client, reference)
 
 
-def test_health_is_503_while_loading_and_when_the_model_fails(make_client) -> None:  # type: ignore[no-untyped-def]
+def test_health_is_503_while_loading_and_when_the_model_fails(make_client: AppFactory) -> None:
     client = make_client(renderer=NeverLoads(), wait=False)
     deadline = time.monotonic() + 10
     while (health := client.get("/health")).json()["status"] == "loading":
@@ -60,7 +60,7 @@ def test_health_names_model_device_and_queue_depth(client: TestClient) -> None:
     assert (health["model"], health["device"], health["queue_depth"]) == ("tiny", "cpu", 0)
 
 
-def test_temporary_images_have_no_vault_url_and_expire(make_client) -> None:  # type: ignore[no-untyped-def]
+def test_temporary_images_have_no_vault_url_and_expire(make_client: AppFactory) -> None:
     client = make_client(url_ttl_hours=1.0)
     body = render(client, options={"save_to_vault": False})
     image = body["images"][0]
@@ -94,7 +94,9 @@ def test_signed_links_reject_tampering_and_expiry(client: TestClient) -> None:
     assert expires - time.time() >= 24 * 3600
 
 
-def test_orphans_and_half_written_files_are_removed_at_start(make_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_orphans_and_half_written_files_are_removed_at_start(
+    make_client: AppFactory, tmp_path: Path
+) -> None:
     client = make_client()
     body = render(client)
     client.close()
