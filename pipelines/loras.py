@@ -45,6 +45,8 @@ class AdapterCache:
             raise ValueError("LoRA cache capacity must be at least 1")
         self.capacity = capacity
         self._loaded: OrderedDict[str, str] = OrderedDict()  # adapter name -> LoRA key
+        self.hits = 0  # LoRAs of a stack found loaded
+        self.misses = 0  # ... and loaded from disk
 
     @property
     def loaded_keys(self) -> list[str]:
@@ -61,7 +63,9 @@ class AdapterCache:
         for (lora, _), name in zip(stack, names, strict=True):
             if name in self._loaded:
                 self._loaded.move_to_end(name)
+                self.hits += 1
                 continue
+            self.misses += 1
             self._evict(pipe, keep=set(names), room_for=1)
             self._load(pipe, lora, name)
         self._evict(pipe, keep=set(names), room_for=0)

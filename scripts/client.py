@@ -2,13 +2,15 @@
 
     python scripts/client.py "a lighthouse at dusk" --steps 20 --size 512 --images 2 --out out/
 
-Uses only the standard library, so it runs anywhere the server is reachable.
+Uses only the standard library, so it runs anywhere the server is reachable. With users on
+the server, pass a token with --token or DARKROOM_TOKEN.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -16,11 +18,12 @@ import urllib.request
 from pathlib import Path
 
 
-def call(method: str, url: str, body: dict | None = None) -> dict:
+def call(method: str, url: str, body: dict | None = None, token: str | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request) as response:
             return json.load(response)
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora", action="append", default=[], metavar="ID[:WEIGHT]")
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--token", default=os.environ.get("DARKROOM_TOKEN"))
     args = parser.parse_args(argv)
 
     loras = [
@@ -61,12 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         "loras": loras,
         "options": {"num_images": args.images, "format": args.format},
     }
-    result = call("POST", f"{args.server}/image/generate", body)
+    result = call("POST", f"{args.server}/image/generate", body, args.token)
     deadline = time.monotonic() + args.timeout
     while result.get("status") in ("pending", "processing") and time.monotonic() < deadline:
         print(f"{result['status']}: about {result.get('estimated_time', '?')} s", file=sys.stderr)
         time.sleep(1)
-        result = call("GET", result["poll_url"])
+        result = call("GET", result["poll_url"], token=args.token)
     if result.get("status") != "completed":
         print(json.dumps(result.get("error", result), indent=2), file=sys.stderr)
         return 1

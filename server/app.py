@@ -7,10 +7,8 @@ render a view.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -18,36 +16,40 @@ from datetime import datetime, timezone
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from server import views
+from server.accounts import User
 from server.catalog import LoraQuery
 from server.config import Settings
 from server.contract import (
     CONTRACT_PREFIX,
+    MAX_IMAGES,
     ApiError,
     ErrorCode,
     HistoryQuery,
     ImageGenerationRequest,
     SavePresetRequest,
+    check_lengths,
     check_limits,
     not_found,
     parse,
 )
+from server.events import stream_events
 from server.failures import cancelled_error
-from server.state import AppState, open_state
-from server.vault import EXTENSIONS, MEDIA_TYPES
+from server.files import signed_file, vault_file
+from server.health import health, health_live, health_ready
+from server.limits import retry_after
+from server.logs import RequestLog
+from server.metrics import Metrics, metrics_endpoint
+from server.openapi import docs, openapi_json
+from server.state import open_state, state_of
 from server.worker import Renderer
 
 log = logging.getLogger("darkroom")
-
-CANCEL_WAIT_SECONDS = 5.0
-
-
-def state_of(request: Request) -> AppState:
-    return request.app.state.darkroom
 
 
 def links_for(request: Request) -> views.Links:
@@ -58,8 +60,28 @@ def links_for(request: Request) -> views.Links:
     return views.Links(base, state.vault, state.settings.url_ttl_hours * 3600)
 
 
+def user_of(request: Request) -> User:
+    """Who the request acts as (raises 401 UNAUTHORIZED)."""
+    forwarded = "forwarded" in request.headers or "x-forwarded-for" in request.headers
+    return state_of(request).auth.user(request.headers.get("authorization"), forwarded)
+
+
 async def json_body(request: Request) -> dict:
-    raw = await request.body()
+    limit = state_of(request).settings.max_body_bytes
+    too_large = ApiError(
+        ErrorCode.LIMIT_EXCEEDED,
+        f"Request body is larger than {limit} bytes",
+        {"field": "body", "limit_bytes": limit},
+        413,
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise too_large
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -77,6 +99,15 @@ async def json_body(request: Request) -> dict:
     return data
 
 
+def own_generation(request: Request, user: User) -> dict:
+    """The generation named in the path, if it is the user's: others' are as unknown."""
+    request_id = request.path_params["request_id"]
+    row = state_of(request).store.generation(request_id, user.id)
+    if row is None:
+        raise not_found("Generation", request_id)
+    return row
+
+
 def generation_view(request: Request, row: dict) -> dict:
     state = state_of(request)
     images = state.store.images_of([row["id"]])[row["id"]]
@@ -85,6 +116,7 @@ def generation_view(request: Request, row: dict) -> dict:
 
 async def generate(request: Request) -> Response:
     state = state_of(request)
+    user = user_of(request)
     if state.draining:
         raise ApiError(
             ErrorCode.SERVICE_UNAVAILABLE,
@@ -94,23 +126,39 @@ async def generate(request: Request) -> Response:
             {"Retry-After": str(round(state.settings.drain_timeout))},
         )
     body = parse(ImageGenerationRequest, await json_body(request))
-    row = state.admission.submit(body)
+    row = state.admission.submit(body, user)
+    request.state.request_id = row["request_id"]
     return JSONResponse(generation_view(request, row), status_code=202)
 
 
 async def generation_status(request: Request) -> Response:
-    request_id = request.path_params["request_id"]
-    row = state_of(request).store.generation(request_id)
-    if row is None:
-        raise not_found("Generation", request_id)
-    return JSONResponse(generation_view(request, row))
+    user = user_of(request)
+    wait = state_of(request).polls.wait(user.id, request.path_params["request_id"])
+    if wait > 0:
+        rate = state_of(request).settings.poll_rate
+        raise ApiError(
+            ErrorCode.LIMIT_EXCEEDED,
+            f"Polling too fast: at most {rate:g} status request(s) per second per generation",
+            {"field": "polling", "limit_per_second": rate, "retry_after_seconds": round(wait, 2)},
+            429,
+            {"Retry-After": retry_after(wait)},
+        )
+    return JSONResponse(generation_view(request, own_generation(request, user)))
+
+
+async def generation_events(request: Request) -> Response:
+    row = own_generation(request, user_of(request))
+    return stream_events(request, row["id"], lambda row: generation_view(request, row))
 
 
 async def history(request: Request) -> Response:
     state = state_of(request)
+    user = user_of(request)
     query = parse(HistoryQuery, dict(request.query_params))
     date_from = parse_date(query.date_from) if query.date_from else None
-    rows, total = state.store.history(query.page, query.per_page, date_from, query.has_seed)
+    rows, total = state.store.history(
+        user.id, query.page, query.per_page, date_from, query.has_seed
+    )
     images = state.store.images_of([row["id"] for row in rows])
     links = links_for(request)
     items = [
@@ -148,6 +196,7 @@ def parse_date(text: str) -> float:
 
 
 async def loras_available(request: Request) -> Response:
+    user_of(request)
     query = parse(LoraQuery, dict(request.query_params))
     links = links_for(request)
     return JSONResponse(
@@ -156,6 +205,7 @@ async def loras_available(request: Request) -> Response:
 
 
 async def refresh_loras(request: Request) -> Response:
+    user_of(request)
     # Hashing new files and checking them against the model takes a while: not on the loop.
     summary = await run_in_threadpool(state_of(request).catalog.refresh)
     return JSONResponse(summary.as_json())
@@ -171,10 +221,13 @@ async def lora_thumbnail(request: Request) -> Response:
 
 async def save_preset(request: Request) -> Response:
     state = state_of(request)
+    user = user_of(request)
     body = parse(SavePresetRequest, await json_body(request))
     check_limits(body.loras, 1, state.settings.max_loras)
+    check_lengths("", body.settings.negative_prompt, state.settings.max_prompt_chars)
     state.catalog.resolve(body.loras)
     row, created = state.store.save_preset(
+        user.id,
         body.name,
         body.settings.model_dump(mode="json", exclude_unset=True),
         [lora.model_dump(mode="json") for lora in body.loras],
@@ -184,125 +237,58 @@ async def save_preset(request: Request) -> Response:
 
 
 async def list_presets(request: Request) -> Response:
-    return JSONResponse([views.preset(row) for row in state_of(request).store.presets()])
+    user = user_of(request)
+    return JSONResponse([views.preset(row) for row in state_of(request).store.presets(user.id)])
 
 
-def readiness(state: AppState) -> dict[str, bool]:
-    worker = state.worker
-    return {
-        "model_loaded": worker.state == "ready",
-        "worker_alive": worker.alive,
-        "worker_responsive": worker.stuck_job is None,
-        "database_writable": state.store.writable(),
-        "accepting_jobs": not state.draining,
-    }
-
-
-async def health(request: Request) -> Response:
-    """Summary for people: 200 when ready, else 503 with what is wrong."""
-    state = state_of(request)
-    worker, checks = state.worker, readiness(state)
-    ready = all(checks.values())
-    if ready:
-        status = "ok"
-    elif state.draining:
-        status = "draining"
-    elif worker.state in ("loading", "failed"):
-        status = worker.state
-    else:
-        status = "degraded"
-    body = {
-        "status": status,
-        "model": worker.renderer.model,
-        "device": worker.renderer.device,
-        "queue_depth": state.queue.depth(),
-        "worker_alive": worker.alive,
-        "worker_restarts": worker.restarts,
-        "checks": checks,
-    }
-    if worker.load_error:
-        body["error"] = worker.load_error
-    return JSONResponse(body, status_code=200 if ready else 503)
-
-
-async def health_live(request: Request) -> Response:
-    return JSONResponse({"status": "alive"})
-
-
-async def health_ready(request: Request) -> Response:
-    checks = readiness(state_of(request))
-    ready = all(checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+async def account(request: Request) -> Response:
+    """Who the token belongs to, their credits and limits."""
+    state, user = state_of(request), user_of(request)
+    with state.store.transaction() as db:
+        active = state.store.active_count(db, user.id)
+    return JSONResponse(
+        {
+            "user": user.name,
+            "open_mode": user.builtin,
+            "credits": state.accounts.balance(user.id).as_json(),
+            "active_generations": active,
+            "limits": {
+                "concurrent_generations": state.settings.max_active_per_user,
+                "polls_per_second": state.settings.poll_rate,
+                "images_per_request": MAX_IMAGES,
+                "loras_per_request": state.settings.max_loras,
+                "prompt_characters": state.settings.max_prompt_chars,
+                "body_bytes": state.settings.max_body_bytes,
+            },
+        }
+    )
 
 
 async def cancel_generation(request: Request) -> Response:
     state = state_of(request)
-    request_id = request.path_params["request_id"]
-    row = state.store.generation(request_id)
-    if row is None:
-        raise not_found("Generation", request_id)
-    outcome = state.queue.cancel(row["id"])
-    if outcome == "removed" or (outcome == "inactive" and row["status"] == "pending"):
-        state.store.fail(row["id"], cancelled_error())
-    elif outcome == "stopping":
-        # The worker stops at the next denoising step: answer with the final state.
-        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
-        while state.store.generation(request_id)["status"] == "processing":
-            if time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.02)
-    row = state.store.generation(request_id)
+    row = own_generation(request, user_of(request))
+    # A running job stops at its next step (or, in a batch, is dropped when it ends); it is
+    # failed now, so the answer is final and nothing it produces is recorded or charged.
+    state.queue.cancel(row["id"])
+    cancelled = state.store.fail(row["id"], cancelled_error())
+    row = state.store.generation_by_id(row["id"])
     body = generation_view(request, row)
-    if outcome == "inactive" and row["status"] != "pending":
+    if not cancelled:
         body["message"] = f"Nothing to cancel: the generation is already {row['status']}"
     return JSONResponse(body)
-
-
-def _image_file(request: Request, name: str, in_vault_only: bool) -> Response:
-    token, _, suffix = name.partition(".")
-    image = state_of(request).store.image_by_token(token)
-    if image is None or (in_vault_only and not image["in_vault"]):
-        raise not_found("Image", name)
-    if suffix == "thumb.webp":
-        file_name, media_type = image["thumb_name"], "image/webp"
-    elif suffix == EXTENSIONS[image["format"]]:
-        file_name, media_type = image["file_name"], MEDIA_TYPES[image["format"]]
-    else:
-        raise not_found("Image", name)
-    cache = "public, max-age=31536000, immutable" if in_vault_only else "private, max-age=3600"
-    return FileResponse(
-        state_of(request).vault.path(file_name),
-        media_type=media_type,
-        headers={"Cache-Control": cache},
-    )
-
-
-async def vault_file(request: Request) -> Response:
-    return _image_file(request, request.path_params["name"], in_vault_only=True)
-
-
-async def signed_file(request: Request) -> Response:
-    name = request.path_params["name"]
-    try:
-        expires = int(request.query_params.get("expires", ""))
-    except ValueError:
-        expires = 0
-    if not state_of(request).vault.verify(name, expires, request.query_params.get("sig", "")):
-        raise ApiError(
-            ErrorCode.NOT_FOUND, "This link is invalid or has expired", {"name": name}, 404
-        )
-    return _image_file(request, name, in_vault_only=False)
 
 
 ROUTES = [
     Route("/image/generate", generate, methods=["POST"]),
     Route("/generations/history", history, methods=["GET"]),
     Route("/generations/{request_id}/status", generation_status, methods=["GET"]),
+    Route("/generations/{request_id}/events", generation_events, methods=["GET"]),
     Route("/loras/available", loras_available, methods=["GET"]),
     Route("/loras/refresh", refresh_loras, methods=["POST"]),
     Route("/loras/{lora_id:int}/thumbnail", lora_thumbnail, methods=["GET"]),
     Route("/presets/save", save_preset, methods=["POST"]),
     Route("/presets", list_presets, methods=["GET"]),
+    Route("/account", account, methods=["GET"]),
     Route("/generations/{request_id}/cancel", cancel_generation, methods=["POST"]),
     Route("/generations/{request_id}", cancel_generation, methods=["DELETE"]),
     Route("/health", health, methods=["GET"]),
@@ -310,6 +296,9 @@ ROUTES = [
     Route("/health/ready", health_ready, methods=["GET"]),
     Route("/vault/{name}", vault_file, methods=["GET"]),
     Route("/files/{name}", signed_file, methods=["GET"]),
+    Route("/openapi.json", openapi_json, methods=["GET"]),
+    Route("/docs", docs, methods=["GET"]),
+    Route("/metrics", metrics_endpoint, methods=["GET"]),
 ]
 
 
@@ -320,7 +309,11 @@ async def api_error(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(
+    code = {
+        401: ErrorCode.UNAUTHORIZED,
+        404: ErrorCode.NOT_FOUND,
+        405: ErrorCode.METHOD_NOT_ALLOWED,
+    }.get(
         exc.status_code, ErrorCode.VALIDATION_ERROR
     )
     error = ApiError(
@@ -338,9 +331,11 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings, renderer: Renderer | None = None) -> Starlette:
     """The whole server, wired in one place. `renderer` replaces the SDXL pipeline (tests)."""
 
+    metrics = Metrics()
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.darkroom = open_state(settings, renderer)
+        app.state.darkroom = open_state(settings, renderer, metrics)
         try:
             yield
         finally:
@@ -349,6 +344,7 @@ def create_app(settings: Settings, renderer: Renderer | None = None) -> Starlett
     return Starlette(
         routes=[*ROUTES, Mount(CONTRACT_PREFIX, routes=ROUTES)],
         lifespan=lifespan,
+        middleware=[Middleware(RequestLog, metrics=metrics)],
         exception_handlers={
             ApiError: api_error,
             HTTPException: http_error,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import threading
 import time
@@ -38,6 +37,39 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--job-timeout", type=float, help="seconds a job may render (default 600)")
     serve.add_argument("--max-queue-age", type=float, help="seconds a job may wait (0: forever)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", choices=["text", "json"], help="default text")
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        default=None,
+        help="with no users, serve everyone without a token even on a non-loopback address",
+    )
+    serve.add_argument("--max-active-per-user", type=int, help="active generations (default 5)")
+    serve.add_argument("--poll-rate", type=float, help="status polls/s per generation (1)")
+    serve.add_argument("--max-queued", type=int, help="pending generations in all (1000)")
+    serve.add_argument("--max-batch", type=int, help="same-shape jobs rendered together (1)")
+
+    users = commands.add_parser("users", help="manage users and their API tokens")
+    user_commands = users.add_subparsers(dest="action", required=True)
+    add = user_commands.add_parser("add", help="create a user and print their API token")
+    add.add_argument("name")
+    amount = add.add_mutually_exclusive_group()
+    amount.add_argument("--credits", type=float, help="starting balance (default: unlimited)")
+    amount.add_argument("--unlimited", action="store_true", help="no credit limit (default)")
+    user_commands.add_parser("list", help="users, credits and usage")
+    for action, text in (
+        ("revoke", "revoke every token of a user"),
+        ("token", "print a new token for a user (older ones stay valid)"),
+    ):
+        user_commands.add_parser(action, help=text).add_argument("name")
+    credits = commands.add_parser("credits", help="manage credits")
+    credit_commands = credits.add_subparsers(dest="action", required=True)
+    grant = credit_commands.add_parser("add", help="add credits (negative: take away)")
+    grant.add_argument("name")
+    grant.add_argument("amount", type=float)
+    for group in (user_commands, credit_commands):
+        for sub in group.choices.values():
+            sub.add_argument("--data-dir", type=Path, help="default ./data or DARKROOM_DATA_DIR")
 
     tiny = commands.add_parser("tiny-model", help="write the tiny random SDXL model and LoRAs")
     tiny.add_argument("--models-dir", type=Path, required=True)
@@ -49,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "tiny-model":
         return tiny_model(args.models_dir, args.loras)
+    if args.command in ("users", "credits"):
+        from server.accounts_cli import run_account_command
+
+        return run_account_command(args)
     return serve(vars(args))
 
 
@@ -63,22 +99,50 @@ def tiny_model(models_dir: Path, loras: int) -> int:
 
 def serve(flags: dict) -> int:
     from server.app import create_app
+    from server.logs import configure_logging
 
     try:
         settings = Settings.load({k: v for k, v in flags.items() if k != "command"})
     except ValueError as exc:
         print(f"darkroom: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    refusal = exposure_refusal(settings)
+    if refusal:
+        print(f"darkroom: {refusal}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
+    # Our middleware logs each request (with its generation's id): no uvicorn access log.
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,
+        access_log=False,
     )
     DrainingServer(config, app).run()
     return 0
+
+
+def exposure_refusal(settings: Settings) -> str | None:
+    """Why the server must not start as configured: open to the network with no users."""
+    from server.accounts import Accounts, is_loopback
+    from server.store import Store
+
+    if settings.insecure_no_auth or is_loopback(settings.host):
+        return None
+    store = Store(settings.database_path)
+    try:
+        if Accounts(store).has_users():
+            return None
+    finally:
+        store.close()
+    return (
+        f"refusing to listen on {settings.host} with no users: anyone who can reach it could"
+        " generate images and read every result. Create a user first"
+        " (darkroom users add NAME), listen on 127.0.0.1, or pass --insecure-no-auth."
+    )
 
 
 class DrainingServer(uvicorn.Server):

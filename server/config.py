@@ -35,7 +35,18 @@ class Settings:
     job_timeout: float = 600.0
     max_queue_age: float = 3600.0
     max_attempts: int = 3
+    max_batch: int = 1  # queued jobs of the same shape rendered together
     log_level: str = "info"
+    log_format: str = "text"
+    # Accounts and limits. With no users, a loopback listener serves everyone as the local
+    # user; elsewhere that needs insecure_no_auth.
+    insecure_no_auth: bool = False
+    max_active_per_user: int = 5
+    poll_rate: float = 1.0  # status requests per second per generation, sustained
+    poll_burst: float = 3.0
+    max_queued: int = 1000  # pending generations, all users together (0: no bound)
+    max_body_bytes: int = 64 * 1024
+    max_prompt_chars: int = 2000
 
     @classmethod
     def load(

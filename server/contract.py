@@ -27,6 +27,7 @@ class ErrorCode:
     LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
     PROVIDER_ERROR = "PROVIDER_ERROR"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    UNAUTHORIZED = "UNAUTHORIZED"
     CANCELLED = "CANCELLED"
     TIMEOUT = "TIMEOUT"
     EXPIRED = "EXPIRED"
@@ -192,6 +193,19 @@ def check_limits(loras: list[LoraRef], num_images: int, max_loras: int) -> None:
             ErrorCode.LIMIT_EXCEEDED,
             f"Too many LoRAs requested: {len(loras)} (at most {max_loras})",
             {"field": "loras", "requested": len(loras), "limit": max_loras},
+        )
+
+
+def check_lengths(prompt: str, negative_prompt: str, max_chars: int) -> None:
+    fields = {
+        name: f"at most {max_chars} characters, got {len(text)}"
+        for name, text in (("prompt", prompt), ("settings.negative_prompt", negative_prompt))
+        if len(text) > max_chars
+    }
+    if fields:
+        summary = "; ".join(f"{k}: {v}" for k, v in fields.items())
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR, f"Invalid request: {summary}", {"fields": fields}
         )
 
 

@@ -73,4 +73,59 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (sha256, model_key)
     );
     """,
+    # Accounts: users, their API tokens (hashes only) and an append-only credit ledger.
+    # Everything stored before belongs to the built-in local user (open mode).
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        unlimited INTEGER NOT NULL DEFAULT 1,
+        builtin INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+    INSERT INTO users (id, name, unlimited, builtin, created_at)
+        VALUES (1, 'local', 1, 1, (julianday('now') - 2440587.5) * 86400.0);
+    CREATE TABLE tokens (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        secret_sha256 TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    CREATE TABLE ledger (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        generation_id INTEGER REFERENCES generations(id),
+        kind TEXT NOT NULL CHECK (kind IN ('grant', 'hold', 'release', 'charge')),
+        amount REAL NOT NULL,
+        note TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX ledger_by_user ON ledger(user_id, kind);
+    CREATE UNIQUE INDEX ledger_once_per_generation ON ledger(generation_id, kind)
+        WHERE generation_id IS NOT NULL;
+    CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+        BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+    CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+        BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+    ALTER TABLE generations ADD COLUMN user_id INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE generations ADD COLUMN cost REAL NOT NULL DEFAULT 0;
+    CREATE INDEX generations_by_user ON generations(user_id, status, id);
+    CREATE TABLE presets_by_user (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        name TEXT NOT NULL,
+        settings_json TEXT NOT NULL,
+        loras_json TEXT NOT NULL,
+        tags_json TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (user_id, name)
+    );
+    INSERT INTO presets_by_user
+        SELECT id, 1, name, settings_json, loras_json, tags_json, created_at, updated_at
+        FROM presets;
+    DROP TABLE presets;
+    ALTER TABLE presets_by_user RENAME TO presets;
+    """,
 ]

@@ -9,14 +9,40 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from starlette.requests import Request
+
+from server.accounts import Accounts, Authenticator
 from server.catalog import LoraCatalog
 from server.config import Settings
-from server.jobs import Admission, JobQueue
+from server.contract import ImageGenerationRequest
+from server.jobs import Admission, JobQueue, batch_key
+from server.limits import RateLimiter
+from server.metrics import Metrics
 from server.store import Store
 from server.vault import Vault
 from server.worker import Renderer, Worker
 
 log = logging.getLogger("darkroom")
+
+
+@dataclass
+class PollLimits:
+    """Status polls: per generation (the contract's 1/s), and per user over all of their
+    active generations together."""
+
+    per_generation: RateLimiter
+    per_user: RateLimiter
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PollLimits:
+        users = max(1, settings.max_active_per_user)
+        return cls(
+            RateLimiter(settings.poll_rate, settings.poll_burst),
+            RateLimiter(settings.poll_rate * users, settings.poll_burst * users),
+        )
+
+    def wait(self, user_id: int, request_id: str) -> float:
+        return max(self.per_user.acquire(user_id), self.per_generation.acquire(request_id))
 
 
 @dataclass
@@ -28,6 +54,10 @@ class AppState:
     catalog: LoraCatalog
     admission: Admission
     worker: Worker
+    accounts: Accounts
+    auth: Authenticator
+    polls: PollLimits
+    metrics: Metrics
     draining: bool = False
 
     def drain(self) -> bool:
@@ -40,6 +70,10 @@ class AppState:
     def close(self) -> None:
         self.worker.stop()
         self.store.close()
+
+
+def state_of(request: Request) -> AppState:
+    return request.app.state.darkroom
 
 
 def default_renderer(settings: Settings) -> Renderer:
@@ -58,7 +92,7 @@ def default_renderer(settings: Settings) -> Renderer:
     )
 
 
-def open_state(settings: Settings, renderer: Renderer | None) -> AppState:
+def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) -> AppState:
     store = Store(settings.database_path)
     vault = Vault.open(settings.vault_dir)
     removed = vault.remove_orphans(store.referenced_files())
@@ -68,8 +102,26 @@ def open_state(settings: Settings, renderer: Renderer | None) -> AppState:
     catalog.refresh()
     queue = JobQueue()
     for row in store.recover(settings.max_attempts):
-        queue.put(row["id"], row["work_units"])
-    admission = Admission(store, catalog, queue, settings.max_loras)
-    worker = Worker(renderer or default_renderer(settings), store, vault, queue, catalog, settings)
+        request = ImageGenerationRequest.model_validate_json(row["request_json"])
+        queue.put(row["id"], row["work_units"], row["user_id"], batch_key(request))
+    admission = Admission(store, catalog, queue, settings)
+    worker = Worker(
+        renderer or default_renderer(settings), store, vault, queue, catalog, settings, metrics
+    )
     worker.start()
-    return AppState(settings, store, vault, queue, catalog, admission, worker)
+    accounts = Accounts(store)
+    state = AppState(
+        settings,
+        store,
+        vault,
+        queue,
+        catalog,
+        admission,
+        worker,
+        accounts,
+        Authenticator(accounts, settings.host, settings.insecure_no_auth),
+        PollLimits.from_settings(settings),
+        metrics,
+    )
+    metrics.watch(state)
+    return state

@@ -10,12 +10,13 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server import ledger
 from server.failures import gave_up_error
 from server.migrations import MIGRATIONS
 
@@ -58,9 +59,8 @@ class Store:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 with self.transaction() as db:
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
+                    for statement in _statements(script):
+                        db.execute(statement)
                     db.execute(f"PRAGMA user_version={number}")
 
     @contextmanager
@@ -74,12 +74,12 @@ class Store:
                 raise
             self._db.execute("COMMIT")
 
-    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    def fetch_all(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(row) for row in self._db.execute(sql, args).fetchall()]
 
-    def _one(self, sql: str, args: Sequence[Any] = ()) -> dict[str, Any] | None:
-        rows = self._all(sql, args)
+    def fetch_one(self, sql: str, args: Sequence[Any] = ()) -> dict[str, Any] | None:
+        rows = self.fetch_all(sql, args)
         return rows[0] if rows else None
 
     def writable(self) -> bool:
@@ -100,11 +100,19 @@ class Store:
         seed: int,
         seed_fixed: bool,
         work_units: float,
+        user_id: int,
+        cost: float,
+        admit: Callable[[sqlite3.Connection], None] | None = None,
     ) -> int:
+        """Record a pending generation and hold its cost, in one transaction; `admit` runs
+        first inside it and may raise to refuse the request (nothing is then written)."""
         with self.transaction() as db:
+            if admit is not None:
+                admit(db)
             cursor = db.execute(
                 "INSERT INTO generations (request_id, status, prompt, request_json, seed,"
-                " seed_fixed, work_units, created_at) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?)",
+                " seed_fixed, work_units, user_id, cost, created_at)"
+                " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     request_id,
                     prompt,
@@ -112,23 +120,32 @@ class Store:
                     seed,
                     int(seed_fixed),
                     work_units,
+                    user_id,
+                    cost,
                     time.time(),
                 ),
             )
-            return int(cursor.lastrowid or 0)
+            generation_id = int(cursor.lastrowid or 0)
+            ledger.hold(db, user_id, generation_id, cost)
+            return generation_id
 
-    def generation(self, request_id: str) -> dict[str, Any] | None:
-        return self._one("SELECT * FROM generations WHERE request_id = ?", (request_id,))
+    def generation(self, request_id: str, user_id: int | None = None) -> dict[str, Any] | None:
+        """The generation with this request id; with `user_id`, only if it is theirs."""
+        if user_id is None:
+            return self.fetch_one("SELECT * FROM generations WHERE request_id = ?", (request_id,))
+        return self.fetch_one(
+            "SELECT * FROM generations WHERE request_id = ? AND user_id = ?", (request_id, user_id)
+        )
 
     def generation_by_id(self, generation_id: int) -> dict[str, Any] | None:
-        return self._one("SELECT * FROM generations WHERE id = ?", (generation_id,))
+        return self.fetch_one("SELECT * FROM generations WHERE id = ?", (generation_id,))
 
     def images_of(self, generation_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
         found: dict[int, list[dict[str, Any]]] = {gid: [] for gid in generation_ids}
         if not generation_ids:
             return found
         marks = ",".join("?" * len(generation_ids))
-        for row in self._all(
+        for row in self.fetch_all(
             f"SELECT * FROM images WHERE generation_id IN ({marks}) ORDER BY generation_id, idx",
             list(generation_ids),
         ):
@@ -136,30 +153,30 @@ class Store:
         return found
 
     def image_by_token(self, token: str) -> dict[str, Any] | None:
-        return self._one("SELECT * FROM images WHERE token = ? AND purged = 0", (token,))
+        return self.fetch_one("SELECT * FROM images WHERE token = ? AND purged = 0", (token,))
 
     def recover(self, max_attempts: int) -> list[dict[str, Any]]:
         """At start-up: a job that was processing when the server died runs again, unless it
-        has already been tried `max_attempts` times. Returns the pending jobs (id,
-        work_units), oldest first."""
+        has already been tried `max_attempts` times. Returns the pending jobs, oldest first."""
         with self.transaction() as db:
-            db.execute(
-                "UPDATE generations SET status = 'failed', finished_at = ?, error_json = ?"
-                " WHERE status = 'processing' AND attempts >= ?",
-                (time.time(), json.dumps(gave_up_error(max_attempts)), max_attempts),
-            )
+            given_up = db.execute(
+                "SELECT id FROM generations WHERE status = 'processing' AND attempts >= ?",
+                (max_attempts,),
+            ).fetchall()
+            for (generation_id,) in given_up:
+                self._finish_failed(db, generation_id, gave_up_error(max_attempts))
             db.execute("UPDATE generations SET status = 'pending' WHERE status = 'processing'")
-        return self._all(
-            "SELECT id, work_units FROM generations WHERE status = 'pending' ORDER BY id"
-        )
+        return self.fetch_all("SELECT * FROM generations WHERE status = 'pending' ORDER BY id")
 
-    def mark_processing(self, generation_id: int) -> None:
+    def mark_processing(self, generation_id: int) -> bool:
+        """Start a pending job; False if it was finished meanwhile (cancelled)."""
         with self.transaction() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE generations SET status = 'processing', started_at = ?,"
-                " attempts = attempts + 1 WHERE id = ?",
+                " attempts = attempts + 1 WHERE id = ? AND status = 'pending'",
                 (time.time(), generation_id),
             )
+            return cursor.rowcount == 1
 
     def requeue(self, generation_id: int) -> None:
         """The worker died under this job: run it again (the try is counted)."""
@@ -185,7 +202,7 @@ class Store:
         credits_used: float,
         render_seconds: float,
         lora_weights: Sequence[tuple[int, float]],
-    ) -> None:
+    ) -> bool:
         """Record the images and charge, unless the job was finished meanwhile (cancelled,
         timed out): then nothing is written and False says the files are not wanted."""
         now = time.time()
@@ -225,31 +242,46 @@ class Store:
                 " render_seconds = ? WHERE id = ?",
                 (credits_used, now, render_seconds, generation_id),
             )
+            ledger.settle(db, generation_id, credits_used)
         return True
 
     def fail(self, generation_id: int, error: dict[str, Any]) -> bool:
-        """Fail an active job; False (and no change) if it had already finished."""
+        """Fail an active job and release its hold; False (and no change) if it had
+        already finished."""
         with self.transaction() as db:
-            cursor = db.execute(
-                "UPDATE generations SET status = 'failed', error_json = ?, finished_at = ?"
-                " WHERE id = ? AND status IN ('pending', 'processing')",
-                (json.dumps(error), time.time(), generation_id),
-            )
-            return cursor.rowcount == 1
+            return self._finish_failed(db, generation_id, error)
+
+    @staticmethod
+    def _finish_failed(db: sqlite3.Connection, generation_id: int, error: dict[str, Any]) -> bool:
+        cursor = db.execute(
+            "UPDATE generations SET status = 'failed', error_json = ?, finished_at = ?"
+            " WHERE id = ? AND status IN ('pending', 'processing')",
+            (json.dumps(error), time.time(), generation_id),
+        )
+        if cursor.rowcount != 1:
+            return False
+        ledger.settle(db, generation_id, None)
+        return True
 
     def history(
-        self, page: int, per_page: int, date_from: float | None, has_seed: bool | None
+        self,
+        user_id: int,
+        page: int,
+        per_page: int,
+        date_from: float | None,
+        has_seed: bool | None,
     ) -> tuple[list[dict[str, Any]], int]:
-        where, args = [], []
+        where: list[str] = ["user_id = ?"]
+        args: list[Any] = [user_id]
         if date_from is not None:
             where.append("created_at >= ?")
             args.append(date_from)
         if has_seed is not None:
             where.append("seed_fixed = ?")
             args.append(int(has_seed))
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        total = self._one(f"SELECT COUNT(*) AS n FROM generations {clause}", args)
-        rows = self._all(
+        clause = f"WHERE {' AND '.join(where)}"
+        total = self.fetch_one(f"SELECT COUNT(*) AS n FROM generations {clause}", args)
+        rows = self.fetch_all(
             f"SELECT * FROM generations {clause} ORDER BY created_at DESC, id DESC"
             " LIMIT ? OFFSET ?",
             [*args, per_page, (page - 1) * per_page],
@@ -258,7 +290,7 @@ class Store:
 
     def seconds_per_work_unit(self, recent: int = 20) -> float | None:
         """Measured render speed over the most recent completed jobs."""
-        row = self._one(
+        row = self.fetch_one(
             "SELECT SUM(render_seconds) AS seconds, SUM(work_units) AS units FROM ("
             " SELECT render_seconds, work_units FROM generations WHERE status = 'completed'"
             " AND render_seconds IS NOT NULL ORDER BY id DESC LIMIT ?)",
@@ -269,7 +301,7 @@ class Store:
         return float(row["seconds"]) / float(row["units"])
 
     def expired_temporary_images(self, older_than: float) -> list[dict[str, Any]]:
-        return self._all(
+        return self.fetch_all(
             "SELECT * FROM images WHERE in_vault = 0 AND purged = 0 AND created_at < ?",
             (older_than,),
         )
@@ -279,24 +311,26 @@ class Store:
             db.executemany("UPDATE images SET purged = 1 WHERE id = ?", [(i,) for i in image_ids])
 
     def referenced_files(self) -> set[str]:
-        rows = self._all("SELECT file_name, thumb_name FROM images WHERE purged = 0")
+        rows = self.fetch_all("SELECT file_name, thumb_name FROM images WHERE purged = 0")
         return {name for row in rows for name in (row["file_name"], row["thumb_name"])}
 
     # LoRAs
 
     def loras(self, available_only: bool = True) -> list[dict[str, Any]]:
         clause = "WHERE available = 1" if available_only else ""
-        return self._all(f"SELECT * FROM loras {clause} ORDER BY id")
+        return self.fetch_all(f"SELECT * FROM loras {clause} ORDER BY id")
 
     def lora_by_path(self, path: str) -> dict[str, Any] | None:
-        return self._one("SELECT * FROM loras WHERE path = ?", (path,))
+        return self.fetch_one("SELECT * FROM loras WHERE path = ?", (path,))
 
     def lora_by_id(self, lora_id: int) -> dict[str, Any] | None:
-        return self._one("SELECT * FROM loras WHERE id = ?", (lora_id,))
+        return self.fetch_one("SELECT * FROM loras WHERE id = ?", (lora_id,))
 
     def lora_verdicts(self, model_key: str) -> dict[str, str | None]:
         """sha256 -> None (fits) or why not, for the files checked against this model."""
-        rows = self._all("SELECT sha256, reason FROM lora_checks WHERE model_key = ?", (model_key,))
+        rows = self.fetch_all(
+            "SELECT sha256, reason FROM lora_checks WHERE model_key = ?", (model_key,)
+        )
         return {row["sha256"]: row["reason"] for row in rows}
 
     def save_lora_verdicts(self, model_key: str, verdicts: dict[str, str | None]) -> None:
@@ -324,21 +358,50 @@ class Store:
     # Presets
 
     def save_preset(
-        self, name: str, settings: dict[str, Any], loras: list[dict[str, Any]], tags: list[str]
+        self,
+        user_id: int,
+        name: str,
+        settings: dict[str, Any],
+        loras: list[dict[str, Any]],
+        tags: list[str],
     ) -> tuple[dict[str, Any], bool]:
-        """Insert or update by name; returns the stored row and whether it was created."""
+        """Insert or update the user's preset by name; returns the row and whether it is new."""
         now = time.time()
+        key = (user_id, name)
         with self.transaction() as db:
-            existed = db.execute("SELECT 1 FROM presets WHERE name = ?", (name,)).fetchone()
+            find = "SELECT * FROM presets WHERE user_id = ? AND name = ?"
+            existed = db.execute(find, key).fetchone()
             db.execute(
-                "INSERT INTO presets (name, settings_json, loras_json, tags_json, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET"
-                " settings_json = excluded.settings_json, loras_json = excluded.loras_json,"
-                " tags_json = excluded.tags_json, updated_at = excluded.updated_at",
-                (name, json.dumps(settings), json.dumps(loras), json.dumps(tags), now, now),
+                "INSERT INTO presets (user_id, name, settings_json, loras_json, tags_json,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(user_id, name) DO UPDATE SET settings_json = excluded.settings_json,"
+                " loras_json = excluded.loras_json, tags_json = excluded.tags_json,"
+                " updated_at = excluded.updated_at",
+                (*key, json.dumps(settings), json.dumps(loras), json.dumps(tags), now, now),
             )
-            row = dict(db.execute("SELECT * FROM presets WHERE name = ?", (name,)).fetchone())
+            row = dict(db.execute(find, key).fetchone())
         return row, existed is None
 
-    def presets(self) -> list[dict[str, Any]]:
-        return self._all("SELECT * FROM presets ORDER BY name")
+    def presets(self, user_id: int) -> list[dict[str, Any]]:
+        return self.fetch_all("SELECT * FROM presets WHERE user_id = ? ORDER BY name", (user_id,))
+
+    @staticmethod
+    def active_count(db: sqlite3.Connection, user_id: int) -> int:
+        sql = "SELECT COUNT(*) FROM generations WHERE user_id = ? AND status IN (?, ?)"
+        return int(db.execute(sql, (user_id, *ACTIVE)).fetchone()[0])
+
+    @staticmethod
+    def pending_count(db: sqlite3.Connection) -> int:
+        sql = "SELECT COUNT(*) FROM generations WHERE status = 'pending'"
+        return int(db.execute(sql).fetchone()[0])
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration into statements; a trigger body's semicolons do not end one."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""

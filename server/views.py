@@ -103,12 +103,8 @@ def generation(
         fields["estimated_time"] = round(admission.estimate_seconds(ahead + row["work_units"]), 2)
         extra["queue_position"] = place[0] if place else None
     elif status == "processing":
-        current = queue.current
-        step, total = (
-            (current.step, current.total_steps)
-            if current and current.generation_id == row["id"]
-            else (0, request["settings"]["steps"])
-        )
+        job = queue.progress_of(row["id"])
+        step, total = (job.step, job.total_steps) if job else (0, request["settings"]["steps"])
         done = step / total if total else 0.0
         fields["poll_url"] = links.status(row["request_id"])
         fields["estimated_time"] = round(

@@ -6,7 +6,6 @@ event loop never waits on the GPU.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -17,15 +16,13 @@ from typing import Protocol
 from PIL import Image
 
 from pipelines.loras import LoraLoadError
-from pipelines.spec import GenerationSpec, LoraSpec, RenderInterrupted
-from server.catalog import LoraCatalog, ResolvedLora
+from pipelines.spec import GenerationSpec, RenderInterrupted
+from server.catalog import LoraCatalog
 from server.config import Settings
 from server.contract import (
-    MAX_SEED,
     ApiError,
     ErrorCode,
     ImageGenerationRequest,
-    credits_for,
     error_object,
 )
 from server.failures import (
@@ -36,9 +33,11 @@ from server.failures import (
     provider_error,
     timeout_error,
 )
-from server.jobs import JobQueue, Progress
-from server.store import ACTIVE, NewImage, Store
-from server.vault import StoredFiles, Vault
+from server.jobs import JobQueue, Progress, batch_key
+from server.metrics import Metrics
+from server.results import ResultWriter, Task, build_spec
+from server.store import ACTIVE, Store
+from server.vault import Vault
 
 log = logging.getLogger("darkroom.worker")
 
@@ -62,6 +61,13 @@ class Renderer(Protocol):
         should_stop: Callable[[], bool] | None = None,
     ) -> list[Image.Image]: ...
 
+    def render_batch(
+        self,
+        specs: list[GenerationSpec],
+        on_step: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[list[Image.Image]]: ...
+
 
 class Worker:
     """The render thread, and a supervisor thread that enforces job timeouts and brings the
@@ -75,6 +81,7 @@ class Worker:
         queue: JobQueue,
         catalog: LoraCatalog,
         settings: Settings,
+        metrics: Metrics,
     ) -> None:
         self.renderer = renderer
         self.store = store
@@ -82,13 +89,15 @@ class Worker:
         self.queue = queue
         self.catalog = catalog
         self.settings = settings
-        self.url_ttl_seconds = settings.url_ttl_hours * 3600
+        self.results = ResultWriter(
+            store, vault, renderer.model, settings.url_ttl_hours * 3600, metrics
+        )
         self.state = "loading"
         self.load_error: str | None = None
         self.restarts = 0
         self.stuck_job: int | None = None
         self._stopping = False
-        self._crashed_job: int | None = None
+        self._crashed_jobs: list[int] = []
         self._thread = self._spawn()
         self._supervisor = threading.Thread(
             target=self._supervise, name="darkroom-supervisor", daemon=True
@@ -130,24 +139,25 @@ class Worker:
         self.state, self.load_error = "ready", None
         log.info("model %s ready on %s", self.renderer.model, self.renderer.device)
         while True:
-            job = self.queue.take(timeout=IDLE_SECONDS)
-            if job is None:
+            batch = self.queue.take(timeout=IDLE_SECONDS, max_batch=self.settings.max_batch)
+            if not batch:
                 if self.queue.closed:
                     return
                 self.purge_expired()
                 continue
+            ids = [job.generation_id for job in batch]
             try:
-                self._process(job)
+                self._process(batch)
             except Exception:
-                # Bookkeeping failed (database gone?): the job stays active and runs after restart.
-                log.exception("job %s: could not record its outcome", job.generation_id)
+                # Bookkeeping failed (database gone?): the jobs stay active and run after restart.
+                log.exception("jobs %s: could not record their outcome", ids)
             except BaseException:
                 # Whatever this was, the thread is done for: the supervisor starts another.
-                log.critical("job %s: the worker thread died", job.generation_id, exc_info=True)
-                self._crashed_job = job.generation_id
+                log.critical("jobs %s: the worker thread died", ids, exc_info=True)
+                self._crashed_jobs = ids
                 return
             finally:
-                if self.stuck_job == job.generation_id:
+                if self.stuck_job in ids:
                     self.stuck_job = None
                 self.queue.done()
 
@@ -169,38 +179,78 @@ class Worker:
                 self._thread.start()
 
     def _enforce_timeout(self) -> None:
-        job, limit = self.queue.current, self.settings.job_timeout
-        if job is None or limit <= 0:
+        batch, limit = self.queue.running, self.settings.job_timeout
+        if not batch or limit <= 0:
             return
-        overdue = time.monotonic() - job.started - limit
+        overdue = time.monotonic() - batch[0].started - limit
         if overdue > 0:
-            job.request_stop("timeout")
-        if overdue > HANG_GRACE_SECONDS and self.stuck_job != job.generation_id:
+            for job in batch:
+                job.request_stop("timeout")
+        if overdue > HANG_GRACE_SECONDS and self.stuck_job is None:
             # It ignores its stop flag (stuck inside a step): fail it for the client now;
             # readiness stays 503 until the thread comes back.
-            self.stuck_job = job.generation_id
-            self.store.fail(job.generation_id, timeout_error(limit))
-            log.error("job %s: stuck past its timeout", job.generation_id)
+            self.stuck_job = batch[0].generation_id
+            for job in batch:
+                self.store.fail(job.generation_id, timeout_error(limit))
+            log.error("jobs %s: stuck past their timeout", [j.generation_id for j in batch])
 
     def _restart(self) -> None:
         self.restarts += 1
         log.error("the worker thread died; restarting it (restart %d)", self.restarts)
-        crashed, self._crashed_job = self._crashed_job, None
-        if crashed is not None:
-            row = self.store.generation_by_id(crashed)
+        crashed, self._crashed_jobs = self._crashed_jobs, []
+        for generation_id in crashed:
+            row = self.store.generation_by_id(generation_id)
             if row and row["status"] == "processing":
                 if row["attempts"] >= self.settings.max_attempts:
-                    self.store.fail(crashed, gave_up_error(row["attempts"]))
+                    self.store.fail(generation_id, gave_up_error(row["attempts"]))
                 else:
-                    self.store.requeue(crashed)
-                    self.queue.put(crashed, row["work_units"])
+                    self.store.requeue(generation_id)
+                    request = ImageGenerationRequest.model_validate_json(row["request_json"])
+                    self.queue.put(
+                        generation_id, row["work_units"], row["user_id"], batch_key(request)
+                    )
         self._thread = self._spawn()
         self._thread.start()
 
-    def _process(self, job: Progress) -> None:
+    def _process(self, batch: list[Progress]) -> None:
+        tasks = [task for job in batch if (task := self._prepare(job)) is not None]
+        if not tasks:
+            return
+        names = ", ".join(task.row["request_id"] for task in tasks)
+        log.info("jobs %s: rendering %d image(s)", names, sum(t.spec.num_images for t in tasks))
+        started = time.perf_counter()
+        try:
+            results = self._render([task.spec for task in tasks], [task.job for task in tasks])
+        except RenderInterrupted:
+            for task in tasks:
+                self._stopped(task.job, task.row["request_id"])
+            return
+        except LoraLoadError as exc:
+            log.warning("jobs %s: %s", names, exc)
+            error = self.catalog.load_failed(exc.key, exc.reason)
+            for task in tasks:
+                self.store.fail(task.job.generation_id, error)
+            return
+        except Exception as exc:
+            log.exception("jobs %s: generation failed", names)
+            for task in tasks:
+                self.store.fail(task.job.generation_id, provider_error(exc))
+            return
+        seconds = time.perf_counter() - started
+        total_images = sum(len(images) for images in results)
+        for task, images in zip(tasks, results, strict=True):
+            if task.job.stop_reason:
+                self._stopped(task.job, task.row["request_id"])
+                continue
+            # A batch's time is shared by its images.
+            share = seconds * len(images) / max(1, total_images)
+            self.results.record(task, images, share)
+
+    def _prepare(self, job: Progress) -> Task | None:
+        """Check a job is still wanted and startable; mark it processing."""
         row = self.store.generation_by_id(job.generation_id)
         if row is None or row["status"] not in ACTIVE:
-            return
+            return None
         age, max_age = time.time() - row["created_at"], self.settings.max_queue_age
         if max_age > 0 and age > max_age and row["status"] == "pending":
             self.store.fail(
@@ -211,59 +261,55 @@ class Worker:
                     {"reason": "expired", "waited_seconds": round(age), "limit_seconds": max_age},
                 ),
             )
-            return
-        request = ImageGenerationRequest.model_validate(json.loads(row["request_json"]))
+            return None
+        request = ImageGenerationRequest.model_validate_json(row["request_json"])
         try:
             loras = self.catalog.resolve(request.loras)
         except ApiError as exc:
             self.store.fail(job.generation_id, error_object(exc.code, exc.message, exc.details))
-            return
+            return None
         spec = build_spec(request, row["seed"], loras)
-        self.store.mark_processing(job.generation_id)
+        if not self.store.mark_processing(job.generation_id):
+            return None
         job.total_steps = spec.steps
-        log.info("job %s: rendering %d image(s)", row["request_id"], spec.num_images)
-        started = time.perf_counter()
-        try:
-            images = self._render(spec, job)
-            if job.stop_reason:
-                raise RenderInterrupted
-        except RenderInterrupted:
-            self._stopped(job, row["request_id"])
-            return
-        except LoraLoadError as exc:
-            log.warning("job %s: %s", row["request_id"], exc)
-            self.store.fail(job.generation_id, self.catalog.load_failed(exc.key, exc.reason))
-            return
-        except Exception as exc:
-            log.exception("job %s: generation failed", row["request_id"])
-            self.store.fail(job.generation_id, provider_error(exc))
-            return
-        self._record(row, request, spec, images, time.perf_counter() - started, loras)
+        return Task(job, row, request, spec, loras)
 
-    def _render(self, spec: GenerationSpec, job: Progress) -> list[Image.Image]:
+    def _render(self, specs: list[GenerationSpec], jobs: list[Progress]) -> list[list[Image.Image]]:
         def on_step(step: int, total: int) -> None:
-            job.step, job.total_steps = step, total
+            for job in jobs:
+                job.step, job.total_steps = step, total
+            self.queue.touch()
+
+        def should_stop() -> bool:
+            # A batch stops only when all its jobs want to; a cancelled member is dropped.
+            return all(job.stop.is_set() for job in jobs)
 
         try:
-            return self.renderer.render(spec, on_step=on_step, should_stop=job.stop.is_set)
+            if len(specs) == 1:
+                return [self.renderer.render(specs[0], on_step, should_stop)]
+            return self.renderer.render_batch(specs, on_step, should_stop)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
             self._free_memory()
-            if spec.num_images == 1:
+            if sum(spec.num_images for spec in specs) == 1:
                 raise OutOfMemory from exc
-        log.warning("out of memory with %d images at once; trying one at a time", spec.num_images)
-        images: list[Image.Image] = []
+        count = sum(spec.num_images for spec in specs)
+        log.warning("out of memory with %d images at once; trying one at a time", count)
+        results: list[list[Image.Image]] = []
         try:
-            for seed in spec.seeds:
-                single = replace(spec, seeds=(seed,))
-                images += self.renderer.render(single, on_step=on_step, should_stop=job.stop.is_set)
+            for spec in specs:
+                images: list[Image.Image] = []
+                for seed in spec.seeds:
+                    single = replace(spec, seeds=(seed,))
+                    images += self.renderer.render(single, on_step, should_stop)
+                results.append(images)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
             self._free_memory()
             raise OutOfMemory from exc
-        return images
+        return results
 
     def _free_memory(self) -> None:
         free = getattr(self.renderer, "free_memory", None)
@@ -280,109 +326,5 @@ class Worker:
         else:
             self.store.release(job.generation_id)
 
-    def _record(
-        self,
-        row: dict,
-        request: ImageGenerationRequest,
-        spec: GenerationSpec,
-        images: list[Image.Image],
-        seconds: float,
-        loras: list[ResolvedLora],
-    ) -> None:
-        options = request.options
-        per_image_ms = round(seconds * 1000 / max(1, len(images)))
-        written: list[StoredFiles] = []
-        try:
-            for image, seed in zip(images, spec.seeds, strict=True):
-                written.append(
-                    self.vault.save(
-                        image,
-                        options.format,
-                        options.quality,
-                        options.save_to_vault,
-                        a1111_parameters(spec, seed, self.renderer.model),
-                    )
-                )
-        except OSError as exc:
-            self.vault.delete(*(name for f in written for name in (f.file_name, f.thumb_name)))
-            log.error("job %s: could not write images: %s", row["request_id"], exc)
-            self.store.fail(
-                row["id"],
-                error_object(
-                    ErrorCode.PROVIDER_ERROR,
-                    "Could not store the generated images",
-                    {"reason": exc.strerror or type(exc).__name__},
-                ),
-            )
-            return
-        new_images = [
-            NewImage(
-                idx,
-                files.token,
-                seed,
-                image.width,
-                image.height,
-                options.format,
-                files.file_name,
-                files.thumb_name,
-                options.save_to_vault,
-                per_image_ms,
-            )
-            for idx, (files, seed, image) in enumerate(
-                zip(written, spec.seeds, images, strict=True)
-            )
-        ]
-        credits = credits_for(spec.width, spec.height, spec.steps, len(images))
-        recorded = False
-        try:
-            recorded = self.store.complete(
-                row["id"], new_images, credits, seconds, [(lora.id, lora.weight) for lora in loras]
-            )
-        finally:
-            if not recorded:
-                self.vault.delete(*(name for f in written for name in (f.file_name, f.thumb_name)))
-        if not recorded:
-            log.info(
-                "job %s: finished after it was failed (timeout); images dropped", row["request_id"]
-            )
-            return
-        log.info("job %s: completed in %.2fs", row["request_id"], seconds)
-
     def purge_expired(self) -> None:
-        """Delete temporary images whose links have expired."""
-        expired = self.store.expired_temporary_images(time.time() - self.url_ttl_seconds)
-        if expired:
-            self.vault.delete(
-                *(n for img in expired for n in (img["file_name"], img["thumb_name"]))
-            )
-            self.store.mark_purged([img["id"] for img in expired])
-            log.info("purged %d expired temporary image(s)", len(expired))
-
-
-def build_spec(
-    request: ImageGenerationRequest, seed: int, loras: list[ResolvedLora]
-) -> GenerationSpec:
-    settings = request.settings
-    return GenerationSpec(
-        prompt=request.prompt,
-        negative_prompt=settings.negative_prompt,
-        width=settings.width,
-        height=settings.height,
-        steps=settings.steps,
-        cfg_scale=settings.cfg_scale,
-        sampler=settings.sampler,
-        seeds=tuple((seed + i) % (MAX_SEED + 1) for i in range(request.options.num_images)),
-        loras=tuple(LoraSpec(lora.sha256, str(lora.path), lora.weight) for lora in loras),
-    )
-
-
-def a1111_parameters(spec: GenerationSpec, seed: int, model: str) -> str:
-    """AUTOMATIC1111's infotext, so its PNG Info tab can read our images back."""
-    lines = [spec.prompt]
-    if spec.negative_prompt:
-        lines.append(f"Negative prompt: {spec.negative_prompt}")
-    lines.append(
-        f"Steps: {spec.steps}, Sampler: {spec.sampler}, CFG scale: {spec.cfg_scale:g}, "
-        f"Seed: {seed}, Size: {spec.width}x{spec.height}, Model: {model}, Generator: Darkroom"
-    )
-    return "\n".join(lines)
+        self.results.purge_expired()

@@ -65,6 +65,8 @@ def make_client(tmp_path: Path, models_dir: Path, tiny_renderer: Preloaded) -> I
             data_dir=overrides.pop("data_dir", tmp_path / "data"),
             models_dir=overrides.pop("models_dir", models_dir),
             model="tiny",
+            # Tests poll fast; the poll limit has tests of its own.
+            poll_rate=overrides.pop("poll_rate", 0.0),
             **overrides,
         )
         client = TestClient(create_app(settings, renderer or tiny_renderer))
@@ -92,7 +94,9 @@ def wait_healthy(client: TestClient, timeout: float = 60) -> dict:
     raise AssertionError(f"server not healthy: {response.json()}")
 
 
-def generate(client: TestClient, prompt: str = "a red fox", **parts: Any) -> dict:
+def generate(
+    client: TestClient, prompt: str = "a red fox", headers: dict | None = None, **parts: Any
+) -> dict:
     """Submit a small generation; `settings`/`options` merge over small fast defaults."""
     body = {
         "prompt": prompt,
@@ -100,23 +104,32 @@ def generate(client: TestClient, prompt: str = "a red fox", **parts: Any) -> dic
         "options": {"format": "png", **parts.pop("options", {})},
         **parts,
     }
-    response = client.post("/image/generate", json=body)
+    response = client.post("/image/generate", json=body, headers=headers)
     assert response.status_code == 202, response.text
     return response.json()
 
 
-def wait_done(client: TestClient, request_id: str, timeout: float = 120) -> dict:
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def wait_done(
+    client: TestClient, request_id: str, timeout: float = 120, headers: dict | None = None
+) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = client.get(f"/generations/{request_id}/status").json()
+        body = client.get(f"/generations/{request_id}/status", headers=headers).json()
         if body["status"] in ("completed", "failed"):
             return body
         time.sleep(0.02)
     raise AssertionError(f"generation {request_id} did not finish: {body}")
 
 
-def render(client: TestClient, prompt: str = "a red fox", **parts: Any) -> dict:
-    body = wait_done(client, generate(client, prompt, **parts)["request_id"])
+def render(
+    client: TestClient, prompt: str = "a red fox", headers: dict | None = None, **parts: Any
+) -> dict:
+    request_id = generate(client, prompt, headers, **parts)["request_id"]
+    body = wait_done(client, request_id, headers=headers)
     assert body["status"] == "completed", body
     return body
 

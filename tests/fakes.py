@@ -28,6 +28,7 @@ class Fake:
     def __init__(self, inner: Any = None) -> None:
         self.inner = inner
         self.calls = 0
+        self.prompts: list[str] = []
         self.started = threading.Event()
 
     def load(self) -> None:
@@ -35,6 +36,7 @@ class Fake:
 
     def render(self, spec, on_step=None, should_stop=None):  # type: ignore[no-untyped-def]
         self.calls += 1
+        self.prompts.append(spec.prompt)
         self.started.set()
         self.misbehave(spec, on_step, should_stop)
         return self.inner.render(spec, on_step, should_stop)

@@ -29,6 +29,8 @@ class ServerProcess:
             "DARKROOM_PORT": str(self.port),
             "DARKROOM_DATA_DIR": str(data_dir),
             "HF_HUB_OFFLINE": "1",
+            # Tests poll fast; the poll limit has tests of its own.
+            "DARKROOM_POLL_RATE": "0",
         }
         with log.open("a") as out:
             self.process = subprocess.Popen(

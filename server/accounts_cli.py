@@ -1,0 +1,67 @@
+"""`darkroom users ...` and `darkroom credits ...`: account commands for the operator.
+
+They work on the data dir directly, also while the server runs (SQLite WAL): a new token
+is valid at once, a revoked one refused at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from server.accounts import AccountError, Accounts
+from server.config import Settings
+from server.store import Store
+
+
+def run_account_command(args: argparse.Namespace) -> int:
+    settings = Settings.load({"data_dir": args.data_dir})
+    store = Store(settings.database_path)
+    try:
+        return _dispatch(Accounts(store), args)
+    except AccountError as exc:
+        print(f"darkroom: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+
+
+def _dispatch(accounts: Accounts, args: argparse.Namespace) -> int:
+    command = (args.command, args.action)
+    if command == ("users", "add"):
+        user, token = accounts.add_user(args.name, args.credits)
+        credits = "unlimited credits" if user.unlimited else f"{args.credits:g} credits"
+        print(f"created user {user.name} with {credits}; their API token (shown once):",
+              file=sys.stderr)
+        print(token)
+    elif command == ("users", "token"):
+        token = accounts.new_token(args.name)
+        print(f"new API token for {args.name} (shown once; older ones stay valid):",
+              file=sys.stderr)
+        print(token)
+    elif command == ("users", "revoke"):
+        count = accounts.revoke(args.name)
+        print(f"revoked {count} token(s) of {args.name}")
+    elif command == ("users", "list"):
+        _print_users(accounts)
+    elif command == ("credits", "add"):
+        balance = accounts.add_credits(args.name, args.amount)
+        if balance.unlimited:
+            print(f"recorded {args.amount:g} credits for {args.name}, who is unlimited")
+        else:
+            print(f"{args.name}: balance {balance.balance:g}, held {balance.held:g}")
+    return 0
+
+
+def _print_users(accounts: Accounts) -> None:
+    header = f"{'name':<24} {'balance':>10} {'held':>8} {'charged':>9} {'tokens':>6} {'jobs':>6}"
+    print(header)
+    for row in accounts.summaries():
+        if row["builtin"]:
+            continue
+        credits = row["credits"]
+        balance = "unlimited" if credits["unlimited"] else f"{credits['balance']:g}"
+        print(
+            f"{row['name']:<24} {balance:>10} {credits['held']:>8g} {row['charged']:>9g}"
+            f" {row['tokens']:>6} {row['generations']:>6}"
+        )

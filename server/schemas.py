@@ -1,0 +1,118 @@
+"""Response models beyond the contract's own, for the OpenAPI document: the additive
+fields Darkroom sends, and the routes the contract does not describe. The handlers build
+plain dicts (views.py); these models say what those dicts hold."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from server.contract import ErrorInfo, ImageGenerationResponse, LoraModel
+
+
+class ErrorResponse(BaseModel):
+    status: str = Field(description='Always "failed"')
+    error: ErrorInfo
+
+
+class GenerationStatus(ImageGenerationResponse):
+    """The contract's ImageGenerationResponse plus progress fields."""
+
+    queue_position: int | None = Field(None, description="Place among pending jobs")
+    progress: float | None = Field(None, description="0-1 while processing")
+    step: int | None = None
+    total_steps: int | None = None
+    message: str | None = Field(None, description="Cancelling a finished job says why not")
+    preview: str | None = Field(None, description="Events only: a PNG data URL of the latents")
+
+
+class HistoryItem(GenerationStatus):
+    prompt: str
+    settings: dict[str, Any]
+    loras: list[dict[str, Any]]
+    options: dict[str, Any]
+    has_seed: bool
+    created_at: str | None
+    completed_at: str | None
+
+
+class HistoryPage(BaseModel):
+    items: list[HistoryItem]
+    itemsReceived: int
+    curPage: int
+    nextPage: int | None
+    prevPage: int | None
+    offset: int
+    perPage: int
+    itemsTotal: int
+    pageTotal: int
+
+
+class LoraEntry(LoraModel):
+    activation_text: str
+    preferred_weight: float | None
+    notes: str
+    base_model: str | None
+    rank: int | None
+    alpha: float | None
+    format: str | None
+    file: str
+    duplicates: list[str]
+    compatible: bool
+    incompatible_reason: str | None
+    warnings: list[str]
+
+
+class RefreshSummary(BaseModel):
+    files: int
+    loras: int
+    compatible: int
+    added: list[int]
+    removed: list[int]
+    incompatible: list[dict[str, Any]]
+
+
+class Preset(BaseModel):
+    id: int
+    name: str
+    settings: dict[str, Any]
+    loras: list[dict[str, Any]]
+    tags: list[str]
+    created_at: str | None
+    updated_at: str | None
+
+
+class Credits(BaseModel):
+    unlimited: bool
+    balance: float | None
+    held: float
+    available: float | None
+
+
+class Account(BaseModel):
+    user: str
+    open_mode: bool
+    credits: Credits
+    active_generations: int
+    limits: dict[str, float]
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    device: str
+    queue_depth: int
+    worker_alive: bool
+    worker_restarts: int
+    checks: dict[str, bool]
+    error: str | None = None
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, bool]
+
+
+class Liveness(BaseModel):
+    status: str
