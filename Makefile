@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 ARGS ?=
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint fuzz clean
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ lint: install
 
 test: install lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(ARGS)
+
+# The fuzz test of `make test`, with more examples per operation.
+N ?= 100
+fuzz: install
+	DARKROOM_FUZZ_EXAMPLES=$(N) HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -s tests/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -103,6 +103,19 @@ _ALIASES: dict[str, str] = {
 }
 
 
+# What the API documents as accepted (any case and punctuation of these works too).
+SAMPLER_SPELLINGS: tuple[str, ...] = (
+    *sorted(_RECIPES),
+    *(alias for alias in _ALIASES if alias not in _RECIPES),
+    "Euler a",
+    "DPM++ 2M Karras",
+    "DPM++ 2M SDE Karras",
+    "DPM++ SDE Karras",
+    "UniPC",
+    "DDIM",
+)
+
+
 def _normalise(name: str) -> str:
     lowered = name.strip().lower().replace("++", "pp").replace("+", "p")
     return re.sub(r"[^a-z0-9]+", "_", lowered).strip("_")

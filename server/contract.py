@@ -7,11 +7,19 @@ since JavaScript clients send both.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from pipelines.samplers import SAMPLER_NAMES, canonical_sampler
+from pipelines.samplers import SAMPLER_NAMES, SAMPLER_SPELLINGS, canonical_sampler
 
 CONTRACT_PREFIX = "/api:_WUcacrv"
 MAX_SEED = 2**32 - 1
@@ -67,6 +75,17 @@ def not_found(what: str, ident: object) -> ApiError:
     return ApiError(ErrorCode.NOT_FOUND, f"{what} {ident} not found", {"id": ident}, 404)
 
 
+def _whole_number(value: Any) -> Any:
+    # JSON (and JavaScript) has one number type: 30.0 is the integer 30, as JSON Schema says.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_whole_number)]
+SIZE = {"multipleOf": 8}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
@@ -80,11 +99,15 @@ class _Strict(BaseModel):
 
 class GenerationSettings(_Strict):
     cfg_scale: float = Field(7.5, ge=1.0, le=30.0)
-    steps: int = Field(30, ge=10, le=150)
-    sampler: str = "euler"
-    seed: int = Field(-1, ge=-1, le=MAX_SEED)
-    width: int = Field(1024, ge=256, le=2048)
-    height: int = Field(1024, ge=256, le=2048)
+    steps: JsonInt = Field(30, ge=10, le=150)
+    sampler: str = Field(
+        "euler",
+        json_schema_extra={"enum": list(SAMPLER_SPELLINGS)},
+        description="Any spelling AUTOMATIC1111 or ComfyUI uses; answered with ours",
+    )
+    seed: JsonInt = Field(-1, ge=-1, le=MAX_SEED)
+    width: JsonInt = Field(1024, ge=256, le=2048, json_schema_extra=SIZE)
+    height: JsonInt = Field(1024, ge=256, le=2048, json_schema_extra=SIZE)
     negative_prompt: str = ""
 
     @field_validator("sampler")
@@ -106,16 +129,16 @@ class GenerationSettings(_Strict):
 
 
 class LoraRef(_Strict):
-    id: int
+    id: JsonInt
     weight: float = Field(1.0, ge=0.0, le=2.0)
 
 
 class GenerationOptions(_Strict):
     provider: Literal["auto", "fal", "rundiffusion"] = "auto"
     # The upper bound (8) is a LIMIT_EXCEEDED, not a validation error: see check_limits.
-    num_images: int = Field(1, ge=1)
+    num_images: JsonInt = Field(1, ge=1)
     format: Literal["jpeg", "png", "webp"] = "jpeg"
-    quality: int = Field(95, ge=0, le=100)
+    quality: JsonInt = Field(95, ge=0, le=100)
     save_to_vault: bool = True
 
 
@@ -157,7 +180,7 @@ class HistoryQuery(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    page: int = Field(1, ge=1)
+    page: int = Field(1, ge=1, le=1_000_000)
     per_page: int = Field(20, ge=1, le=100)
     date_from: str | None = None
     has_seed: bool | None = None

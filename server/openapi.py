@@ -28,7 +28,7 @@ ERRORS = {
     404: "Unknown (or someone else's) id (NOT_FOUND)",
     413: "Request body too large (LIMIT_EXCEEDED)",
     429: "Too many active generations or polls (LIMIT_EXCEEDED), with Retry-After",
-    503: "Draining or queue full (SERVICE_UNAVAILABLE), with Retry-After",
+    503: "Draining or queue full (SERVICE_UNAVAILABLE), with Retry-After; not ready (probes)",
 }
 
 
@@ -117,6 +117,9 @@ def build_document() -> dict[str, Any]:
         [(model, "validation") for model in sorted(models, key=lambda m: m.__name__)],
         ref_template="#/components/schemas/{model}",
     )
+    components = definitions.get("$defs", {})
+    for model in (op.body for op in OPERATIONS if op.body is not None):
+        _null_means_default(components, model.__name__)
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         for prefix in ("", CONTRACT_PREFIX):
@@ -131,10 +134,33 @@ def build_document() -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": definitions.get("$defs", {}),
+            "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _null_means_default(components: dict[str, Any], name: str) -> None:
+    """Request fields may be null, meaning "the default" (contract.py parses them so)."""
+    schema = components[name]
+    required = set(schema.get("required", ()))
+    for field_name, prop in schema["properties"].items():
+        if field_name in required:
+            continue
+        inner = {k: v for k, v in prop.items() if k not in ("default", "description", "title")}
+        outer = {k: v for k, v in prop.items() if k in ("default", "description", "title")}
+        schema["properties"][field_name] = {"anyOf": [inner, {"type": "null"}], **outer}
+        for ref in _refs(inner):
+            _null_means_default(components, ref)
+
+
+def _refs(schema: Any) -> list[str]:
+    if isinstance(schema, dict):
+        found = [schema["$ref"].rsplit("/", 1)[1]] if "$ref" in schema else []
+        return found + [ref for value in schema.values() for ref in _refs(value)]
+    if isinstance(schema, list):
+        return [ref for item in schema for ref in _refs(item)]
+    return []
 
 
 def _operation(op: Operation, keys: dict[Any, dict[str, Any]]) -> dict[str, Any]:
@@ -147,13 +173,29 @@ def _operation(op: Operation, keys: dict[Any, dict[str, Any]]) -> dict[str, Any]
         schema = {"type": "array", "items": ref(model)} if op.extra.get("list") else ref(model)
         ok["content"] = {"application/json": {"schema": schema}}
     elif op.path.endswith("/events"):
-        ok["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+        # Each event (as OpenAPI 3.2 describes them): a status object as JSON in `data`.
+        event = {
+            "type": "object",
+            "properties": {
+                "event": {"const": "status"},
+                "id": {"type": "string"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": ref(schemas.GenerationStatus),
+                },
+            },
+            "required": ["data"],
+        }
+        ok["content"] = {"text/event-stream": {"schema": event}}
     error = {"application/json": {"schema": ref(schemas.ErrorResponse)}}
     responses = {str(status): ok}
     if status == 201:
         responses["200"] = {**ok, "description": "Updated"}
     for code in op.errors:
-        responses[str(code)] = {"description": ERRORS[code], "content": error}
+        # Health probes answer 503 with their usual body, saying what is not ready.
+        content = ok["content"] if op.public else error
+        responses[str(code)] = {"description": ERRORS[code], "content": content}
     operation: dict[str, Any] = {"summary": op.summary, "responses": responses}
     # Open mode (no users, loopback) needs no token, hence the empty alternative.
     operation["security"] = [] if op.public else [{}, {"bearer": []}]

@@ -154,3 +154,12 @@ def test_pipeline_exception_fails_that_job_only(
     assert failed["error"]["details"]["reason"] == "RuntimeError: CUDA kernel exploded"
     assert "Traceback" not in str(failed)
     assert wait_done(client, second["request_id"])["status"] == "completed"
+
+
+def test_whole_valued_numbers_count_as_integers(client: TestClient) -> None:
+    # JSON has one number type (JavaScript sends 512.0 for 512), and JSON Schema agrees.
+    body = {"prompt": "a fox", "settings": {"steps": 10.0, "width": 256.0, "height": 256}}
+    response = client.post("/image/generate", json=body)
+    assert response.status_code == 202, response.text
+    item = client.get("/generations/history").json()["items"][0]
+    assert item["settings"]["steps"] == 10 and isinstance(item["settings"]["steps"], int)
