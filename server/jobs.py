@@ -257,7 +257,8 @@ class Admission:
         self.catalog = catalog
         self.queue = queue
         self.settings = settings
-        self._rate: tuple[float, float] | None = None  # (measured at, seconds per unit)
+        # (read at, seconds per work unit overall, and by image size in pixels)
+        self._rates: tuple[float, float, dict[int, float]] | None = None
 
     def submit(self, request: ImageGenerationRequest, user: User) -> dict:
         options, settings = request.options, request.settings
@@ -339,10 +340,13 @@ class Admission:
                 {"Retry-After": retry_after(wait)},
             )
 
-    def estimate_seconds(self, units: float) -> float:
-        # Every poll asks; the measured speed is read from the database once a second.
+    def estimate_seconds(self, units: float, pixels: int | None = None) -> float:
+        """Seconds to render `units` work units, at the speed measured for images of
+        `pixels` pixels if there is one, else at the speed of recent jobs of any size."""
+        # Every poll asks; the measured speeds are read from the database once a second.
         now = time.monotonic()
-        if self._rate is None or now - self._rate[0] > RATE_REFRESH_SECONDS:
-            rate = self.store.seconds_per_work_unit() or DEFAULT_SECONDS_PER_WORK_UNIT
-            self._rate = (now, rate)
-        return units * self._rate[1]
+        if self._rates is None or now - self._rates[0] > RATE_REFRESH_SECONDS:
+            overall = self.store.seconds_per_work_unit() or DEFAULT_SECONDS_PER_WORK_UNIT
+            self._rates = (now, overall, self.store.seconds_per_work_unit_by_size())
+        _, overall, by_size = self._rates
+        return units * by_size.get(pixels, overall)

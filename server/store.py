@@ -300,6 +300,22 @@ class Store:
             return None
         return float(row["seconds"]) / float(row["units"])
 
+    def seconds_per_work_unit_by_size(self, recent: int = 200) -> dict[int, float]:
+        """Measured render speed per image size (width x height) over recent jobs."""
+        rows = self.fetch_all(
+            "SELECT pixels, SUM(render_seconds) AS seconds, SUM(work_units) AS units FROM ("
+            " SELECT json_extract(request_json, '$.settings.width')"
+            " * json_extract(request_json, '$.settings.height') AS pixels,"
+            " render_seconds, work_units FROM generations WHERE status = 'completed'"
+            " AND render_seconds IS NOT NULL ORDER BY id DESC LIMIT ?) GROUP BY pixels",
+            (recent,),
+        )
+        return {
+            int(row["pixels"]): float(row["seconds"]) / float(row["units"])
+            for row in rows
+            if row["units"] and row["pixels"]
+        }
+
     def expired_temporary_images(self, older_than: float) -> list[dict[str, Any]]:
         return self.fetch_all(
             "SELECT * FROM images WHERE in_vault = 0 AND purged = 0 AND created_at < ?",

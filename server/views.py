@@ -96,11 +96,16 @@ def generation(
     }
     extra: dict[str, Any] = {}
     request = json.loads(row["request_json"])
+    pixels = request["settings"]["width"] * request["settings"]["height"]
     if status == "pending":
         place = queue.position(row["id"])
-        ahead = place[1] if place else queue.work_ahead_of_new_job()
+        if place is None:  # just taken by the worker, or not queued yet
+            ahead = 0.0 if queue.progress_of(row["id"]) else queue.work_ahead_of_new_job()
+        else:
+            ahead = place[1]
         fields["poll_url"] = links.status(row["request_id"])
-        fields["estimated_time"] = round(admission.estimate_seconds(ahead + row["work_units"]), 2)
+        own = admission.estimate_seconds(row["work_units"], pixels)
+        fields["estimated_time"] = round(admission.estimate_seconds(ahead) + own, 2)
         extra["queue_position"] = place[0] if place else None
     elif status == "processing":
         job = queue.progress_of(row["id"])
@@ -108,7 +113,7 @@ def generation(
         done = step / total if total else 0.0
         fields["poll_url"] = links.status(row["request_id"])
         fields["estimated_time"] = round(
-            admission.estimate_seconds(row["work_units"] * (1 - done)), 2
+            admission.estimate_seconds(row["work_units"] * (1 - done), pixels), 2
         )
         extra.update(progress=round(done, 4), step=step, total_steps=total)
     elif status == "completed":

@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from conftest import fetch_image, generate, pixels, render, wait_done
+import server.jobs
+from conftest import AppFactory, fetch_image, generate, pixels, render, wait_done
+from fakes import Fake, Solid
 from server.contract import CONTRACT_PREFIX
 
 
@@ -165,3 +167,24 @@ def test_unknown_request_id_is_404_error_object(client: TestClient) -> None:
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "NOT_FOUND"
     assert response.json()["status"] == "failed"
+
+
+class TakesThreeTenths(Fake):
+    """Renders any size in 0.3 s: speed per megapixel differs by image size."""
+
+    def misbehave(self, spec, on_step, should_stop) -> None:  # type: ignore[no-untyped-def]
+        time.sleep(0.3)
+
+
+def test_estimated_time_is_learned_per_image_size(
+    make_client: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server.jobs, "RATE_REFRESH_SECONDS", 0.0)
+    client = make_client(renderer=TakesThreeTenths(Solid()))
+    for size in (256, 512):
+        render(client, settings={"width": size, "height": size})
+    # One rate for all sizes would say 0.12 s for 256 px and 0.48 s for 512 px.
+    for size in (256, 512):
+        body = generate(client, settings={"width": size, "height": size})
+        assert 0.2 < body["estimated_time"] < 0.4, body
+        wait_done(client, body["request_id"])
