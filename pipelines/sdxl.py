@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,9 +11,13 @@ import torch
 from pipelines.lora_fit import LoraFit
 from pipelines.lora_hotswap import HotswapAdapters
 from pipelines.loras import AdapterCache
+from pipelines.placement import pad_per_image_linears, unscale, use_sdpa
+from pipelines.progress import StepProgress
 from pipelines.samplers import canonical_sampler, make_scheduler
-from pipelines.spec import GenerationSpec, RenderInterrupted
+from pipelines.sdxl_configs import RANDOM_SDXL
+from pipelines.spec import GenerationSpec, RenderInterrupted, batch_key
 from pipelines.tiny import ensure_tiny_model
+from pipelines.tuning import plan_for
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -70,18 +74,30 @@ class SDXLRenderer:
         device: str | None = None,
         dtype: str | None = None,
         lora_cache_size: int = 8,
-        lora_hotswap: bool = False,
+        lora_hotswap: bool | None = None,
         lora_max_rank: int = 64,
+        compile: bool = False,
+        offload: bool = False,
+        vae_tiling_above: int | None = None,
     ) -> None:
         """`lora_hotswap` keeps `lora_cache_size` fixed adapter slots of rank
         `lora_max_rank` on the UNet instead of loading and deleting adapters, so that a
-        compiled UNet never recompiles; LoRAs of a higher rank are then incompatible."""
+        compiled UNet never recompiles; LoRAs of a higher rank are then incompatible.
+        `compile` torch.compiles the UNet and VAE decoder at load and turns hot-swap on
+        unless `lora_hotswap` says otherwise. `offload` (CUDA only) keeps each model on
+        the CPU until it runs, and rules out compile. Images of more than
+        `vae_tiling_above` pixels are decoded in tiles. pipelines.tuning.plan_for decides
+        what each setting means on this device; `plan` holds its answer."""
         self.model = model
         self.models_dir = Path(models_dir)
         self.device = device or detect_device()
         self.dtype = resolve_dtype(dtype, self.device)
+        self.plan = plan_for(
+            self.device, self.dtype, compile=compile, offload=offload,
+            lora_hotswap=lora_hotswap, vae_tiling_above=vae_tiling_above,
+        )  # fmt: skip
         self.lora_cache_size = lora_cache_size
-        self.lora_hotswap = lora_hotswap
+        self.lora_hotswap = self.plan.lora_hotswap
         self.lora_max_rank = lora_max_rank
         self._adapters = self._new_adapters()
         self._fit: LoraFit | None = None
@@ -132,47 +148,134 @@ class SDXLRenderer:
 
         pipe = self._from_source()
         pipe.set_progress_bar_config(disable=True)
-        pipe.to(self.device)
+        self._place(pipe)
         # Every sampler is built from this, however often the scheduler is swapped later.
         self._base_scheduler_config = pipe.scheduler.config
         # Before any adapter wraps a layer: the shapes LoRA files are checked against.
         self._fit = LoraFit(pipe, max_rank=self.lora_max_rank if self.lora_hotswap else None)
         if isinstance(self._adapters, HotswapAdapters):
-            self._adapters.prepare(pipe)
+            self._adapters.prepare(pipe)  # slots first: compiled code must include them
+        if self.plan.compile:
+            pipe.unet.compile(backend=self.plan.compile_backend)
+            pipe.vae.decoder.compile(backend=self.plan.compile_backend)
         self._pipe = pipe
+
+    def warmup(self, sizes: Iterable[tuple[int, int]], images: Iterable[int] = (1,)) -> None:
+        """Render once per (width, height) and image count, so that compiled graphs, kernel
+        choices and allocator pools exist before the first request."""
+        counts = tuple(images)
+        for width, height in sizes:
+            for count in counts:
+                seeds = tuple(range(count))
+                spec = GenerationSpec("warm-up", "", width, height, 2, 5.0, "euler", seeds)
+                self.render(spec)
+
+    def _place(self, pipe: Any) -> None:
+        plan = self.plan
+        if plan.vae_float32 and pipe.vae.config.force_upcast:
+            pipe.vae.to(torch.float32)
+        if plan.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
+        use_sdpa(pipe.unet)
+        use_sdpa(pipe.vae)
+        if plan.offload:
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device)
 
     def render(
         self,
         spec: GenerationSpec,
         on_step: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        on_latents: Callable[[int, Any], None] | None = None,
     ) -> list[Image.Image]:
         """Render spec's images (image i from seed i). on_step(step, spec.steps) runs once per
         step whatever the sampler's internal UNet calls; should_stop() is polled between those
         calls and makes this raise RenderInterrupted without decoding anything."""
+        return self.render_batch([spec], on_step, should_stop, on_latents)[0]
+
+    def render_batch(
+        self,
+        specs: Sequence[GenerationSpec],
+        on_step: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        on_latents: Callable[[int, Any], None] | None = None,
+    ) -> list[list[Image.Image]]:
+        """Render several specs of one batch_key in one denoising loop: the images of each
+        spec, in order, as render(spec) would give them (prompts are encoded spec by spec,
+        each image has its own seeded generator). on_step and should_stop as in render(),
+        for the batch as a whole; on_latents(step, latents) sees the latents after each
+        step (pipelines.progress.latent_previews makes pictures of them)."""
+        if not specs:
+            return []
+        first = specs[0]
+        if any(batch_key(spec) != batch_key(first) for spec in specs):
+            raise ValueError("render_batch needs specs of one batch_key")
         self.load()
         pipe = self._pipe
-        pipe.scheduler = self._scheduler(spec.sampler)
-        self._adapters.apply(pipe, spec.loras)
+        pipe.scheduler = self._scheduler(first.sampler)
+        self._adapters.apply(pipe, first.loras)
+        if self.plan.batch_invariant:
+            pad_per_image_linears(pipe.unet)  # after apply: LoRA layers included
         if should_stop is not None and should_stop():
             raise RenderInterrupted()
 
-        progress = _StepProgress(spec.steps, on_step, should_stop)
-        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in spec.seeds]
+        progress = StepProgress(first.steps, on_step, should_stop, on_latents)
+        seeds = [seed for spec in specs for seed in spec.seeds]
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
         with torch.inference_mode():
-            result = pipe(
-                prompt=spec.prompt,
-                # None, not "", so SDXL's force_zeros_for_empty_prompt applies as trained.
-                negative_prompt=spec.negative_prompt or None,
-                width=spec.width,
-                height=spec.height,
-                num_inference_steps=spec.steps,
-                guidance_scale=spec.cfg_scale,
-                num_images_per_prompt=spec.num_images,
+            latents = pipe(
+                **self._encode(specs),
+                width=first.width,
+                height=first.height,
+                num_inference_steps=first.steps,
+                guidance_scale=first.cfg_scale,
                 generator=generators,
                 callback_on_step_end=progress,
+                output_type="latent",
+            ).images
+            images = iter(self._decode(latents, first.width * first.height))
+        return [[next(images) for _ in spec.seeds] for spec in specs]
+
+    def _encode(self, specs: Sequence[GenerationSpec]) -> dict[str, torch.Tensor | None]:
+        """Each spec's prompts encoded on their own, as the pipeline would for that spec
+        alone, then concatenated: an empty negative prompt stays None, so SDXL's
+        force_zeros_for_empty_prompt gives it zeros as trained, beside encoded ones."""
+        pipe = self._pipe
+        guided = specs[0].cfg_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
+        parts = [
+            pipe.encode_prompt(
+                prompt=spec.prompt,
+                device=pipe._execution_device,
+                num_images_per_prompt=spec.num_images,
+                do_classifier_free_guidance=guided,
+                negative_prompt=spec.negative_prompt or None,
             )
-        return list(result.images)
+            for spec in specs
+        ]
+        names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds")
+        names += ("negative_pooled_prompt_embeds",)
+        return {
+            name: None if tensors[0] is None else torch.cat(tensors)
+            for name, tensors in zip(names, zip(*parts, strict=True), strict=True)
+        }
+
+    def _decode(self, latents: torch.Tensor, pixels: int) -> list[Image.Image]:
+        """What the pipeline's own decode does, image by image (a batch needs no more VAE
+        memory than one image, and each image decodes exactly as it would alone), in the
+        VAE's dtype (float32 where plan.vae_float32 upcast it)."""
+        pipe = self._pipe
+        vae = pipe.vae
+        vae.use_tiling = pixels > self.plan.vae_tiling_above
+        latents = unscale(vae, latents.to(device=pipe._execution_device, dtype=vae.dtype))
+        decoded = torch.cat([vae.decode(one, return_dict=False)[0] for one in latents.split(1)])
+        if pipe.watermark is not None:
+            decoded = pipe.watermark.apply_watermark(decoded)
+        if self.plan.offload:
+            pipe.maybe_free_model_hooks()
+        return list(pipe.image_processor.postprocess(decoded, output_type="pil"))
 
     def free_memory(self) -> None:
         """After an out-of-memory error: drop what the failed render left cached."""
@@ -181,6 +284,12 @@ class SDXLRenderer:
         gc.collect()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
+
+    def device_memory_bytes(self) -> int | None:
+        """Device memory held by tensors now (CUDA only), for the metrics."""
+        if self.device.startswith("cuda") and torch.cuda.is_initialized():
+            return int(torch.cuda.memory_allocated(self.device))
+        return None
 
     def _scheduler(self, sampler: str) -> Any:
         name = canonical_sampler(sampler) or sampler  # make_scheduler explains unknown names
@@ -195,6 +304,12 @@ class SDXLRenderer:
         if self.model == TINY:
             folder = ensure_tiny_model(self.models_dir)
             return StableDiffusionXLPipeline.from_pretrained(folder, **dtype)
+        if self.model == RANDOM_SDXL:
+            from pipelines.sdxl_configs import build_random_sdxl
+
+            # Made where it will run: 2.6e9 parameters are not worth a trip through the CPU.
+            place = "cpu" if self.plan.offload else self.device
+            return build_random_sdxl(getattr(torch, self.dtype), place)
         local = self._local_path()
         if local is not None and local.is_dir():
             return StableDiffusionXLPipeline.from_pretrained(local, **dtype)
@@ -230,31 +345,3 @@ def _dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
     if hasattr(deprecation_utils, "_resolve_dtype"):
         return {"dtype": dtype}
     return {"torch_dtype": dtype}
-
-
-class _StepProgress:
-    """callback_on_step_end for diffusers: maps the pipeline's loop iterations (2 per step
-    minus one for heun/dpm2, steps + 1 for pndm) onto 1..steps, and stops on request."""
-
-    def __init__(
-        self,
-        steps: int,
-        on_step: Callable[[int, int], None] | None,
-        should_stop: Callable[[], bool] | None,
-    ) -> None:
-        self.steps = steps
-        self.on_step = on_step
-        self.should_stop = should_stop
-        self.reported = 0
-
-    def __call__(self, pipe: Any, index: int, timestep: Any, tensors: dict) -> dict:
-        iterations = max(int(getattr(pipe, "num_timesteps", 0) or 0), 1)
-        done = min(self.steps, -(-(index + 1) * self.steps // iterations))
-        while self.on_step is not None and self.reported < done:
-            self.reported += 1
-            self.on_step(self.reported, self.steps)
-        if self.should_stop is not None and self.should_stop():
-            # diffusers' own interrupt flag (pipe._interrupt) only skips the remaining steps
-            # and then still decodes; raising here leaves before the VAE runs.
-            raise RenderInterrupted()
-        return tensors

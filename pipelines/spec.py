@@ -37,5 +37,14 @@ class GenerationSpec:
         return len(self.seeds)
 
 
+def batch_key(spec: GenerationSpec) -> tuple:
+    """Specs with equal keys can share one denoising loop (SDXLRenderer.render_batch): same
+    size, steps, guidance, sampler and effective LoRA stack; prompts and seeds may differ."""
+    from pipelines.loras import effective_stack  # it imports this module
+
+    stack = tuple((lora.key, weight) for lora, weight in effective_stack(spec.loras))
+    return (spec.width, spec.height, spec.steps, spec.cfg_scale, spec.sampler, stack)
+
+
 class RenderInterrupted(Exception):
     """Raised by a pipeline when its stop flag was set between two denoising steps."""

@@ -107,7 +107,8 @@ def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return {token: index for index, token in enumerate(tokens)}, list(_MERGES)
 
 
-def _tiny_tokenizer() -> Any:
+def clip_tokenizer() -> Any:
+    """A CLIP tokenizer (max length 77) with a small byte-level BPE vocabulary, built offline."""
     from transformers import CLIPTokenizer
 
     vocab, merges = _clip_vocab()
@@ -191,7 +192,7 @@ def _tiny_pipeline() -> Any:
         steps_offset=1,
         timestep_spacing="leading",
     )
-    tokenizer = _tiny_tokenizer()
+    tokenizer = clip_tokenizer()
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -211,7 +212,7 @@ def _tiny_pipeline() -> Any:
         text_encoder=CLIPTextModel(text_config),
         text_encoder_2=CLIPTextModelWithProjection(text_config),
         tokenizer=tokenizer,
-        tokenizer_2=_tiny_tokenizer(),
+        tokenizer_2=clip_tokenizer(),
         unet=unet,
         scheduler=scheduler,
         force_zeros_for_empty_prompt=True,

@@ -48,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--poll-rate", type=float, help="status polls/s per generation (1)")
     serve.add_argument("--max-queued", type=int, help="pending generations in all (1000)")
     serve.add_argument("--max-batch", type=int, help="same-shape jobs rendered together (1)")
+    serve.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the UNet and VAE decoder at start-up (CUDA; slow to start)",
+    )
+    serve.add_argument("--warmup-sizes", help="WxH,... compiled before ready (1024x1024)")
+    serve.add_argument(
+        "--offload", action="store_true", default=None, help="model CPU offload (small GPUs)"
+    )
 
     users = commands.add_parser("users", help="manage users and their API tokens")
     user_commands = users.add_subparsers(dest="action", required=True)

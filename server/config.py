@@ -36,6 +36,12 @@ class Settings:
     max_queue_age: float = 3600.0
     max_attempts: int = 3
     max_batch: int = 1  # queued jobs of the same shape rendered together
+    # The CUDA path (pipelines.tuning decides what applies on which device).
+    compile: bool = False
+    offload: bool = False
+    vae_tiling_above: int = 0  # pixels; 0: the device's default
+    warmup_sizes: str = "1024x1024"  # compiled graphs built before readiness, WxH,WxH
+    preview_every: int = 5  # steps between latent previews for event streams that ask
     log_level: str = "info"
     log_format: str = "text"
     # Accounts and limits. With no users, a loopback listener serves everyone as the local
@@ -63,6 +69,14 @@ class Settings:
             if raw is not None:
                 values[f.name] = _convert(f.name, raw, cls.__dataclass_fields__[f.name].default)
         return cls(**values)
+
+    @property
+    def warmup(self) -> list[tuple[int, int]]:
+        sizes = []
+        for size in filter(None, (part.strip() for part in self.warmup_sizes.split(","))):
+            width, _, height = size.lower().partition("x")
+            sizes.append((int(width), int(height or width)))
+        return sizes
 
     @property
     def database_path(self) -> Path:

@@ -1,6 +1,8 @@
 """GET /generations/{id}/events: the status object as Server-Sent Events, on every change.
 
-Each event's id is the state it carries (status, queue place, step), so a client that
+With `?previews=true`, processing events carry `preview`: a small JPEG data URL of the
+latents every few steps. Each event's id is the state it carries (status, queue place,
+step, preview), so a client that
 reconnects with Last-Event-ID gets the next change, not a replay. The stream ends after
 the final state. Starlette cancels the generator when the client goes away, so a
 disconnected client leaves nothing running (darkroom_event_streams counts open ones).
@@ -25,7 +27,8 @@ FINAL = ("completed", "failed")
 
 
 def event_id(body: dict) -> str:
-    return f"{body['status']}.{body.get('queue_position') or 0}.{body.get('step') or 0}"
+    place, step = body.get("queue_position") or 0, body.get("step") or 0
+    return f"{body['status']}.{place}.{step}.{body.get('preview_step') or 0}"
 
 
 def stream_events(
@@ -33,6 +36,8 @@ def stream_events(
 ) -> Response:
     state = state_of(request)
     last_id = request.headers.get("last-event-id")
+    if request.query_params.get("previews", "").lower() in ("1", "true", "yes"):
+        state.queue.want_previews(generation_id)
     return StreamingResponse(
         _events(state, generation_id, view, last_id),
         media_type="text/event-stream",

@@ -54,6 +54,9 @@ class Progress:
     total_steps: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
     stop_reason: str | None = None  # "cancelled", "timeout" or "shutdown"
+    preview_wanted: bool = False
+    preview: str | None = None  # a data URL of the latest latent preview
+    preview_step: int = 0
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -89,6 +92,7 @@ class JobQueue:
         self.running: list[Progress] = []
         # Bumped on every change anyone may be watching for (event streams look at it).
         self.version = 0
+        self._previews: set[int] = set()  # generations whose event streams want previews
 
     def put(
         self, generation_id: int, units: float, user_id: int = 0, key: Hashable = None
@@ -124,8 +128,16 @@ class JobQueue:
             self._order = None
             started = time.monotonic()
             self.running = [
-                Progress(e.generation_id, e.units, e.user_id, started=started) for e in batch
+                Progress(
+                    e.generation_id,
+                    e.units,
+                    e.user_id,
+                    started=started,
+                    preview_wanted=e.generation_id in self._previews,
+                )
+                for e in batch
             ]
+            self._previews -= {e.generation_id for e in batch}
             self.version += 1
             return list(self.running)
 
@@ -134,6 +146,14 @@ class JobQueue:
             self.running = []
             self.version += 1
             self._cond.notify_all()
+
+    def want_previews(self, generation_id: int) -> None:
+        with self._cond:
+            job = self.progress_of(generation_id)
+            if job is not None:
+                job.preview_wanted = True
+            elif any(e.generation_id == generation_id for e in self._fair_order()):
+                self._previews.add(generation_id)
 
     def touch(self) -> None:
         """Something watchers care about changed (a step, a result)."""

@@ -6,6 +6,8 @@ the tests build it one way.
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import time
 from dataclasses import dataclass
@@ -122,6 +124,23 @@ class ResultWriter:
             )
             self.store.mark_purged([img["id"] for img in expired])
             log.info("purged %d expired temporary image(s)", len(expired))
+
+
+def show_previews(
+    jobs: list[Progress], specs: list[GenerationSpec], step: int, latents: Any
+) -> None:
+    """Give each job that wants one a small JPEG data URL of its first image's latents."""
+    from pipelines.progress import latent_previews
+
+    pictures = latent_previews(latents)
+    offset = 0
+    for job, spec in zip(jobs, specs, strict=True):
+        if job.preview_wanted:
+            buffer = io.BytesIO()
+            pictures[offset].save(buffer, "JPEG", quality=80)
+            job.preview = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+            job.preview_step = step
+        offset += spec.num_images
 
 
 def build_spec(

@@ -24,7 +24,10 @@ class GenerationStatus(ImageGenerationResponse):
     step: int | None = None
     total_steps: int | None = None
     message: str | None = Field(None, description="Cancelling a finished job says why not")
-    preview: str | None = Field(None, description="Events only: a PNG data URL of the latents")
+    preview: str | None = Field(
+        None, description="Events with ?previews=true: a JPEG data URL of the latents"
+    )
+    preview_step: int | None = None
 
 
 class HistoryItem(GenerationStatus):

@@ -110,6 +110,9 @@ def generation(
     elif status == "processing":
         job = queue.progress_of(row["id"])
         step, total = (job.step, job.total_steps) if job else (0, request["settings"]["steps"])
+        if job is not None and job.preview is not None:
+            extra["preview"] = job.preview
+            extra["preview_step"] = job.preview_step
         done = step / total if total else 0.0
         fields["poll_url"] = links.status(row["request_id"])
         fields["estimated_time"] = round(

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -35,7 +35,7 @@ from server.failures import (
 )
 from server.jobs import JobQueue, Progress, batch_key
 from server.metrics import Metrics
-from server.results import ResultWriter, Task, build_spec
+from server.results import ResultWriter, Task, build_spec, show_previews
 from server.store import ACTIVE, Store
 from server.vault import Vault
 
@@ -59,6 +59,7 @@ class Renderer(Protocol):
         spec: GenerationSpec,
         on_step: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        on_latents: Callable[[int, Any], None] | None = None,
     ) -> list[Image.Image]: ...
 
     def render_batch(
@@ -66,6 +67,7 @@ class Renderer(Protocol):
         specs: list[GenerationSpec],
         on_step: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        on_latents: Callable[[int, Any], None] | None = None,
     ) -> list[list[Image.Image]]: ...
 
 
@@ -134,6 +136,10 @@ class Worker:
             self.state, self.load_error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("could not load model %s", self.renderer.model)
             return
+        warmup = getattr(self.renderer, "warmup", None)
+        if self.settings.compile and warmup is not None:
+            log.info("compiling: warm-up renders at %s", self.settings.warmup_sizes)
+            warmup(self.settings.warmup)
         # Loading may have written files (the tiny model brings its LoRAs): list them too.
         self.catalog.refresh(check=getattr(self.renderer, "lora_compatibility", None))
         self.state, self.load_error = "ready", None
@@ -284,10 +290,16 @@ class Worker:
             # A batch stops only when all its jobs want to; a cancelled member is dropped.
             return all(job.stop.is_set() for job in jobs)
 
+        def on_latents(step: int, latents: Any) -> None:
+            every = self.settings.preview_every
+            if every > 0 and step % every == 0 and any(job.preview_wanted for job in jobs):
+                show_previews(jobs, specs, step, latents)
+                self.queue.touch()
+
         try:
             if len(specs) == 1:
-                return [self.renderer.render(specs[0], on_step, should_stop)]
-            return self.renderer.render_batch(specs, on_step, should_stop)
+                return [self.renderer.render(specs[0], on_step, should_stop, on_latents)]
+            return self.renderer.render_batch(specs, on_step, should_stop, on_latents)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise

@@ -40,8 +40,11 @@ class Preloaded:
     def load(self) -> None:
         pass
 
-    def render(self, spec, on_step=None, should_stop=None):  # type: ignore[no-untyped-def]
-        return self._renderer.render(spec, on_step=on_step, should_stop=should_stop)
+    def render(self, spec, on_step=None, should_stop=None, on_latents=None):  # type: ignore[no-untyped-def]
+        return self._renderer.render(spec, on_step, should_stop, on_latents)
+
+    def render_batch(self, specs, on_step=None, should_stop=None, on_latents=None):  # type: ignore[no-untyped-def]
+        return self._renderer.render_batch(specs, on_step, should_stop, on_latents)
 
 
 @pytest.fixture(scope="session")

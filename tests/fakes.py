@@ -16,10 +16,13 @@ from pipelines.spec import RenderInterrupted
 class Solid:
     """Renders instantly: flat images, for tests where the real model's speed would matter."""
 
-    def render(self, spec, on_step=None, should_stop=None):  # type: ignore[no-untyped-def]
+    def render(self, spec, on_step=None, should_stop=None, on_latents=None):  # type: ignore[no-untyped-def]
         return [
             Image.new("RGB", (spec.width, spec.height), (seed % 256, 0, 0)) for seed in spec.seeds
         ]
+
+    def render_batch(self, specs, on_step=None, should_stop=None, on_latents=None):  # type: ignore[no-untyped-def]
+        return [self.render(spec) for spec in specs]
 
 
 class Fake:
@@ -29,17 +32,27 @@ class Fake:
         self.inner = inner
         self.calls = 0
         self.prompts: list[str] = []
+        self.batches: list[list[str]] = []  # the prompts of each call, batch or not
         self.started = threading.Event()
 
     def load(self) -> None:
         pass
 
-    def render(self, spec, on_step=None, should_stop=None):  # type: ignore[no-untyped-def]
+    def render(self, spec, on_step=None, should_stop=None, on_latents=None):  # type: ignore[no-untyped-def]
         self.calls += 1
         self.prompts.append(spec.prompt)
+        self.batches.append([spec.prompt])
         self.started.set()
         self.misbehave(spec, on_step, should_stop)
-        return self.inner.render(spec, on_step, should_stop)
+        return self.inner.render(spec, on_step, should_stop, on_latents)
+
+    def render_batch(self, specs, on_step=None, should_stop=None, on_latents=None):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        self.prompts += [spec.prompt for spec in specs]
+        self.batches.append([spec.prompt for spec in specs])
+        self.started.set()
+        self.misbehave(specs[0], on_step, should_stop)
+        return self.inner.render_batch(specs, on_step, should_stop, on_latents)
 
     def misbehave(self, spec, on_step, should_stop) -> None:  # type: ignore[no-untyped-def]
         pass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import logging
 import re
@@ -11,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from openapi_spec_validator import validate
+from PIL import Image
 from starlette.testclient import TestClient
 
 from conftest import AppFactory, Preloaded, generate, render, wait_done
@@ -136,3 +139,18 @@ def test_one_log_line_per_request_with_its_generation_id(
     entry = json.loads(JsonFormatter().format(submit))
     assert entry["request_id"] == body["request_id"] and entry["level"] == "info"
     assert entry["message"].startswith("POST /image/generate 202")
+
+
+def test_events_carry_latent_previews_when_asked(make_client: AppFactory) -> None:
+    client = make_client(preview_every=2)
+    body = generate(client, settings={"steps": 10})
+    events = read_events(client.get(f"/generations/{body['request_id']}/events?previews=1").text)
+    previews = [event for event in events if event.get("preview")]
+    assert previews, [event["status"] for event in events]
+    assert all(event["preview_step"] % 2 == 0 for event in previews)
+    header, _, data = previews[-1]["preview"].partition(",")
+    assert header == "data:image/jpeg;base64"
+    picture = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert picture.size == (32, 32)  # 1/8 of 256 px: the latents' own size
+    plain = read_events(client.get(f"/generations/{generate(client)['request_id']}/events").text)
+    assert not any(event.get("preview") for event in plain)

@@ -71,7 +71,7 @@ def test_temporary_images_have_no_vault_url_and_expire(make_client: AppFactory) 
     assert client.get(f"/vault/{token}.png").status_code == 404
 
     worker = client.app.state.darkroom.worker  # type: ignore[attr-defined]
-    worker.url_ttl_seconds = 0.0
+    worker.results.url_ttl_seconds = 0.0
     worker.purge_expired()
     assert client.get(image["url"]).status_code == 404
     vault = Path(client.app.state.darkroom.vault.root)  # type: ignore[attr-defined]

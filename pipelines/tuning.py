@@ -1,0 +1,83 @@
+"""Which speed settings a renderer uses on which device, decided in one pure function so
+that the CUDA choices can be checked on a machine without CUDA.
+
+Importing this module must not import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Above the API's largest image (2048x2048): by default the VAE never tiles. Tiled decoding
+# blends overlapping tiles, which can leave faint seams, so only short memory justifies it.
+VAE_TILING_ABOVE = 2048 * 2048
+# Offloading says GPU memory is short: tile everything larger than SDXL's native size.
+OFFLOAD_VAE_TILING_ABOVE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """How SDXLRenderer places and runs the pipeline.
+
+    offload: enable_model_cpu_offload (each model moves to the GPU only while it runs)
+        instead of keeping the whole pipeline on the device.
+    channels_last: UNet and VAE in channels_last memory format (faster convolutions on
+        CUDA tensor cores).
+    compile: torch.compile the UNet and the VAE decoder once, after loading, with
+        `compile_backend`.
+    lora_hotswap: LoRAs go into fixed adapter slots (pipelines.lora_hotswap), so switching
+        them never changes the compiled UNet's structure and never recompiles it.
+    vae_float32: keep a VAE whose config says force_upcast in float32; it only decodes,
+        so only the decode runs in float32 (the SDXL VAE overflows in float16).
+    vae_tiling_above: decode images of more pixels than this in tiles.
+    batch_invariant: pad the UNet's per-image Linear inputs (its time embeddings: one row
+        per image) to 8 rows. MKL's sgemm picks its kernel by row count (1, 2-3, 4+ here),
+        so without it an image computes other bits alone than in a batch. CPU only, and
+        not compiled: cuBLAS chooses kernels by shape for every matmul, so on CUDA no
+        padding makes a batch bit-exact.
+    attention: "sdpa": torch's scaled_dot_product_attention (flash / memory-efficient
+        kernels on CUDA), diffusers' default processor with torch 2.
+    """
+
+    device: str
+    dtype: str
+    offload: bool
+    channels_last: bool
+    compile: bool
+    compile_backend: str
+    lora_hotswap: bool
+    vae_float32: bool
+    vae_tiling_above: int
+    batch_invariant: bool
+    attention: str = "sdpa"
+
+
+def plan_for(
+    device: str,
+    dtype: str,
+    compile: bool = False,
+    offload: bool = False,
+    lora_hotswap: bool | None = None,
+    vae_tiling_above: int | None = None,
+) -> DevicePlan:
+    """The settings for `device` ("cuda", "cuda:1", "cpu", "mps") and a resolved dtype
+    name. offload only exists on CUDA and excludes compile (the offload hooks move weights
+    inside the forward pass). lora_hotswap=None means: hot-swap exactly when compiled;
+    compile with lora_hotswap=False works, but every LoRA change recompiles the UNet."""
+    cuda = device.split(":")[0] == "cuda"
+    offload = offload and cuda
+    compile = compile and not offload
+    if vae_tiling_above is None:
+        vae_tiling_above = OFFLOAD_VAE_TILING_ABOVE if offload else VAE_TILING_ABOVE
+    return DevicePlan(
+        device=device,
+        dtype=dtype,
+        offload=offload,
+        channels_last=cuda,
+        compile=compile,
+        compile_backend="inductor",
+        lora_hotswap=compile if lora_hotswap is None else lora_hotswap,
+        vae_float32=dtype == "float16",
+        vae_tiling_above=vae_tiling_above,
+        batch_invariant=device == "cpu" and not compile,
+    )
