@@ -79,6 +79,7 @@ class SDXLRenderer:
         compile: bool = False,
         offload: bool = False,
         vae_tiling_above: int | None = None,
+        cpu_threads: int | None = None,
     ) -> None:
         """`lora_hotswap` keeps `lora_cache_size` fixed adapter slots of rank
         `lora_max_rank` on the UNet instead of loading and deleting adapters, so that a
@@ -87,7 +88,8 @@ class SDXLRenderer:
         unless `lora_hotswap` says otherwise. `offload` (CUDA only) keeps each model on
         the CPU until it runs, and rules out compile. Images of more than
         `vae_tiling_above` pixels are decoded in tiles. pipelines.tuning.plan_for decides
-        what each setting means on this device; `plan` holds its answer."""
+        what each setting means on this device; `plan` holds its answer (`cpu_threads`: by
+        default all cores but one, which is left to the server)."""
         self.model = model
         self.models_dir = Path(models_dir)
         self.device = device or detect_device()
@@ -95,6 +97,7 @@ class SDXLRenderer:
         self.plan = plan_for(
             self.device, self.dtype, compile=compile, offload=offload,
             lora_hotswap=lora_hotswap, vae_tiling_above=vae_tiling_above,
+            cpu_threads=cpu_threads,
         )  # fmt: skip
         self.lora_cache_size = lora_cache_size
         self.lora_hotswap = self.plan.lora_hotswap
@@ -139,6 +142,7 @@ class SDXLRenderer:
         """Load the model onto the device; later calls do nothing."""
         if self._pipe is not None:
             return
+        torch.set_num_threads(self.plan.cpu_threads)
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 

@@ -6,6 +6,7 @@ Importing this module must not import torch.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 # Above the API's largest image (2048x2048): by default the VAE never tiles. Tiled decoding
@@ -35,6 +36,10 @@ class DevicePlan:
         so without it an image computes other bits alone than in a batch. CPU only, and
         not compiled: cuBLAS chooses kernels by shape for every matmul, so on CUDA no
         padding makes a batch bit-exact.
+    cpu_threads: torch's intra-op threads. One core is left to the HTTP event loop: when
+        every core runs a render thread, each request the server answers preempts one of
+        them and the others spin at OpenMP's barrier (a 256 px render measured 40x slower
+        on 2 cores while polled 20 times a second).
     attention: "sdpa": torch's scaled_dot_product_attention (flash / memory-efficient
         kernels on CUDA), diffusers' default processor with torch 2.
     """
@@ -49,6 +54,7 @@ class DevicePlan:
     vae_float32: bool
     vae_tiling_above: int
     batch_invariant: bool
+    cpu_threads: int = 1
     attention: str = "sdpa"
 
 
@@ -59,6 +65,8 @@ def plan_for(
     offload: bool = False,
     lora_hotswap: bool | None = None,
     vae_tiling_above: int | None = None,
+    cpu_threads: int | None = None,
+    cores: int | None = None,
 ) -> DevicePlan:
     """The settings for `device` ("cuda", "cuda:1", "cpu", "mps") and a resolved dtype
     name. offload only exists on CUDA and excludes compile (the offload hooks move weights
@@ -80,4 +88,12 @@ def plan_for(
         vae_float32=dtype == "float16",
         vae_tiling_above=vae_tiling_above,
         batch_invariant=device == "cpu" and not compile,
+        cpu_threads=cpu_threads or max(1, (cores or available_cores()) - 1),
     )
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import os
+import signal
 import sys
 import threading
 import time
@@ -108,6 +111,9 @@ def tiny_model(models_dir: Path, loras: int) -> int:
 
 
 def serve(flags: dict) -> int:
+    # Before torch loads: OpenMP threads that sleep rather than spin between parallel
+    # regions leave the CPU to the event loop.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from server.app import create_app
     from server.logs import configure_logging
 
@@ -121,6 +127,8 @@ def serve(flags: dict) -> int:
         print(f"darkroom: {refusal}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    # `kill -USR1 <pid>` prints every thread's stack: what a stuck render is doing.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     app = create_app(settings)
     # Our middleware logs each request (with its generation's id): no uvicorn access log.
     config = uvicorn.Config(

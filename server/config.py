@@ -41,6 +41,7 @@ class Settings:
     offload: bool = False
     vae_tiling_above: int = 0  # pixels; 0: the device's default
     warmup_sizes: str = "1024x1024"  # compiled graphs built before readiness, WxH,WxH
+    cpu_threads: int = 0  # torch's threads; 0: all cores but one (left to the event loop)
     preview_every: int = 5  # steps between latent previews for event streams that ask
     log_level: str = "info"
     log_format: str = "text"

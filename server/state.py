@@ -92,6 +92,7 @@ def default_renderer(settings: Settings) -> Renderer:
         compile=settings.compile,
         offload=settings.offload,
         vae_tiling_above=settings.vae_tiling_above or None,
+        cpu_threads=settings.cpu_threads or None,
     )
 
 

@@ -55,13 +55,14 @@ class Store:
             self._db.close()
 
     def _migrate(self) -> None:
-        with self._lock:
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        # The version is read inside the write transaction: two processes opening a new
+        # data dir at once (the server and `darkroom users add`) migrate it once.
+        with self.transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                with self.transaction() as db:
-                    for statement in _statements(script):
-                        db.execute(statement)
-                    db.execute(f"PRAGMA user_version={number}")
+                for statement in _statements(script):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={number}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -7,6 +7,8 @@ event loop never waits on the GPU.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +48,7 @@ SUPERVISE_SECONDS = 0.1
 # How long a job may ignore its stop flag past its timeout before it is failed regardless.
 HANG_GRACE_SECONDS = 10.0
 RELOAD_BACKOFF_SECONDS = 30.0
+RENDER_NICENESS = 10
 
 
 class Renderer(Protocol):
@@ -69,6 +72,19 @@ class Renderer(Protocol):
         should_stop: Callable[[], bool] | None = None,
         on_latents: Callable[[int, Any], None] | None = None,
     ) -> list[list[Image.Image]]: ...
+
+
+def lower_priority() -> None:
+    """Nice the render thread (and the OpenMP threads it creates, which inherit it) so
+    that the event loop answers at once however hard the render works; it must run
+    before the thread's first torch operation. Linux only: a native id names a thread
+    there."""
+    if sys.platform != "linux":
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), RENDER_NICENESS)
+    except OSError as exc:
+        log.warning("could not lower the render thread's priority: %s", exc)
 
 
 class Worker:
@@ -130,6 +146,7 @@ class Worker:
 
     def _run(self) -> None:
         self.state = "loading"
+        lower_priority()
         try:
             self.renderer.load()
         except Exception as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -189,3 +191,14 @@ def test_upgrade_gives_earlier_data_to_the_local_user(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT user_id FROM generations").fetchone() == (1,)
         assert db.execute("SELECT user_id, name FROM presets").fetchone() == (1, "kept")
+
+
+def test_two_commands_on_a_new_data_dir_migrate_it_once(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "server.cli", "users", "add", "--data-dir", str(tmp_path)]
+    runs = [
+        subprocess.Popen([*command[:5], name, *command[5:]], stdout=subprocess.PIPE, text=True)
+        for name in ("ann", "ben", "cat")
+    ]
+    outputs = [run.communicate(timeout=60)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0]
+    assert all(output.strip().startswith("drk_") for output in outputs)
