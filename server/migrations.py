@@ -3,6 +3,9 @@ a data dir created by an older Darkroom runs the scripts it has not seen yet."""
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterator
+
 MIGRATIONS: list[str] = [
     """
     CREATE TABLE generations (
@@ -129,3 +132,25 @@ MIGRATIONS: list[str] = [
     ALTER TABLE presets_by_user RENAME TO presets;
     """,
 ]
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Run the scripts this database has not seen, inside the caller's write transaction:
+    the version is read there too, so two processes opening a new data dir at once (the
+    server and `darkroom users add`) migrate it once."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        for statement in _statements(script):
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version={number}")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a script into statements; a trigger body's semicolons do not end one."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""

@@ -18,7 +18,7 @@ from typing import Any
 
 from server import ledger
 from server.failures import gave_up_error
-from server.migrations import MIGRATIONS
+from server.migrations import migrate
 
 ACTIVE = ("pending", "processing")
 
@@ -48,21 +48,12 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
-        self._migrate()
+        with self.transaction() as db:
+            migrate(db)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-    def _migrate(self) -> None:
-        # The version is read inside the write transaction: two processes opening a new
-        # data dir at once (the server and `darkroom users add`) migrate it once.
-        with self.transaction() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in _statements(script):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version={number}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -411,14 +402,3 @@ class Store:
     def pending_count(db: sqlite3.Connection) -> int:
         sql = "SELECT COUNT(*) FROM generations WHERE status = 'pending'"
         return int(db.execute(sql).fetchone()[0])
-
-
-def _statements(script: str) -> Iterator[str]:
-    """Split a migration into statements; a trigger body's semicolons do not end one."""
-    pending = ""
-    for piece in script.split(";"):
-        pending += piece + ";"
-        if sqlite3.complete_statement(pending):
-            if pending.strip(" \n;"):
-                yield pending
-            pending = ""
