@@ -99,7 +99,7 @@ class Accounts:
             return ledger.balance(db, user.id)
 
     def balance(self, user_id: int) -> ledger.Balance:
-        with self.store.transaction() as db:
+        with self.store.reading() as db:
             return ledger.balance(db, user_id)
 
     def summaries(self) -> list[dict[str, Any]]:
@@ -110,7 +110,7 @@ class Accounts:
             " (SELECT COUNT(*) FROM generations g WHERE g.user_id = u.id) AS generations"
             " FROM users u ORDER BY u.id"
         )
-        with self.store.transaction() as db:
+        with self.store.reading() as db:
             for row in rows:
                 row["credits"] = ledger.balance(db, row["id"]).as_json()
                 row["charged"] = round(ledger.charged_total(db, row["id"]), 4)
@@ -162,10 +162,11 @@ class Authenticator:
         self.accounts = accounts
         self.insecure_no_auth = insecure_no_auth
         self.open_mode_allowed = insecure_no_auth or is_loopback(host)
+        self.local = accounts.local_user()  # fixed by the migrations: read once
 
     def user(self, authorization: str | None, forwarded: bool) -> User:
         if self.open_mode(forwarded):
-            return self.accounts.local_user()
+            return self.local
         if not authorization:
             raise unauthorized("Missing API token: send 'Authorization: Bearer <token>'", None)
         scheme, _, token = authorization.partition(" ")

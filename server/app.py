@@ -244,7 +244,7 @@ async def list_presets(request: Request) -> Response:
 async def account(request: Request) -> Response:
     """Who the token belongs to, their credits and limits."""
     state, user = state_of(request), user_of(request)
-    with state.store.transaction() as db:
+    with state.store.reading() as db:
         active = state.store.active_count(db, user.id)
     return JSONResponse(
         {

@@ -105,6 +105,11 @@ class JobQueue:
             self.version += 1
             self._cond.notify_all()
 
+    def put_row(self, row: dict) -> None:
+        """Queue a stored pending generation (recovered at start-up, or after a crash)."""
+        request = ImageGenerationRequest.model_validate_json(row["request_json"])
+        self.put(row["id"], row["work_units"], row["user_id"], batch_key(request))
+
     def take(self, timeout: float | None = None, max_batch: int = 1) -> list[Progress]:
         """Block until jobs are available and start the next batch (at most `max_batch`
         jobs); an empty list on timeout, while paused or once closed."""

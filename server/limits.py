@@ -42,9 +42,6 @@ class RateLimiter:
         full_after = self.burst / self.rate
         self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
 
-    def __len__(self) -> int:
-        return len(self._buckets)
-
 
 def retry_after(seconds: float) -> str:
     """A Retry-After header value: whole seconds, at least 1."""

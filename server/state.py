@@ -14,8 +14,7 @@ from starlette.requests import Request
 from server.accounts import Accounts, Authenticator
 from server.catalog import LoraCatalog
 from server.config import Settings
-from server.contract import ImageGenerationRequest
-from server.jobs import Admission, JobQueue, batch_key
+from server.jobs import Admission, JobQueue
 from server.limits import RateLimiter
 from server.metrics import Metrics
 from server.store import Store
@@ -106,8 +105,7 @@ def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) 
     catalog.refresh()
     queue = JobQueue()
     for row in store.recover(settings.max_attempts):
-        request = ImageGenerationRequest.model_validate_json(row["request_json"])
-        queue.put(row["id"], row["work_units"], row["user_id"], batch_key(request))
+        queue.put_row(row)
     admission = Admission(store, catalog, queue, settings)
     worker = Worker(
         renderer or default_renderer(settings), store, vault, queue, catalog, settings, metrics

@@ -66,6 +66,12 @@ class Store:
                 raise
             self._db.execute("COMMIT")
 
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for several reads in a row (no write lock taken)."""
+        with self._lock:
+            yield self._db
+
     def fetch_all(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(row) for row in self._db.execute(sql, args).fetchall()]

@@ -35,7 +35,7 @@ from server.failures import (
     provider_error,
     timeout_error,
 )
-from server.jobs import JobQueue, Progress, batch_key
+from server.jobs import JobQueue, Progress
 from server.metrics import Metrics
 from server.results import ResultWriter, Task, build_spec, show_previews
 from server.store import ACTIVE, Store
@@ -228,10 +228,7 @@ class Worker:
                     self.store.fail(generation_id, gave_up_error(row["attempts"]))
                 else:
                     self.store.requeue(generation_id)
-                    request = ImageGenerationRequest.model_validate_json(row["request_json"])
-                    self.queue.put(
-                        generation_id, row["work_units"], row["user_id"], batch_key(request)
-                    )
+                    self.queue.put_row(row)
         self._thread = self._spawn()
         self._thread.start()
 
