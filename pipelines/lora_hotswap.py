@@ -1,22 +1,28 @@
-"""LoRA stacks for a compiled UNet: weights are copied into fixed adapter slots, so no
-switch adds or removes a module, changes a shape, or changes a Python value that
-compiled code guards on.
+"""LoRA stacks for a compiled UNet: one fixed adapter holds the whole stack, so no switch
+adds or removes a module, changes a shape, or changes a value that compiled code guards on.
 
-Each slot is a rank-`max_rank` adapter on every Linear and Conv2d layer of the UNet,
-created once (before torch.compile) and always active. A LoRA is copied into a free slot,
-zero-padded to `max_rank`, with its alpha/rank scale folded into its up weights; a
-slot's request weight lives in 0-dim scaling tensors (0 for an idle slot, whose
-contribution is then exactly zero). This is what diffusers' `enable_lora_hotswap` /
-`load_lora_weights(hotswap=True)` do, done here because those delete the slot when a
-swap fails, cannot swap text encoders, and let `set_adapters` replace the scaling
-tensors with floats. Text encoders (not compiled) get ordinary adapters, cached as in
-AdapterCache.
+The adapter is a rank-`max_rank` LoRA on every Linear and Conv2d layer of the UNet,
+created once, before torch.compile. A stack is written into it side by side along the
+rank: each LoRA's down weights fill the next rows of A, its up weights times its
+alpha/rank scale and request weight the same columns of B, the rest stays zero. So a
+stack costs one rank-`max_rank` product per layer however many LoRAs it holds (separate
+always-on slots cost one per slot: 8 slots of rank 64 made the tiny model's render 7x
+slower). With no LoRA the adapter is switched off and the UNet computes only its own
+layers; compiled code then has two graphs, LoRA off and LoRA on, and `engaged()` lets a
+warm-up compile the second before any request needs it.
+
+This is what diffusers' `enable_lora_hotswap` / `load_lora_weights(hotswap=True)` do for
+one LoRA, done here because those hold one LoRA, delete the slot when a swap fails, and
+cannot swap text encoders. Text encoders (not compiled) get ordinary adapters, cached as
+in AdapterCache.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,105 +33,143 @@ from pipelines.loras import LoraLoadError, _summary, adapter_name, effective_sta
 from pipelines.spec import LoraSpec
 
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+ADAPTER = "hotswap"
+# module -> (down, up x alpha/rank) on the UNet's device, ready to copy into the adapter
+UnetWeights = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+class StackTooLarge(ValueError):
+    """The LoRAs of one request add up to more rank than the adapter holds."""
 
 
 class HotswapAdapters:
-    """Same interface as AdapterCache: `apply(pipe, loras)` activates exactly that stack."""
+    """Same interface as AdapterCache: `apply(pipe, loras)` activates exactly that stack.
+    The UNet weights of up to `capacity` LoRAs stay on the device, least recently used
+    evicted, so switching between cached LoRAs reads no file."""
 
-    def __init__(self, slots: int = 5, max_rank: int = 64, text_capacity: int = 8) -> None:
-        if slots < 1 or max_rank < 1:
-            raise ValueError("hot-swap needs at least one slot and a rank of at least 1")
-        self.slots = [f"slot_{i}" for i in range(slots)]
+    def __init__(self, capacity: int = 8, max_rank: int = 128, text_capacity: int = 8) -> None:
+        if capacity < 1 or max_rank < 1:
+            raise ValueError("hot-swap needs a cache of at least 1 and a rank of at least 1")
+        self.capacity = capacity
         self.max_rank = max_rank
-        self._held: OrderedDict[str, str] = OrderedDict()  # slot -> LoRA key, LRU first
-        self._weights: dict[str, float] = dict.fromkeys(self.slots, 0.0)
+        self.hits = 0
+        self.misses = 0
+        self._cache: OrderedDict[str, UnetWeights] = OrderedDict()
+        self._written: tuple[tuple[str, float], ...] = ()  # the stack the adapter holds
+        self._dirty: set[str] = set()  # modules with non-zero adapter weights
+        self._enabled: bool | None = None
+        self._engaged = False
         self._text = _TextAdapters(text_capacity)
         self._layers: dict[str, Any] | None = None
 
     @property
     def loaded_keys(self) -> list[str]:
-        return list(self._held.values())
-
-    @property
-    def keys_by_slot(self) -> list[str | None]:
-        """The LoRA in each slot. Slot order is the order their outputs are summed in."""
-        return [self._held.get(slot) for slot in self.slots]
+        """Keys of the cached LoRAs, least recently used first."""
+        return list(self._cache)
 
     def prepare(self, pipe: Any) -> None:
-        """Create the slots; call before compiling the UNet. Later calls do nothing."""
+        """Create the adapter, switched off; call before compiling the UNet. Later calls do
+        nothing."""
         if self._layers is not None:
             return
         from peft import LoraConfig
 
         unet = pipe.unet
         targets = sorted(model_layers(pipe)["unet"])
-        for slot in self.slots:
-            config = LoraConfig(r=self.max_rank, lora_alpha=self.max_rank, target_modules=targets)
-            unet.add_adapter(config, adapter_name=slot)
+        config = LoraConfig(r=self.max_rank, lora_alpha=self.max_rank, target_modules=targets)
+        unet.add_adapter(config, adapter_name=ADAPTER)
         self._layers = {name: unet.get_submodule(name) for name in targets}
         with torch.no_grad():
             for layer in self._layers.values():
-                layer.set_adapter(self.slots)
-                for slot in self.slots:
-                    layer.lora_A[slot].weight.zero_()
-                    layer.lora_B[slot].weight.zero_()
-                    layer.scaling[slot] = torch.zeros((), device=layer.lora_A[slot].weight.device)
+                layer.lora_A[ADAPTER].weight.zero_()
+                layer.lora_B[ADAPTER].weight.zero_()
+        self._enable(False)
 
     def apply(self, pipe: Any, loras: tuple[LoraSpec, ...]) -> None:
         self.prepare(pipe)
         stack = effective_stack(loras)
-        if len(stack) > len(self.slots):
-            # Not the LoRAs' fault (LoraLoadError would mark one unusable): a setting's.
-            raise ValueError(f"{len(stack)} LoRAs at once, but only {len(self.slots)} slots")
-        wanted = {lora.key: weight for lora, weight in stack}
-        slot_of = {key: slot for slot, key in self._held.items()}
-        for lora, _ in stack:
-            if lora.key in slot_of:
-                self._held.move_to_end(slot_of[lora.key])
-                continue
-            slot = self._free_slot(set(wanted))
-            self._swap_in(pipe, slot, lora)
-            slot_of[lora.key] = slot
-        for slot in self.slots:
-            self._set_weight(slot, wanted.get(self._held.get(slot, ""), 0.0))
+        weights = [(self._weights(pipe, lora), weight) for lora, weight in stack]
+        written = tuple((lora.key, weight) for lora, weight in stack)
+        if written != self._written:
+            self._write(weights)  # checks the ranks before it changes anything
+            self._written = written
         self._text.apply(pipe, stack)
+        self._enable(bool(stack) or self._engaged)
 
     def clear(self, pipe: Any) -> None:
-        """Empty every slot (the slots stay) and unload the text-encoder adapters."""
-        for slot in list(self._held):
-            self._empty(slot)
-        for slot in self.slots:
-            self._set_weight(slot, 0.0)
+        """Empty the adapter (it stays, switched off), the cache and the text encoders."""
+        self._write([])
+        self._written = ()
+        self._cache.clear()
+        self._enable(False)
         self._text.clear(pipe)
 
-    def _free_slot(self, keep: set[str]) -> str:
-        empty = [slot for slot in self.slots if slot not in self._held]
-        if empty:
-            return empty[0]
-        return next(slot for slot, key in self._held.items() if key not in keep)
+    @contextmanager
+    def engaged(self) -> Iterator[None]:
+        """Keep the adapter switched on even for no LoRA (it adds exact zeros then), so that
+        a warm-up render compiles the LoRA-on graph."""
+        self._engaged = True
+        try:
+            yield
+        finally:
+            self._engaged = False
 
-    def _swap_in(self, pipe: Any, slot: str, lora: LoraSpec) -> None:
+    def _enable(self, on: bool) -> None:
+        if self._enabled == on:
+            return
+        assert self._layers is not None
+        for layer in self._layers.values():
+            layer.enable_adapters(on)
+            if on:
+                layer.set_adapter(ADAPTER, inference_mode=True)
+        self._enabled = on
+
+    def _write(self, stack: list[tuple[UnetWeights, float]]) -> None:
+        ranks: Counter[str] = Counter()
+        for weights, _ in stack:
+            for module, (down, _up) in weights.items():
+                ranks[module] += down.shape[0]
+        if ranks and max(ranks.values()) > self.max_rank:
+            module, rank = ranks.most_common(1)[0]
+            raise StackTooLarge(
+                f"these LoRAs add up to rank {rank} at UNet layer {module}, above this "
+                f"server's hot-swap rank of {self.max_rank}"
+            )
+        assert self._layers is not None
+        with torch.no_grad():
+            for module in self._dirty:
+                self._layers[module].lora_A[ADAPTER].weight.zero_()
+                self._layers[module].lora_B[ADAPTER].weight.zero_()
+            offsets: Counter[str] = Counter()
+            for weights, weight in stack:
+                for module, (down, up) in weights.items():
+                    layer, start = self._layers[module], offsets[module]
+                    end = start + down.shape[0]
+                    layer.lora_A[ADAPTER].weight[start:end].copy_(down)
+                    layer.lora_B[ADAPTER].weight[:, start:end].copy_(up * weight)
+                    offsets[module] = end
+        self._dirty = set(offsets)
+
+    def _weights(self, pipe: Any, lora: LoraSpec) -> UnetWeights:
+        if lora.key in self._cache:
+            self.hits += 1
+            self._cache.move_to_end(lora.key)
+            return self._cache[lora.key]
         try:
             weights = self._unet_weights(pipe, lora)
         except LoraLoadError:
             raise
         except Exception as exc:
             raise LoraLoadError(lora.key, _summary(exc)) from exc
-        # Only now that the LoRA is known to fit does the slot's old LoRA go.
-        if slot in self._held:
-            self._empty(slot)
-        assert self._layers is not None
-        with torch.no_grad():
-            for module, (down, up, scale) in weights.items():
-                layer = self._layers[module]
-                rank = down.shape[0]
-                layer.lora_A[slot].weight[:rank].copy_(down)
-                layer.lora_B[slot].weight[:, :rank].copy_(up * scale)
-        self._held[slot] = lora.key
+        self.misses += 1
+        self._cache[lora.key] = weights
+        while len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+        return weights
 
-    def _unet_weights(self, pipe: Any, lora: LoraSpec) -> dict[str, tuple[Any, Any, float]]:
-        """module -> (down, up, alpha/rank) of the LoRA's UNet layers, as PEFT would set
-        them up; raises LoraLoadError for anything a slot cannot hold."""
+    def _unet_weights(self, pipe: Any, lora: LoraSpec) -> UnetWeights:
+        """module -> (down, up x alpha/rank) of the LoRA's UNet layers, as PEFT would set
+        them up; raises LoraLoadError for anything the adapter cannot hold."""
         from diffusers.utils.peft_utils import get_peft_kwargs
         from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
         from peft import LoraConfig
@@ -165,7 +209,7 @@ class HotswapAdapters:
             module = key.split(".lora_A.")[0]
             up = part.get(f"{module}.lora_B.weight")
             layer = self._layers.get(module)
-            slot_a = layer.lora_A[self.slots[0]].weight if layer is not None else None
+            slot_a = layer.lora_A[ADAPTER].weight if layer is not None else None
             if up is None or slot_a is None or down.shape[1:] != slot_a.shape[1:]:
                 raise LoraLoadError(lora.key, f"layer {module} does not fit this model")
             if down.shape[0] > self.max_rank:
@@ -179,24 +223,8 @@ class HotswapAdapters:
                 get_pattern_key(config.alpha_pattern.keys(), module), config.lora_alpha
             )
             scale = alpha / (math.sqrt(r) if config.use_rslora else r)
-            weights[module] = (down.to(slot_a), up.to(slot_a), scale)
+            weights[module] = (down.to(slot_a), up.to(slot_a) * scale)
         return weights
-
-    def _empty(self, slot: str) -> None:
-        assert self._layers is not None
-        with torch.no_grad():
-            for layer in self._layers.values():
-                layer.lora_A[slot].weight.zero_()
-                layer.lora_B[slot].weight.zero_()
-        del self._held[slot]
-
-    def _set_weight(self, slot: str, weight: float) -> None:
-        if self._weights[slot] == weight:
-            return
-        assert self._layers is not None
-        for layer in self._layers.values():
-            layer.scaling[slot].fill_(weight)
-        self._weights[slot] = weight
 
 
 class _TextAdapters:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,15 +76,16 @@ class SDXLRenderer:
         dtype: str | None = None,
         lora_cache_size: int = 8,
         lora_hotswap: bool | None = None,
-        lora_max_rank: int = 64,
+        lora_max_rank: int = 128,
         compile: bool = False,
         offload: bool = False,
         vae_tiling_above: int | None = None,
         cpu_threads: int | None = None,
     ) -> None:
-        """`lora_hotswap` keeps `lora_cache_size` fixed adapter slots of rank
+        """`lora_hotswap` writes each LoRA stack into one fixed adapter of rank
         `lora_max_rank` on the UNet instead of loading and deleting adapters, so that a
-        compiled UNet never recompiles; LoRAs of a higher rank are then incompatible.
+        compiled UNet never recompiles; a stack's ranks must add up to at most that, and
+        the UNet weights of `lora_cache_size` LoRAs stay cached on the device.
         `compile` torch.compiles the UNet and VAE decoder at load and turns hot-swap on
         unless `lora_hotswap` says otherwise. `offload` (CUDA only) keeps each model on
         the CPU until it runs, and rules out compile. Images of more than
@@ -158,7 +160,7 @@ class SDXLRenderer:
         # Before any adapter wraps a layer: the shapes LoRA files are checked against.
         self._fit = LoraFit(pipe, max_rank=self.lora_max_rank if self.lora_hotswap else None)
         if isinstance(self._adapters, HotswapAdapters):
-            self._adapters.prepare(pipe)  # slots first: compiled code must include them
+            self._adapters.prepare(pipe)  # adapter first: compiled code must include it
         if self.plan.compile:
             pipe.unet.compile(backend=self.plan.compile_backend)
             pipe.vae.decoder.compile(backend=self.plan.compile_backend)
@@ -166,13 +168,19 @@ class SDXLRenderer:
 
     def warmup(self, sizes: Iterable[tuple[int, int]], images: Iterable[int] = (1,)) -> None:
         """Render once per (width, height) and image count, so that compiled graphs, kernel
-        choices and allocator pools exist before the first request."""
+        choices and allocator pools exist before the first request; with hot-swap, once
+        more with the LoRA adapter on (and empty), which compiles the graph LoRAs use."""
         counts = tuple(images)
+        adapter_states = [nullcontext]
+        if isinstance(self._adapters, HotswapAdapters):
+            adapter_states.append(self._adapters.engaged)
         for width, height in sizes:
             for count in counts:
                 seeds = tuple(range(count))
                 spec = GenerationSpec("warm-up", "", width, height, 2, 5.0, "euler", seeds)
-                self.render(spec)
+                for state in adapter_states:
+                    with state():
+                        self.render(spec)
 
     def _place(self, pipe: Any) -> None:
         plan = self.plan

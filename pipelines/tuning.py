@@ -26,8 +26,9 @@ class DevicePlan:
         CUDA tensor cores).
     compile: torch.compile the UNet and the VAE decoder once, after loading, with
         `compile_backend`.
-    lora_hotswap: LoRAs go into fixed adapter slots (pipelines.lora_hotswap), so switching
-        them never changes the compiled UNet's structure and never recompiles it.
+    lora_hotswap: LoRA stacks go into one fixed adapter (pipelines.lora_hotswap), so
+        switching them never changes the compiled UNet's structure and never recompiles
+        it (the adapter off and on are two graphs, both built by the warm-up).
     vae_float32: keep a VAE whose config says force_upcast in float32; it only decodes,
         so only the decode runs in float32 (the SDXL VAE overflows in float16).
     vae_tiling_above: decode images of more pixels than this in tiles.
