@@ -73,7 +73,7 @@ def build_tiny_model(models_dir: Path, loras: int = 2) -> Path:
             _add_sdxl_scheduler_keys(staging / "scheduler" / "scheduler_config.json")
             # LoRAs first: the model's model_index.json is what marks the build complete.
             for index in range(loras):
-                _write_tiny_lora(pipe.unet, models_dir / "loras", index)
+                write_lora(pipe.unet, models_dir / "loras", index)
             _replace_dir(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -220,22 +220,25 @@ def _tiny_pipeline() -> Any:
     )
 
 
-def _write_tiny_lora(unet: Any, loras_dir: Path, index: int) -> Path:
+def write_lora(unet: Any, loras_dir: Path, index: int, rank: int = LORA_RANK) -> Path:
+    """A random PEFT-layout LoRA of `rank` on the attention projections of any SDXL-shaped
+    `unet` (one already wrapped by PEFT adapters too), named tiny-lora-<index>."""
     import torch
     from diffusers import StableDiffusionXLPipeline
 
     generator = torch.Generator().manual_seed(_SEED + 1 + index)
     layers: dict[str, torch.Tensor] = {}
     for module_name, module in unet.named_modules():
-        if not isinstance(module, torch.nn.Linear):
+        module_name = module_name.removesuffix(".base_layer")
+        if not isinstance(module, torch.nn.Linear) or ".lora_" in module_name:
             continue
         if not any(module_name.endswith(f".{target}") for target in LORA_TARGETS):
             continue
-        down = torch.randn(LORA_RANK, module.in_features, generator=generator) / LORA_RANK
-        up = torch.randn(module.out_features, LORA_RANK, generator=generator) * LORA_B_STD
+        down = torch.randn(rank, module.in_features, generator=generator) / rank
+        up = torch.randn(module.out_features, rank, generator=generator) * LORA_B_STD
         layers[f"{module_name}.lora_A.weight"] = down
         layers[f"{module_name}.lora_B.weight"] = up
-    metadata = {"r": LORA_RANK, "lora_alpha": LORA_RANK, "target_modules": list(LORA_TARGETS)}
+    metadata = {"r": rank, "lora_alpha": rank, "target_modules": list(LORA_TARGETS)}
 
     loras_dir.mkdir(parents=True, exist_ok=True)
     name = f"tiny-lora-{index}"

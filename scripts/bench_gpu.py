@@ -4,27 +4,32 @@
     python scripts/bench_gpu.py --model random-sdxl --compile    # CUDA: SDXL's real shapes
 
 Rows: StableDiffusionXLPipeline as a user would write it (the baseline), SDXLRenderer.render,
-render_batch of 1, 2 and 4 requests (other prompts and seeds), and with --compile the same
-for a compiled renderer. Each row: seconds per image (median of --repeat runs after one
+renders that switch between two LoRAs, render_batch of 1, 2 and 4 requests (other prompts
+and seeds), and with --compile the same for a compiled renderer; --offload adds one render
+with model CPU offload. The JSON report is rewritten after every row, so a run cut short
+keeps what it measured. Each row: seconds per image (median of --repeat runs after one
 warm-up run), UNet it/s (denoising-loop iterations per second, from per-step timestamps,
 one iteration covering the whole batch), peak memory (CUDA: max allocated; CPU: sampled
-peak RSS of the process) and speed-up over the baseline. Every row uses the model's own
-Euler sampler. random-sdxl is SDXL base 1.0's architecture with random weights
-(pipelines/sdxl_configs.py): real FLOPs, images of noise, nothing to download.
+peak RSS of the process) and speed-up over the baseline.
+Every row uses the model's own Euler sampler. random-sdxl is SDXL base 1.0's architecture
+with random weights (pipelines/sdxl_configs.py): real FLOPs, images of noise, nothing to download.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +40,8 @@ import torch  # noqa: E402
 
 from pipelines.sdxl import TINY, SDXLRenderer, detect_device, resolve_dtype  # noqa: E402
 from pipelines.sdxl_configs import RANDOM_SDXL, build_random_sdxl  # noqa: E402
-from pipelines.spec import GenerationSpec  # noqa: E402
-from pipelines.tiny import ensure_tiny_model  # noqa: E402
+from pipelines.spec import GenerationSpec, LoraSpec  # noqa: E402
+from pipelines.tiny import ensure_tiny_model, write_lora  # noqa: E402
 
 PROMPTS = (
     "a lighthouse on a cliff at dusk, oil painting",
@@ -63,31 +68,46 @@ def main() -> int:
     cuda = args.device.startswith("cuda")
     print(f"device {describe(args.device)} ({args.dtype}), model {args.model}, "
           f"{args.width}x{args.height}, {args.steps} steps, median of {args.repeat}")  # fmt: skip
+    started = time.monotonic()
     # One pipeline at a time: each returns before the next loads, so memory is comparable.
     baseline, image = measure_baseline(args)
-    free(args.device)
-    rows = [baseline, *measure_darkroom(args, image, compile=False)]
-    free(args.device)
-    if args.compile:
-        rows += measure_darkroom(args, image, compile=True)
-    else:
-        rows.append(Row("darkroom compiled", 1, note="skipped: not requested (--compile)"))
+    rows = [baseline]
+    stages = [
+        ("darkroom", {}, True, ""),
+        ("darkroom compiled", {"compile": True}, args.compile, "--compile"),
+        ("darkroom offload", {"offload": True}, args.offload, "--offload"),
+    ]
+    for label, options, wanted, flag in stages:
+        write_report(args, rows)  # after every row: a run cut short still leaves its rows
+        free(args.device)
+        if not wanted:
+            rows.append(Row(label, 1, note=f"skipped: not requested ({flag})"))
+        elif args.deadline and time.monotonic() - started > args.deadline:
+            rows.append(Row(label, 1, note=f"skipped: past --deadline {args.deadline:.0f} s"))
+        else:
+            measure_darkroom(args, image, label, rows, **options)
+    write_report(args, rows)
+    print_table(rows, "max allocated" if cuda else "peak RSS")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def write_report(args: argparse.Namespace, rows: list[Row]) -> None:
     for row in rows:
         if row.seconds_per_image is not None:
             row.speedup_vs_baseline = rows[0].seconds_per_image / row.seconds_per_image
-    print_table(rows, "max allocated" if cuda else "peak RSS")
     report = {
         "device": describe(args.device),
         **{key: getattr(args, key) for key in ("dtype", "model", "width", "height", "steps")},
         "repeat": args.repeat,
         "sampler": "euler (the pipeline's default EulerDiscreteScheduler)",
-        "memory": "torch.cuda.max_memory_allocated" if cuda else "peak process RSS, sampled",
+        "memory": "torch.cuda.max_memory_allocated"
+        if args.device.startswith("cuda")
+        else "peak process RSS, sampled",
         "versions": versions(),
         "rows": [asdict(row) for row in rows],
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
-    return 0
 
 
 def parse_args() -> argparse.Namespace:
@@ -102,6 +122,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batches", default="1,2,4", help="render_batch sizes")
     parser.add_argument("--compile", action="store_true", help="add a torch.compile'd renderer")
+    parser.add_argument("--offload", action="store_true", help="add a CPU-offloaded renderer")
+    parser.add_argument("--lora-rank", type=int, default=32, help="of the LoRA switch row")
+    parser.add_argument("--deadline", type=float, help="seconds after which no stage starts")
     parser.add_argument("--out", type=Path, default=Path("bench_gpu.json"))
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
@@ -152,10 +175,16 @@ def measure_baseline(args: argparse.Namespace) -> tuple[Row, Any]:
     return row, run(StepClock(args.device))
 
 
-def measure_darkroom(args: argparse.Namespace, baseline: Any, compile: bool) -> list[Row]:
-    label = "darkroom compiled" if compile else "darkroom"
-    renderer = SDXLRenderer(args.model, args.models_dir, args.device, args.dtype, compile=compile)
-    rows = []
+def measure_darkroom(
+    args: argparse.Namespace, baseline: Any, label: str, rows: list[Row], **options: bool
+) -> None:
+    """Appends this renderer's rows to `rows`, rewriting the report after each."""
+    renderer = SDXLRenderer(args.model, args.models_dir, args.device, args.dtype, **options)
+
+    def add(row: Row) -> None:
+        rows.append(row)
+        write_report(args, rows)
+
     try:
         started = time.perf_counter()
         renderer.load()
@@ -165,11 +194,14 @@ def measure_darkroom(args: argparse.Namespace, baseline: Any, compile: bool) -> 
         image = renderer.render(first)[0]
         difference = np.abs(pixels(image) - pixels(baseline)).max()
         row.note = f"{loaded}; max pixel difference to the baseline: {difference}"
-        rows.append(row)
-        rows += [batch_row(renderer, size, label, args) for size in args.batches]
+        add(row)
+        if options.get("offload"):
+            return  # offload is for fitting a small GPU, not for speed: one row
+        add(lora_row(renderer, label, args))
+        for size in args.batches:
+            add(batch_row(renderer, size, label, args))
     except Exception as exc:  # a failed compile is a result, not the end of the run
-        rows.append(Row(label, 1, note=f"skipped: {type(exc).__name__}: {exc}"[:300]))
-    return rows
+        add(Row(label, 1, note=f"skipped: {type(exc).__name__}: {exc}"[:300]))
 
 
 def batch_row(renderer: SDXLRenderer, size: int, label: str, args: argparse.Namespace) -> Row:
@@ -177,6 +209,34 @@ def batch_row(renderer: SDXLRenderer, size: int, label: str, args: argparse.Name
     return timed_row(
         f"{label} batch {size}", size, lambda clock: render(renderer, specs, clock), args
     )
+
+
+def lora_row(renderer: SDXLRenderer, label: str, args: argparse.Namespace) -> Row:
+    """Every render switches between two random rank-`--lora-rank` LoRAs on the attention
+    layers: the cost of LoRAs themselves (compiled: the hot-swap adapter switched on) plus
+    that of changing them."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-loras-"))
+    unet = renderer.pipeline.unet
+    paths = [write_lora(unet, folder, index, rank=args.lora_rank) for index in range(2)]
+    loras = [LoraSpec(f"bench-lora-{index}", str(path), 0.8) for index, path in enumerate(paths)]
+    specs = itertools.cycle(replace(spec(args, 0), loras=(lora,)) for lora in loras)
+    render(renderer, [next(specs)], StepClock(args.device))  # compiled: the adapter-on graph
+    graphs = compiled_graphs()
+    row = timed_row(
+        f"{label} LoRA switch", 1, lambda clock: render(renderer, [next(specs)], clock), args
+    )
+    row.note = (
+        f"rank {args.lora_rank}; graphs compiled while switching: {compiled_graphs() - graphs}"
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+    return row
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has built in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def render(renderer: SDXLRenderer, specs: list[GenerationSpec], clock: StepClock) -> Any:
