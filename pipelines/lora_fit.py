@@ -20,7 +20,7 @@ from pipelines.lora_files import LoraFileError, LoraHeader, base_model, read_hea
 from pipelines.lora_files import unsupported_reason as file_problem
 
 # Bump when the rules below change, so verdicts cached under the old rules are not used.
-CHECK_VERSION = 1
+CHECK_VERSION = 2
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 COMPONENTS = ("unet", *TEXT_ENCODERS)
 _DTYPES = {
@@ -66,7 +66,7 @@ class LoraFit:
     model, else a short reason. `model_key` names what the verdicts depend on: the
     model's layer shapes and these rules, not its weights or name."""
 
-    def __init__(self, pipe: Any, max_rank: int | None = None) -> None:
+    def __init__(self, pipe: Any) -> None:
         self._loader = type(pipe)
         self._unet_config = pipe.unet.config
         self._layers = model_layers(pipe)
@@ -75,13 +75,12 @@ class LoraFit:
             for name in TEXT_ENCODERS
             if getattr(pipe, name, None) is not None
         }
-        self.max_rank = max_rank
         shapes = {
             component: sorted((name, layer.in_features, layer.out_features, list(layer.kernel))
                               for name, layer in layers.items())
             for component, layers in self._layers.items()
         }  # fmt: skip
-        fingerprint = json.dumps([CHECK_VERSION, self._loader.__name__, max_rank, shapes])
+        fingerprint = json.dumps([CHECK_VERSION, self._loader.__name__, shapes])
         self.model_key = "layers-" + hashlib.sha256(fingerprint.encode()).hexdigest()[:24]
 
     def __call__(self, path: Path) -> str | None:
@@ -138,7 +137,6 @@ class LoraFit:
     def _judge(self, parts: dict[str, dict[str, torch.Tensor]], hint: str) -> str | None:
         misfits: list[str] = []
         total = 0
-        ranks: list[int] = []
         for component, part in parts.items():
             layers = self._layers.get(component, {})
             modules: dict[str, dict[str, tuple[int, ...]]] = {}
@@ -160,8 +158,6 @@ class LoraFit:
                     why = _misfit(layer, pair) if layer else "no such layer in this model"
                 if why:
                     misfits.append(f"{component}.{module}: {why}")
-                elif "lora_A" in pair:
-                    ranks.append(pair["lora_A"][0])
         if total == 0:
             return "no LoRA layers in it"
         if misfits:
@@ -169,8 +165,6 @@ class LoraFit:
                 f"{hint}{len(misfits)} of its {total} layers do not fit this model,"
                 f" e.g. {misfits[0]}"
             )
-        if self.max_rank is not None and ranks and max(ranks) > self.max_rank:
-            return f"rank {max(ranks)} is above this server's hot-swap limit of {self.max_rank}"
         return None
 
 

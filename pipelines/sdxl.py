@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,16 +75,15 @@ class SDXLRenderer:
         dtype: str | None = None,
         lora_cache_size: int = 8,
         lora_hotswap: bool | None = None,
-        lora_max_rank: int = 128,
         compile: bool = False,
         offload: bool = False,
         vae_tiling_above: int | None = None,
         cpu_threads: int | None = None,
     ) -> None:
-        """`lora_hotswap` writes each LoRA stack into one fixed adapter of rank
-        `lora_max_rank` on the UNet instead of loading and deleting adapters, so that a
-        compiled UNet never recompiles; a stack's ranks must add up to at most that, and
-        the UNet weights of `lora_cache_size` LoRAs stay cached on the device.
+        """`lora_hotswap` merges each LoRA stack into the UNet's weights in place instead
+        of loading and deleting adapters, so that a compiled UNet never recompiles and a
+        LoRA costs nothing per step; the UNet weights of `lora_cache_size` LoRAs stay
+        cached on the device.
         `compile` torch.compiles the UNet and VAE decoder at load and turns hot-swap on
         unless `lora_hotswap` says otherwise. `offload` (CUDA only) keeps each model on
         the CPU until it runs, and rules out compile. Images of more than
@@ -103,7 +101,6 @@ class SDXLRenderer:
         )  # fmt: skip
         self.lora_cache_size = lora_cache_size
         self.lora_hotswap = self.plan.lora_hotswap
-        self.lora_max_rank = lora_max_rank
         self._adapters = self._new_adapters()
         self._fit: LoraFit | None = None
         self._pipe: Any = None
@@ -121,7 +118,7 @@ class SDXLRenderer:
 
     def _new_adapters(self) -> AdapterCache | HotswapAdapters:
         if self.lora_hotswap:
-            return HotswapAdapters(self.lora_cache_size, self.lora_max_rank)
+            return HotswapAdapters(self.lora_cache_size)
         return AdapterCache(self.lora_cache_size)
 
     @property
@@ -158,9 +155,7 @@ class SDXLRenderer:
         # Every sampler is built from this, however often the scheduler is swapped later.
         self._base_scheduler_config = pipe.scheduler.config
         # Before any adapter wraps a layer: the shapes LoRA files are checked against.
-        self._fit = LoraFit(pipe, max_rank=self.lora_max_rank if self.lora_hotswap else None)
-        if isinstance(self._adapters, HotswapAdapters):
-            self._adapters.prepare(pipe)  # adapter first: compiled code must include it
+        self._fit = LoraFit(pipe)
         if self.plan.compile:
             pipe.unet.compile(backend=self.plan.compile_backend)
             pipe.vae.decoder.compile(backend=self.plan.compile_backend)
@@ -168,19 +163,13 @@ class SDXLRenderer:
 
     def warmup(self, sizes: Iterable[tuple[int, int]], images: Iterable[int] = (1,)) -> None:
         """Render once per (width, height) and image count, so that compiled graphs, kernel
-        choices and allocator pools exist before the first request; with hot-swap, once
-        more with the LoRA adapter on (and empty), which compiles the graph LoRAs use."""
+        choices and allocator pools exist before the first request."""
         counts = tuple(images)
-        adapter_states = [nullcontext]
-        if isinstance(self._adapters, HotswapAdapters):
-            adapter_states.append(self._adapters.engaged)
         for width, height in sizes:
             for count in counts:
                 seeds = tuple(range(count))
                 spec = GenerationSpec("warm-up", "", width, height, 2, 5.0, "euler", seeds)
-                for state in adapter_states:
-                    with state():
-                        self.render(spec)
+                self.render(spec)
 
     def _place(self, pipe: Any) -> None:
         plan = self.plan

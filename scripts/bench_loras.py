@@ -44,7 +44,7 @@ def main() -> int:
             loras_dir = models_dir / "loras"
         renderer = SDXLRenderer(
             args.model, models_dir, device=args.device, dtype=args.dtype,
-            lora_cache_size=args.cache, lora_hotswap=args.hotswap, lora_max_rank=args.max_rank,
+            lora_cache_size=args.cache, lora_hotswap=args.hotswap,
         )  # fmt: skip
         renderer.load()
         loras = usable_loras(renderer, loras_dir, args.loras)
@@ -62,8 +62,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--loras-dir", type=Path, help="LoRA files (default: built for tiny)")
     parser.add_argument("--loras", type=int, default=6, help="how many LoRAs to switch among")
     parser.add_argument("--cache", type=int, default=4, help="adapters kept on the device")
-    parser.add_argument("--hotswap", action="store_true", help="fixed UNet slots (compile)")
-    parser.add_argument("--max-rank", type=int, default=64, help="slot rank with --hotswap")
+    parser.add_argument("--hotswap", action="store_true", help="merge into the UNet (compile)")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--switches", type=int, default=200)
@@ -120,7 +119,7 @@ def run(renderer: SDXLRenderer, loras: list[LoraSpec], args: argparse.Namespace)
 
     print(f"device {renderer.device} ({renderer.dtype}), model {renderer.model}, "
           f"{args.size}x{args.size}, {args.steps} steps, cache {args.cache}, "
-          f"{len(loras)} LoRAs{', hot-swap slots' if args.hotswap else ''}")  # fmt: skip
+          f"{len(loras)} LoRAs{', merged (hot-swap)' if args.hotswap else ''}")  # fmt: skip
     row("plain render", plain, plain)
     row("render with a 2-LoRA stack", stacked, plain)
     row("first load of a LoRA", statistics.median(first), plain)

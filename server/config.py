@@ -28,7 +28,6 @@ class Settings:
     dtype: str | None = None
     max_loras: int = 5
     lora_cache_size: int = 8
-    lora_max_rank: int = 128  # compiled: the most rank a request's LoRAs add up to
     url_ttl_hours: float = 24.0
     # Seconds: let the running job finish on SIGTERM; stop a job; fail one queued too long
     # (0 = never). A job the server died under is retried up to max_attempts times.

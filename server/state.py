@@ -88,7 +88,6 @@ def default_renderer(settings: Settings) -> Renderer:
         device=settings.device,
         dtype=settings.dtype,
         lora_cache_size=settings.lora_cache_size,
-        lora_max_rank=settings.lora_max_rank,
         compile=settings.compile,
         offload=settings.offload,
         vae_tiling_above=settings.vae_tiling_above or None,

@@ -38,9 +38,10 @@ def test_cuda_plan_in_bfloat16() -> None:
     plan = plan_for("cuda", "bfloat16")
     assert plan == DevicePlan(
         device="cuda", dtype="bfloat16", offload=False, channels_last=True, compile=False,
-        compile_backend="inductor", lora_hotswap=False, vae_float32=False,
+        compile_backend="inductor", lora_hotswap=True, vae_float32=False,
         vae_tiling_above=VAE_TILING_ABOVE, batch_invariant=False, attention="sdpa",
     )  # fmt: skip
+    assert not plan_for("cpu", "float32").lora_hotswap  # PEFT adapters: exact
     compiled = plan_for("cuda:1", "bfloat16", compile=True)
     assert compiled.compile and compiled.lora_hotswap and compiled.channels_last
     assert not plan_for("cuda", "bfloat16", compile=True, lora_hotswap=False).lora_hotswap
