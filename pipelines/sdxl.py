@@ -161,9 +161,12 @@ class SDXLRenderer:
             pipe.vae.decoder.compile(backend=self.plan.compile_backend)
         self._pipe = pipe
 
-    def warmup(self, sizes: Iterable[tuple[int, int]], images: Iterable[int] = (1,)) -> None:
+    def warmup(self, sizes: Iterable[tuple[int, int]], images: Iterable[int] = (1, 2)) -> None:
         """Render once per (width, height) and image count, so that compiled graphs, kernel
-        choices and allocator pools exist before the first request."""
+        choices and allocator pools exist before the first request. Two image counts:
+        after a second batch size torch.compile makes the batch dimension dynamic, so
+        every later count and batch reuses that graph (else a request for 2 images would
+        compile for minutes)."""
         counts = tuple(images)
         for width, height in sizes:
             for count in counts:

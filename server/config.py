@@ -35,7 +35,7 @@ class Settings:
     job_timeout: float = 600.0
     max_queue_age: float = 3600.0
     max_attempts: int = 3
-    max_batch: int = 1  # queued jobs of the same shape rendered together
+    max_batch: int = 0  # queued jobs of one shape rendered together; 0: the device's default
     # The CUDA path (pipelines.tuning decides what applies on which device).
     compile: bool = False
     offload: bool = False

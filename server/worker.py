@@ -107,6 +107,9 @@ class Worker:
         self.queue = queue
         self.catalog = catalog
         self.settings = settings
+        # 0 means the device's default, which the renderer's plan knows (see pipelines.tuning).
+        plan = getattr(renderer, "plan", None)
+        self.max_batch = settings.max_batch or getattr(plan, "max_batch", 1)
         self.results = ResultWriter(
             store, vault, renderer.model, settings.url_ttl_hours * 3600, metrics
         )
@@ -162,7 +165,7 @@ class Worker:
         self.state, self.load_error = "ready", None
         log.info("model %s ready on %s", self.renderer.model, self.renderer.device)
         while True:
-            batch = self.queue.take(timeout=IDLE_SECONDS, max_batch=self.settings.max_batch)
+            batch = self.queue.take(timeout=IDLE_SECONDS, max_batch=self.max_batch)
             if not batch:
                 if self.queue.closed:
                     return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -66,3 +67,17 @@ def test_batches_never_change_the_order_jobs_start_in(
     # ann was served last (the gate), so the round goes ben 1, cat 1, ann 1, ann 2: ben's
     # bigger job runs alone, then the three adjacent same-shape jobs run together.
     assert gate.batches[1:] == [["ben 1"], ["cat 1", "ann 1", "ann 2"]]
+
+
+def test_the_batch_size_defaults_to_the_devices(make_client: AppFactory) -> None:
+    """DARKROOM_MAX_BATCH unset (0): the renderer's plan says (4 on CUDA, 1 on the CPU)."""
+    gate = Hangs(Solid())
+    gate.plan = SimpleNamespace(max_batch=2)  # as pipelines.tuning.DevicePlan would
+    client = make_client(renderer=gate)
+    generate(client, "gate")
+    assert gate.started.wait(10)
+    queued = [generate(client, f"job {i}") for i in range(3)]
+    gate.release.set()
+    for body in queued:
+        wait_done(client, body["request_id"])
+    assert gate.batches[1:] == [["job 0", "job 1"], ["job 2"]]

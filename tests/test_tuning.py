@@ -39,9 +39,12 @@ def test_cuda_plan_in_bfloat16() -> None:
     assert plan == DevicePlan(
         device="cuda", dtype="bfloat16", offload=False, channels_last=True, compile=False,
         compile_backend="inductor", lora_hotswap=True, vae_float32=False,
-        vae_tiling_above=VAE_TILING_ABOVE, batch_invariant=False, attention="sdpa",
+        vae_tiling_above=VAE_TILING_ABOVE, batch_invariant=False, max_batch=4,
+        attention="sdpa",
     )  # fmt: skip
     assert not plan_for("cpu", "float32").lora_hotswap  # PEFT adapters: exact
+    assert plan_for("cpu", "float32").max_batch == 1
+    assert plan_for("cuda", "bfloat16", offload=True).max_batch == 1
     compiled = plan_for("cuda:1", "bfloat16", compile=True)
     assert compiled.compile and compiled.lora_hotswap and compiled.channels_last
     assert not plan_for("cuda", "bfloat16", compile=True, lora_hotswap=False).lora_hotswap
@@ -215,7 +218,9 @@ def lora_stacks(models_dir: Path) -> list[tuple[LoraSpec, ...]]:
     return [(a,), (), (b,), (a,)]
 
 
-def test_compiled_renderer_switches_loras_without_recompiling(models_dir: Path) -> None:
+def test_compiled_renderer_switches_loras_and_batches_without_recompiling(
+    models_dir: Path,
+) -> None:
     """Dynamo's capture and guards, which decide recompiles, with the eager backend: the
     inductor backend would add minutes of C++ code generation on a CPU (see below)."""
     stacks = lora_stacks(models_dir)
@@ -231,6 +236,10 @@ def test_compiled_renderer_switches_loras_without_recompiling(models_dir: Path) 
         for stack, image in zip(stacks, expected, strict=True):
             spec = GenerationSpec(**{**vars(SPEC), "loras": stack})
             assert pixels(compiled.render(spec)[0]).tobytes() == pixels(image).tobytes()
+        # The warm-up rendered 1 and 2 images: any other count or batch needs no compile.
+        assert len(compiled.render(dataclasses.replace(SPEC, seeds=(1, 2, 3)))) == 3
+        four = [dataclasses.replace(SPEC, prompt=f"{i}", seeds=(i,)) for i in range(4)]
+        assert len(compiled.render_batch(four)) == 4
 
 
 @pytest.mark.skipif(
