@@ -19,6 +19,9 @@ class LoraLoadError(Exception):
         self.key = key
         self.reason = reason
 
+    def __reduce__(self) -> tuple:
+        return (LoraLoadError, (self.key, self.reason))  # it crosses the render process's pipe
+
 
 def adapter_name(key: str) -> str:
     # PEFT stores adapters in ModuleDicts, whose keys may not contain dots.

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-active-per-user", type=int, help="active generations (default 5)")
     serve.add_argument("--poll-rate", type=float, help="status polls/s per generation (1)")
     serve.add_argument("--max-queued", type=int, help="pending generations in all (1000)")
-    serve.add_argument("--max-batch", type=int, help="same-shape jobs rendered together (CUDA 4, else 1)")
+    serve.add_argument("--max-batch", type=int, help="same-shape jobs per batch (CUDA 4, else 1)")
     serve.add_argument(
         "--compile",
         action="store_true",

@@ -36,6 +36,7 @@ class Settings:
     max_queue_age: float = 3600.0
     max_attempts: int = 3
     max_batch: int = 0  # queued jobs of one shape rendered together; 0: the device's default
+    render_process: bool = True  # render in a child process (else in a thread of this one)
     # The CUDA path (pipelines.tuning decides what applies on which device).
     compile: bool = False
     offload: bool = False

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
 
@@ -17,6 +20,7 @@ from server.config import Settings
 from server.jobs import Admission, JobQueue
 from server.limits import RateLimiter
 from server.metrics import Metrics
+from server.render_process import ProcessRenderer
 from server.store import Store
 from server.vault import Vault
 from server.worker import Renderer, Worker
@@ -76,13 +80,14 @@ def state_of(request: Request) -> AppState:
 
 
 def default_renderer(settings: Settings) -> Renderer:
-    from pipelines.sdxl import SDXLRenderer, default_model
-
     model = settings.model
     if model is None:
+        from pipelines.sdxl import default_model
+
         model, reason = default_model()
         log.info("model: %s (%s)", model, reason)
-    return SDXLRenderer(
+    make = partial(
+        sdxl_renderer,
         model,
         settings.models_dir,
         device=settings.device,
@@ -93,6 +98,17 @@ def default_renderer(settings: Settings) -> Renderer:
         vae_tiling_above=settings.vae_tiling_above or None,
         cpu_threads=settings.cpu_threads or None,
     )
+    if not settings.render_process:
+        return make()
+    renderer = ProcessRenderer(make, model, latents_every=settings.preview_every)
+    renderer.start()  # the child imports torch while this process opens its store
+    return renderer
+
+
+def sdxl_renderer(model: str, models_dir: Path, **options: Any) -> Renderer:
+    from pipelines.sdxl import SDXLRenderer
+
+    return SDXLRenderer(model, models_dir, **options)
 
 
 def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) -> AppState:

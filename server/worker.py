@@ -107,9 +107,6 @@ class Worker:
         self.queue = queue
         self.catalog = catalog
         self.settings = settings
-        # 0 means the device's default, which the renderer's plan knows (see pipelines.tuning).
-        plan = getattr(renderer, "plan", None)
-        self.max_batch = settings.max_batch or getattr(plan, "max_batch", 1)
         self.results = ResultWriter(
             store, vault, renderer.model, settings.url_ttl_hours * 3600, metrics
         )
@@ -142,6 +139,16 @@ class Worker:
         self.queue.close()
         self._thread.join(timeout)
         self._supervisor.join(timeout)
+        close = getattr(self.renderer, "close", None)
+        if close is not None:
+            close()
+
+    @property
+    def max_batch(self) -> int:
+        """0 means the device's default, which the loaded renderer's plan knows (see
+        pipelines.tuning)."""
+        plan = getattr(self.renderer, "plan", None)
+        return self.settings.max_batch or getattr(plan, "max_batch", 1)
 
     @property
     def alive(self) -> bool:

@@ -1,0 +1,274 @@
+"""The renderer in a child process.
+
+A render is mostly Python between kernels (all of it, on the tiny model), and in the
+server's process that Python holds the GIL the event loop needs: while the worker
+rendered, status requests ran at a third of a bare endpoint's rate and submits waited up
+to 270 ms. In a child process the render holds its own GIL, runs at nice 10 so the server
+and its clients come first, and a crash in native code ends only the child: the job it
+was rendering fails and the next job starts a new child.
+
+The parent sends one request at a time over a pipe and waits for its answer, relaying
+steps and latents to the worker's callbacks and turning its stop flag into an event the
+child's render checks between steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+from PIL import Image
+
+from pipelines.spec import GenerationSpec
+
+log = logging.getLogger("darkroom.render")
+
+RENDER_NICENESS = 10
+POLL_SECONDS = 0.05
+
+
+class RenderProcessDied(RuntimeError):
+    """The child process ended in the middle of a request."""
+
+
+class ProcessRenderer:
+    """The worker's Renderer, backed by `factory()` (a picklable callable that makes a
+    pipelines.sdxl.SDXLRenderer, or anything with its methods) in a child process."""
+
+    def __init__(self, factory: Callable[[], Any], model: str, latents_every: int = 0) -> None:
+        self.factory = factory
+        self.model = model
+        self.device = "(loading)"
+        self.latents_every = latents_every
+        self.adapters = SimpleNamespace(hits=0, misses=0)  # the child's LoRA cache counts
+        self.plan: Any = None
+        self.lora_fit: Callable[[Any], str | None] | None = None
+        self._memory: int | None = None
+        self._context = multiprocessing.get_context("spawn")
+        self._stop = self._context.Event()
+        self._process: Any = None
+        self._connection: Any = None
+        self._ready = False
+        self._lock = threading.RLock()  # one request on the pipe at a time
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        """Start the child, which begins loading at once; load() waits for it."""
+        with self._lock:
+            if self._process is not None:
+                return
+            parent, child = self._context.Pipe()
+            process = self._context.Process(
+                target=serve_child,
+                args=(child, self.factory, self._stop, self.latents_every),
+                name="darkroom-render",
+                daemon=True,
+            )
+            process.start()
+            child.close()
+            self._process, self._connection, self._ready = process, parent, False
+
+    def load(self) -> None:
+        """Start the child if none lives and wait until its model is loaded."""
+        with self._lock:
+            if self._process is not None and not self._process.is_alive():
+                self.close()
+            self.start()
+            if self._ready:
+                return
+            # The answer holds a LoraFit (torch, diffusers): import them while the child loads.
+            from diffusers import StableDiffusionXLPipeline  # noqa: F401
+
+            import pipelines.lora_fit  # noqa: F401
+
+            info = self._wait(None, None, None)
+            self.device, self.plan, self.lora_fit = info["device"], info["plan"], info["fit"]
+            self._ready = True
+            log.info("render process %d: %s on %s", self.pid, self.model, self.device)
+
+    @property
+    def lora_compatibility(self) -> Callable[[Any], str | None]:
+        self.load()
+        assert self.lora_fit is not None
+        return self.lora_fit
+
+    def render(
+        self,
+        spec: GenerationSpec,
+        on_step: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        on_latents: Callable[[int, Any], None] | None = None,
+    ) -> list[Image.Image]:
+        return self.render_batch([spec], on_step, should_stop, on_latents)[0]
+
+    def render_batch(
+        self,
+        specs: Sequence[GenerationSpec],
+        on_step: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        on_latents: Callable[[int, Any], None] | None = None,
+    ) -> list[list[Image.Image]]:
+        return self._call(("render_batch", list(specs)), on_step, should_stop, on_latents)
+
+    def warmup(self, sizes: Sequence[tuple[int, int]], images: Sequence[int] = (1, 2)) -> None:
+        self._call(("warmup", list(sizes), tuple(images)))
+
+    def free_memory(self) -> None:
+        self._call(("free_memory",))
+
+    def unload_loras(self) -> None:
+        self._call(("unload_loras",))
+
+    def device_memory_bytes(self) -> int | None:
+        return self._memory
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Ask the child to exit; kill it if it does not. A request still waiting on the
+        child (a render that ignores its stop flag) then fails with RenderProcessDied."""
+        locked = self._lock.acquire(timeout=timeout)
+        try:
+            process, connection = self._process, self._connection
+            if process is None:
+                return
+            if locked:
+                with contextlib.suppress(OSError, ValueError):
+                    connection.send(("exit",))
+                process.join(timeout)
+            if process.is_alive():
+                process.kill()
+                process.join()
+            if locked:
+                self._process = self._connection = None
+                connection.close()
+        finally:
+            if locked:
+                self._lock.release()
+
+    def _call(
+        self,
+        request: tuple,
+        on_step: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        on_latents: Callable[[int, Any], None] | None = None,
+    ) -> Any:
+        with self._lock:
+            self.load()
+            self._stop.clear()
+            self._connection.send(request)
+            return self._wait(on_step, should_stop, on_latents)
+
+    def _wait(
+        self,
+        on_step: Callable[[int, int], None] | None,
+        should_stop: Callable[[], bool] | None,
+        on_latents: Callable[[int, Any], None] | None,
+    ) -> Any:
+        connection, process = self._connection, self._process
+        while True:
+            if should_stop is not None and not self._stop.is_set() and should_stop():
+                self._stop.set()
+            if not connection.poll(POLL_SECONDS):
+                if not process.is_alive():
+                    self._died(process)
+                continue
+            try:
+                kind, *payload = connection.recv()
+            except (EOFError, OSError):
+                process.join(5)
+                self._died(process)
+            if kind == "step" and on_step is not None:
+                on_step(*payload)
+            elif kind == "latents" and on_latents is not None:
+                on_latents(*payload)
+            elif kind == "done":
+                result, stats = payload
+                self.adapters.hits, self.adapters.misses = stats["hits"], stats["misses"]
+                self._memory = stats["memory"]
+                return result
+            elif kind == "error":
+                raise payload[0]
+
+    def _died(self, process: Any) -> None:
+        code = process.exitcode
+        self._process = self._connection = None
+        raise RenderProcessDied(f"the render process exited (code {code})")
+
+
+def serve_child(connection: Any, factory: Callable[[], Any], stop: Any, latents_every: int) -> None:
+    """The child's main loop: load, then answer requests until told to exit."""
+    # The server decides when this process ends (Ctrl-C and SIGTERM reach the whole process
+    # group): a drain lets the running render finish.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(RENDER_NICENESS)
+    renderer = factory()
+    try:
+        renderer.load()
+        plan = getattr(renderer, "plan", None)
+        info = {
+            "device": renderer.device,
+            "plan": SimpleNamespace(max_batch=getattr(plan, "max_batch", 1)),
+            "fit": getattr(renderer, "lora_compatibility", None),
+        }
+    except BaseException as exc:
+        connection.send(("error", portable(exc)))
+        return
+    connection.send(("done", info, {"hits": 0, "misses": 0, "memory": None}))
+    while True:
+        try:
+            request = connection.recv()
+        except (EOFError, OSError):
+            return
+        if request[0] == "exit":
+            os._exit(0)  # nothing to flush: skip seconds of interpreter and torch teardown
+        try:
+            result = answer(renderer, request, connection, stop, latents_every)
+        except BaseException as exc:
+            connection.send(("error", portable(exc)))
+            continue
+        adapters = getattr(renderer, "adapters", None)
+        memory = getattr(renderer, "device_memory_bytes", lambda: None)()
+        stats = {
+            "hits": getattr(adapters, "hits", 0),
+            "misses": getattr(adapters, "misses", 0),
+            "memory": memory,
+        }
+        connection.send(("done", result, stats))
+
+
+def answer(renderer: Any, request: tuple, connection: Any, stop: Any, latents_every: int) -> Any:
+    kind, *args = request
+    if kind == "render_batch":
+
+        def on_latents(step: int, latents: Any) -> None:
+            if latents_every > 0 and step % latents_every == 0:
+                connection.send(("latents", step, latents.detach().float().cpu()))
+
+        return renderer.render_batch(
+            args[0],
+            on_step=lambda step, total: connection.send(("step", step, total)),
+            should_stop=stop.is_set,
+            on_latents=on_latents,
+        )
+    return getattr(renderer, kind)(*args)
+
+
+def portable(exc: BaseException) -> BaseException:
+    """`exc` if it survives pickling, else a RuntimeError that keeps its type's name and
+    message (the worker matches out-of-memory errors by those)."""
+    try:
+        return pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
