@@ -1,6 +1,6 @@
-"""LoRA stacks for a compiled UNet, merged into its weights: no module is added or
-removed and no shape or guarded value changes, so a switch never recompiles, and a LoRA
-costs nothing per step.
+"""LoRA stacks merged into the UNet's weights (on CUDA, and for any compiled UNet): no
+module is added or removed and no shape or guarded value changes, so a switch never
+recompiles, and a LoRA costs nothing per step.
 
 A stack's UNet layers are merged as ComfyUI and AUTOMATIC1111 do it: W = W0 + sum of
 weight x alpha/rank x up @ down, computed in float32 from a copy of each layer's original
