@@ -28,10 +28,10 @@ from typing import Any
 from PIL import Image
 
 from pipelines.spec import GenerationSpec
+from server.worker import RENDER_NICENESS
 
 log = logging.getLogger("darkroom.render")
 
-RENDER_NICENESS = 10
 POLL_SECONDS = 0.05
 
 
@@ -121,8 +121,9 @@ class ProcessRenderer:
     ) -> list[list[Image.Image]]:
         return self._call(("render_batch", list(specs)), on_step, should_stop, on_latents)
 
-    def warmup(self, sizes: Sequence[tuple[int, int]], images: Sequence[int] = (1, 2)) -> None:
-        self._call(("warmup", list(sizes), tuple(images)))
+    def warmup(self, *args: Any) -> None:
+        """The child's renderer's warmup(), with its defaults."""
+        self._call(("warmup", *args))
 
     def free_memory(self) -> None:
         self._call(("free_memory",))
@@ -225,7 +226,7 @@ def serve_child(connection: Any, factory: Callable[[], Any], stop: Any, latents_
     except BaseException as exc:
         connection.send(("error", portable(exc)))
         return
-    connection.send(("done", info, {"hits": 0, "misses": 0, "memory": None}))
+    connection.send(("done", info, stats(renderer)))
     while True:
         try:
             request = connection.recv()
@@ -238,14 +239,17 @@ def serve_child(connection: Any, factory: Callable[[], Any], stop: Any, latents_
         except BaseException as exc:
             connection.send(("error", portable(exc)))
             continue
-        adapters = getattr(renderer, "adapters", None)
-        memory = getattr(renderer, "device_memory_bytes", lambda: None)()
-        stats = {
-            "hits": getattr(adapters, "hits", 0),
-            "misses": getattr(adapters, "misses", 0),
-            "memory": memory,
-        }
-        connection.send(("done", result, stats))
+        connection.send(("done", result, stats(renderer)))
+
+
+def stats(renderer: Any) -> dict[str, Any]:
+    """What the parent shows in its metrics: LoRA cache counts and device memory."""
+    adapters = getattr(renderer, "adapters", None)
+    return {
+        "hits": getattr(adapters, "hits", 0),
+        "misses": getattr(adapters, "misses", 0),
+        "memory": getattr(renderer, "device_memory_bytes", lambda: None)(),
+    }
 
 
 def answer(renderer: Any, request: tuple, connection: Any, stop: Any, latents_every: int) -> Any:
