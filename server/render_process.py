@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import pickle
 import signal
@@ -233,7 +234,12 @@ def serve_child(connection: Any, factory: Callable[[], Any], stop: Any, latents_
         except (EOFError, OSError):
             return
         if request[0] == "exit":
-            os._exit(0)  # nothing to flush: skip seconds of interpreter and torch teardown
+            # Skip seconds of interpreter and torch teardown, but run multiprocessing's own
+            # exit work first: it unregisters what the child created (tqdm's lock, made
+            # even for a disabled progress bar), which the resource tracker would otherwise
+            # report as leaked when the server exits.
+            multiprocessing.util._exit_function()
+            os._exit(0)
         try:
             result = answer(renderer, request, connection, stop, latents_every)
         except BaseException as exc:
