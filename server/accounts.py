@@ -165,15 +165,17 @@ class Authenticator:
         self.local = accounts.local_user()  # fixed by the migrations: read once
 
     def user(self, authorization: str | None, forwarded: bool) -> User:
+        # A valid token means users exist, so no open mode: the token is checked first and
+        # the open-mode query runs only for requests without one (one query per request).
+        scheme, _, token = (authorization or "").partition(" ")
+        user = self.accounts.by_token(token.strip()) if scheme.lower() == "bearer" else None
+        if user is not None:
+            return user
         if self.open_mode(forwarded):
             return self.local
         if not authorization:
             raise unauthorized("Missing API token: send 'Authorization: Bearer <token>'", None)
-        scheme, _, token = authorization.partition(" ")
-        user = self.accounts.by_token(token.strip()) if scheme.lower() == "bearer" else None
-        if user is None:
-            raise unauthorized("Invalid or revoked API token", "invalid_token")
-        return user
+        raise unauthorized("Invalid or revoked API token", "invalid_token")
 
     def open_mode(self, forwarded: bool = False) -> bool:
         # Behind a reverse proxy a loopback listener is not private: no open mode then.

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -52,9 +53,27 @@ from server.worker import Renderer
 log = logging.getLogger("darkroom")
 
 
+_bases: dict[tuple[Any, ...], str] = {}
+
+
+def request_base(request: Request) -> str:
+    """The URL the server was reached at, as Starlette's base_url reads it; cached, since
+    every poll needs it and Starlette builds it by parsing the whole URL each time."""
+    scope = request.scope
+    host = request.headers.get("host")
+    server = scope.get("server")
+    key = (scope["scheme"], tuple(server) if server else None, scope.get("root_path"), host)
+    base = _bases.get(key)
+    if base is None:
+        if len(_bases) >= 64:  # the Host header is the client's: keep the cache small
+            _bases.clear()
+        base = _bases[key] = str(request.base_url).rstrip("/")
+    return base
+
+
 def links_for(request: Request) -> views.Links:
     state = state_of(request)
-    base = (state.settings.public_url or str(request.base_url)).rstrip("/")
+    base = (state.settings.public_url or request_base(request)).rstrip("/")
     if request.url.path.startswith(CONTRACT_PREFIX + "/"):
         base += CONTRACT_PREFIX
     return views.Links(base, state.vault, state.settings.url_ttl_hours * 3600)
@@ -110,7 +129,8 @@ def own_generation(request: Request, user: User) -> dict:
 
 def generation_view(request: Request, row: dict) -> dict:
     state = state_of(request)
-    images = state.store.images_of([row["id"]])[row["id"]]
+    # Only a completed generation has images: polls of queued or running ones skip the query.
+    images = state.store.images_of([row["id"]])[row["id"]] if row["status"] == "completed" else []
     return views.generation(row, images, links_for(request), state.queue, state.admission)
 
 

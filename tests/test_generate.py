@@ -33,6 +33,14 @@ def test_submit_answers_pending_with_absolute_poll_url(client: TestClient) -> No
     wait_done(client, body["request_id"])
 
 
+def test_links_follow_the_host_each_request_arrived_on(client: TestClient) -> None:
+    request_id = generate(client)["request_id"]
+    wait_done(client, request_id)
+    for host in ("darkroom.lan:8000", "127.0.0.1:9000", "darkroom.lan:8000"):
+        body = client.get(f"/generations/{request_id}/status", headers={"Host": host}).json()
+        assert body["images"][0]["url"].startswith(f"http://{host}/files/")
+
+
 def test_completed_generation_serves_image_vault_copy_and_thumbnail(client: TestClient) -> None:
     body = render(client, settings={"width": 256, "height": 320, "seed": 7})
     assert body["credits_used"] == pytest.approx(256 * 320 / 1024**2 * 10 / 30, abs=1e-4)
