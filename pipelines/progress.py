@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -22,11 +23,12 @@ SDXL_LATENT_RGB = (
 SDXL_LATENT_RGB_BIAS = (0.1084, -0.0175, -0.0011)
 
 
-def latent_previews(latents: torch.Tensor) -> list[Image.Image]:
+def latent_previews(latents: torch.Tensor | np.ndarray) -> list[Image.Image]:
     """One small picture per image of a batch of SDXL latents (1/8 of the image's size)."""
     factors = torch.tensor(SDXL_LATENT_RGB)
     bias = torch.tensor(SDXL_LATENT_RGB_BIAS)
-    rgb = torch.einsum("bchw,cr->bhwr", latents.detach().float().cpu(), factors) + bias
+    latents = torch.as_tensor(latents).detach().float().cpu()
+    rgb = torch.einsum("bchw,cr->bhwr", latents, factors) + bias
     pixels = ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
     return [Image.fromarray(array, "RGB") for array in pixels]
 

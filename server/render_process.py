@@ -23,6 +23,7 @@ import pickle
 import signal
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -55,6 +56,7 @@ class ProcessRenderer:
         self._memory: int | None = None
         self._context = multiprocessing.get_context("spawn")
         self._stop = self._context.Event()
+        self._latents_wanted = self._context.Event()
         self._process: Any = None
         self._connection: Any = None
         self._ready = False
@@ -70,9 +72,10 @@ class ProcessRenderer:
             if self._process is not None:
                 return
             parent, child = self._context.Pipe()
+            flags = Flags(self._stop, self._latents_wanted)
             process = self._context.Process(
                 target=serve_child,
-                args=(child, self.factory, self._stop, self.latents_every),
+                args=(child, self.factory, flags, self.latents_every),
                 name="darkroom-render",
                 daemon=True,
             )
@@ -167,8 +170,18 @@ class ProcessRenderer:
         with self._lock:
             self.load()
             self._stop.clear()
+            self._want_latents(on_latents)
             self._connection.send(request)
             return self._wait(on_step, should_stop, on_latents)
+
+    def _want_latents(self, on_latents: Any) -> None:
+        """Latents cross only while the worker's sink wants them (an event stream asked for
+        previews): each is a copy off the device and a pickle through the pipe."""
+        wanted = getattr(on_latents, "wanted", None)
+        if on_latents is not None and (wanted is None or wanted()):
+            self._latents_wanted.set()
+        else:
+            self._latents_wanted.clear()
 
     def _wait(
         self,
@@ -180,6 +193,7 @@ class ProcessRenderer:
         while True:
             if should_stop is not None and not self._stop.is_set() and should_stop():
                 self._stop.set()
+            self._want_latents(on_latents)
             if not connection.poll(POLL_SECONDS):
                 if not process.is_alive():
                     self._died(process)
@@ -207,7 +221,17 @@ class ProcessRenderer:
         raise RenderProcessDied(f"the render process exited (code {code})")
 
 
-def serve_child(connection: Any, factory: Callable[[], Any], stop: Any, latents_every: int) -> None:
+@dataclass(frozen=True)
+class Flags:
+    """What the parent flips while the child renders."""
+
+    stop: Any  # multiprocessing Events
+    latents_wanted: Any
+
+
+def serve_child(
+    connection: Any, factory: Callable[[], Any], flags: Flags, latents_every: int
+) -> None:
     """The child's main loop: load, then answer requests until told to exit."""
     # The server decides when this process ends (Ctrl-C and SIGTERM reach the whole process
     # group): a drain lets the running render finish.
@@ -241,7 +265,7 @@ def serve_child(connection: Any, factory: Callable[[], Any], stop: Any, latents_
             multiprocessing.util._exit_function()
             os._exit(0)
         try:
-            result = answer(renderer, request, connection, stop, latents_every)
+            result = answer(renderer, request, connection, flags, latents_every)
         except BaseException as exc:
             connection.send(("error", portable(exc)))
             continue
@@ -258,18 +282,19 @@ def stats(renderer: Any) -> dict[str, Any]:
     }
 
 
-def answer(renderer: Any, request: tuple, connection: Any, stop: Any, latents_every: int) -> Any:
+def answer(renderer: Any, request: tuple, connection: Any, flags: Flags, latents_every: int) -> Any:
     kind, *args = request
     if kind == "render_batch":
 
         def on_latents(step: int, latents: Any) -> None:
-            if latents_every > 0 and step % latents_every == 0:
-                connection.send(("latents", step, latents.detach().float().cpu()))
+            if latents_every > 0 and step % latents_every == 0 and flags.latents_wanted.is_set():
+                # As numpy: a tensor would cross as shared memory, with a socket per send.
+                connection.send(("latents", step, latents.detach().float().cpu().numpy()))
 
         return renderer.render_batch(
             args[0],
             on_step=lambda step, total: connection.send(("step", step, total)),
-            should_stop=stop.is_set,
+            should_stop=flags.stop.is_set,
             on_latents=on_latents,
         )
     return getattr(renderer, kind)(*args)

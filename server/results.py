@@ -10,6 +10,7 @@ import base64
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +125,26 @@ class ResultWriter:
             )
             self.store.mark_purged([img["id"] for img in expired])
             log.info("purged %d expired temporary image(s)", len(expired))
+
+
+@dataclass
+class Previews:
+    """The worker's on_latents: every `every` steps, a preview for each job whose event
+    stream asked for one. A renderer may call `wanted()` to skip sending latents (a copy
+    off the GPU and across a pipe) that nobody would see."""
+
+    jobs: list[Progress]
+    specs: list[GenerationSpec]
+    every: int
+    shown: Callable[[], None]
+
+    def wanted(self) -> bool:
+        return self.every > 0 and any(job.preview_wanted for job in self.jobs)
+
+    def __call__(self, step: int, latents: Any) -> None:
+        if step % max(self.every, 1) == 0 and self.wanted():
+            show_previews(self.jobs, self.specs, step, latents)
+            self.shown()
 
 
 def show_previews(

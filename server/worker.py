@@ -37,7 +37,7 @@ from server.failures import (
 )
 from server.jobs import JobQueue, Progress
 from server.metrics import Metrics
-from server.results import ResultWriter, Task, build_spec, show_previews
+from server.results import Previews, ResultWriter, Task, build_spec
 from server.store import ACTIVE, Store
 from server.vault import Vault
 
@@ -314,12 +314,7 @@ class Worker:
             # A batch stops only when all its jobs want to; a cancelled member is dropped.
             return all(job.stop.is_set() for job in jobs)
 
-        def on_latents(step: int, latents: Any) -> None:
-            every = self.settings.preview_every
-            if every > 0 and step % every == 0 and any(job.preview_wanted for job in jobs):
-                show_previews(jobs, specs, step, latents)
-                self.queue.touch()
-
+        on_latents = Previews(jobs, specs, self.settings.preview_every, self.queue.touch)
         try:
             if len(specs) == 1:
                 return [self.renderer.render(specs[0], on_step, should_stop, on_latents)]

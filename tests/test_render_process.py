@@ -25,7 +25,7 @@ SPEC = GenerationSpec("a lighthouse at dusk", "", 64, 64, 6, 5.0, "euler", (7,))
 
 @pytest.fixture(scope="module")
 def child(models_dir: Path) -> Iterator[ProcessRenderer]:
-    renderer = ProcessRenderer(partial(SDXLRenderer, "tiny", models_dir), "tiny")
+    renderer = ProcessRenderer(partial(SDXLRenderer, "tiny", models_dir), "tiny", latents_every=2)
     renderer.load()
     yield renderer
     renderer.close()
@@ -47,6 +47,39 @@ def test_renders_what_this_process_renders_and_relays_every_step(
     batch = child.render_batch([SPEC, two])
     assert [len(images) for images in batch] == [1, 1]
     assert np.array_equal(pixels(batch[1])[0], pixels(tiny_renderer.render(two))[0])
+
+
+class Sink:
+    """An on_latents with the worker's `wanted()`: it starts wanting at `from_step`."""
+
+    def __init__(self, from_step: int) -> None:
+        self.from_step, self.step, self.got = from_step, 0, []
+
+    def wanted(self) -> bool:
+        return self.step >= self.from_step
+
+    def __call__(self, step: int, latents: np.ndarray) -> None:
+        self.got.append((step, latents.shape))
+
+
+def test_latents_cross_every_n_steps_only_while_wanted(child: ProcessRenderer) -> None:
+    plain: list[tuple[int, tuple]] = []
+    child.render(SPEC, on_latents=lambda step, latents: plain.append((step, latents.shape)))
+    assert plain == [(2, (1, 4, 8, 8)), (4, (1, 4, 8, 8)), (6, (1, 4, 8, 8))]
+    never = Sink(from_step=99)
+    child.render(SPEC, on_latents=never)
+    assert never.got == []
+    # An event stream asks for previews mid-render: latents cross from then on.
+    later = Sink(from_step=3)
+    long = GenerationSpec("slow", "", 64, 64, 40, 5.0, "euler", (1,))
+
+    def on_step(step: int, total: int) -> None:
+        later.step = step
+
+    child.render(long, on_step=on_step, on_latents=later)
+    steps = [step for step, _ in later.got]
+    assert steps and steps[0] > 3 and steps[-1] == 40
+    assert all(step % 2 == 0 for step in steps)
 
 
 def test_a_stop_flag_interrupts_the_child_between_steps(child: ProcessRenderer) -> None:
