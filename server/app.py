@@ -74,7 +74,7 @@ def request_base(request: Request) -> str:
 def links_for(request: Request) -> views.Links:
     state = state_of(request)
     base = (state.settings.public_url or request_base(request)).rstrip("/")
-    if request.url.path.startswith(CONTRACT_PREFIX + "/"):
+    if request.scope["path"].startswith(CONTRACT_PREFIX + "/"):
         base += CONTRACT_PREFIX
     return views.Links(base, state.vault, state.settings.url_ttl_hours * 3600)
 
