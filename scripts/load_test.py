@@ -86,6 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--closed-loop-seconds", type=float, default=10)
     add("--skip-closed-loop", action="store_true", help="only the ChatEnhanced phase")
     add("--server-env", action="append", default=[], metavar="KEY=VALUE")
+    add("--model", default="tiny", help="the server's --model (random-sdxl: SDXL's shapes, CUDA)")
     add("--models-dir", type=Path, help="reuse a models dir (default: build the tiny model)")
     add("--keep", action="store_true", help="keep the scratch dir (logs, databases)")
     add("--out", type=Path, help="write the figures as JSON here")
@@ -99,15 +100,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------- phases
 
 
-def bare_phase(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    say("bare Starlette endpoint: closed loop")
+def closed_loop_phases(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """The bare endpoint before and after darkroom's: the machine's speed drifts by 10% or
+    more over minutes (a shared VM here), so the reference is the mean of the two."""
     command = [sys.executable, str(Path(__file__).resolve()), "--serve-bare", "{port}"]
     bare = Process("bare", command, dict(os.environ), scratch / "bare.log")
     try:
         bare.wait_ready("/bare")
-        return asyncio.run(measure_closed_loop(bare, "/bare", {}, args))
+        say("bare Starlette endpoint: closed loop")
+        before = asyncio.run(measure_closed_loop(bare, "/bare", {}, args))
+        darkroom = darkroom_closed_loop(args, scratch)
+        say("bare Starlette endpoint: closed loop again")
+        after = asyncio.run(measure_closed_loop(bare, "/bare", {}, args))
     finally:
         bare.stop()
+    return {"bare": before, "bare_after": after, **darkroom}
 
 
 def darkroom_closed_loop(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
@@ -172,8 +179,7 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     say("building the tiny model" if args.models_dir is None else "using --models-dir")
     build_models(args, scratch)
     if not args.skip_closed_loop:
-        bare = bare_phase(args, scratch)
-        figures["closed_loop"] = {"bare": bare, **darkroom_closed_loop(args, scratch)}
+        figures["closed_loop"] = closed_loop_phases(args, scratch)
     figures["load"] = load_phase(args, scratch)
     figures["targets"] = targets(figures)
     return figures

@@ -9,10 +9,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from .procs import auth
+from .rawhttp import ClientError, Connection, Response
 
 ACTIVE = ("pending", "processing")
 
@@ -26,6 +28,7 @@ class Recorder:
     status_ms: list[float] = field(default_factory=list)
     fetch_ms: list[float] = field(default_factory=list)
     probe_ms: list[float] = field(default_factory=list)
+    lag_ms: list[float] = field(default_factory=list)
     wait_s: list[float] = field(default_factory=list)
     render_ms: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
@@ -47,14 +50,14 @@ def generation_body(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def retry_after(response: httpx.Response) -> float | None:
+def retry_after(response: httpx.Response | Response) -> float | None:
     try:
         return float(response.headers["retry-after"])
     except (KeyError, ValueError):
         return None
 
 
-def error_code(response: httpx.Response) -> str:
+def error_code(response: httpx.Response | Response) -> str:
     """The contract's code from `{"status": "failed", "error": {"code": ...}}`."""
     try:
         return str(response.json()["error"]["code"])
@@ -117,20 +120,22 @@ class Context:
     body: dict[str, Any]
     deadline: float
     rec: Recorder = field(default_factory=Recorder)
-    http: httpx.AsyncClient | None = None
+    http: Connection | None = None
 
 
 async def call(
     ctx: Context, kind: str, record: list[float], method: str, url: str, **kwargs: Any
-) -> httpx.Response | None:
+) -> Response | None:
     """One request; a 429 with Retry-After is waited out and retried (intended), a 503 with
     Retry-After too (but it is an error). None: failed, or the run ended while waiting."""
     while True:
         started = time.perf_counter()
         try:
             assert ctx.http is not None
-            response = await ctx.http.request(method, url, **kwargs)
-        except httpx.HTTPError as exc:
+            request = ctx.http.request(method, url, **kwargs)
+            response = await asyncio.wait_for(request, ctx.args.timeout)
+        except (ClientError, asyncio.TimeoutError) as exc:
+            ctx.http.close()
             ctx.rec.errors[f"{kind}: {type(exc).__name__}"] += 1
             return None
         record.append((time.perf_counter() - started) * 1000)
@@ -153,7 +158,7 @@ async def one_generation(ctx: Context, headers: dict[str, str]) -> bool:
     rec = ctx.rec
     record = rec.submit_busy_ms if rec.outstanding > 0 else rec.submit_idle_ms
     url = ctx.base + "/image/generate"
-    response = await call(ctx, "submit", record, "POST", url, json=ctx.body, headers=headers)
+    response = await call(ctx, "submit", record, "POST", url, json_body=ctx.body, headers=headers)
     if response is None:
         return False
     rec.submitted += 1
@@ -204,35 +209,48 @@ async def fetch_images(ctx: Context, result: dict[str, Any], headers: dict[str, 
 async def client(ctx: Context, index: int, token: str | None) -> None:
     await asyncio.sleep(index * ctx.args.ramp / ctx.args.clients)
     headers = auth(token)
-    async with own_client(ctx.args) as http:
-        ctx = replace(ctx, http=http)
+    ctx = replace(ctx, http=own_connection(ctx.base))
+    try:
         while time.monotonic() < ctx.deadline:
             if not await one_generation(ctx, headers):
                 await asyncio.sleep(ctx.args.poll_interval)  # no hot loop on an error
+    finally:
+        ctx.http.close()
 
 
 async def probe(ctx: Context, headers: dict[str, str]) -> None:
     """GET /health/live every 100 ms: how quickly the event loop answers anything."""
-    async with own_client(ctx.args) as http:
-        ctx = replace(ctx, http=http)
+    ctx = replace(ctx, http=own_connection(ctx.base))
+    try:
         while time.monotonic() < ctx.deadline:
             url = ctx.base + "/health/live"
             await call(ctx, "probe", ctx.rec.probe_ms, "GET", url, headers=headers)
             await asyncio.sleep(0.1)
+    finally:
+        ctx.http.close()
 
 
-def own_client(args: argparse.Namespace) -> httpx.AsyncClient:
-    """One httpx client (one connection) per simulated browser. Not one shared pool: with
-    hundreds of connections httpcore spends ~10 ms of CPU per request scanning them, and
-    the load generator shares this machine's CPUs with the server. verify=False and
-    trust_env=False: plain http on loopback, and no CA bundle loaded per client."""
-    return httpx.AsyncClient(timeout=args.timeout, verify=False, trust_env=False)
+async def own_lag(ctx: Context, interval: float = 0.01) -> None:
+    """How late this load generator's own event loop wakes up: a latency it records can
+    be that much more than the server's."""
+    while time.monotonic() < ctx.deadline:
+        started = time.perf_counter()
+        await asyncio.sleep(interval)
+        ctx.rec.lag_ms.append((time.perf_counter() - started - interval) * 1000)
+
+
+def own_connection(base: str) -> Connection:
+    """One keep-alive connection per simulated browser (rawhttp: httpx costs the server's
+    CPUs several times more per request)."""
+    parts = urlsplit(base)
+    assert parts.hostname is not None and parts.port is not None
+    return Connection(parts.hostname, parts.port)
 
 
 async def chatenhanced(args: argparse.Namespace, base: str, tokens: list[str]) -> Context:
     ctx = Context(args, base, generation_body(args), time.monotonic() + args.duration)
     own = [tokens[i % len(tokens)] if tokens else None for i in range(args.clients)]
-    watcher = asyncio.create_task(probe(ctx, auth(own[0])))
+    watchers = [asyncio.create_task(probe(ctx, auth(own[0]))), asyncio.create_task(own_lag(ctx))]
     await asyncio.gather(*(client(ctx, i, token) for i, token in enumerate(own)))
-    await watcher
+    await asyncio.gather(*watchers)
     return ctx

@@ -1,5 +1,5 @@
-"""The closed-loop client: K raw HTTP/1.1 keep-alive connections, each sending its next GET
-as soon as the answer is in."""
+"""The closed-loop client: K keep-alive connections (rawhttp), each sending its next GET as
+soon as the answer is in."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .procs import HOST, CpuMeter, Process
+from .rawhttp import ClientError, Connection
 from .report import latency
 
 
@@ -21,55 +22,31 @@ class LoopStats:
     errors: Counter[str] = field(default_factory=Counter)
 
 
-async def exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> tuple[int, bool]:
-    """One HTTP/1.1 keep-alive GET: (status, connection stays open)."""
-    writer.write(request)
-    await writer.drain()
-    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-    status = int(head[0].split()[1])
-    headers = dict(line.lower().split(": ", 1) for line in head[1:] if ": " in line)
-    await reader.readexactly(int(headers.get("content-length", "0")))
-    return status, headers.get("connection") != "close"
-
-
-async def get_loop(port: int, request: bytes, deadline: float, stats: LoopStats) -> None:
-    """GET again as soon as the answer is in (a lean raw client: httpx would be the
-    bottleneck on a small machine, not the server)."""
-    writer: asyncio.StreamWriter | None = None
+async def get_loop(
+    port: int, path: str, headers: dict[str, str], deadline: float, stats: LoopStats
+) -> None:
+    """GET again as soon as the answer is in."""
+    connection = Connection(HOST, port, headers)
     while time.perf_counter() < deadline:
         started = time.perf_counter()
         try:
-            if writer is None:
-                reader, writer = await asyncio.open_connection(HOST, port)
-            status, keep = await exchange(reader, writer, request)
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            stats.errors[type(exc).__name__] += 1
-            if writer is not None:
-                writer.close()
-            writer = None
+            response = await connection.request("GET", path)
+        except ClientError as exc:
+            stats.errors[str(exc).split(":")[0]] += 1
             await asyncio.sleep(0.01)
             continue
         stats.latencies_ms.append((time.perf_counter() - started) * 1000)
-        stats.codes[status] += 1
-        if not keep:
-            writer.close()
-            writer = None
-    if writer is not None:
-        writer.close()
+        stats.codes[response.status_code] += 1
+    connection.close()
 
 
 async def closed_loop(
     port: int, path: str, headers: dict[str, str], concurrency: int, seconds: float
 ) -> dict[str, Any]:
-    lines = [f"GET {path} HTTP/1.1", f"Host: {HOST}:{port}"]
-    lines += [f"{key}: {value}" for key, value in headers.items()]
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     stats = LoopStats()
     started = time.perf_counter()
     await asyncio.gather(
-        *(get_loop(port, request, started + seconds, stats) for _ in range(concurrency))
+        *(get_loop(port, path, headers, started + seconds, stats) for _ in range(concurrency))
     )
     elapsed = time.perf_counter() - started
     ok = sum(n for code, n in stats.codes.items() if code < 300)

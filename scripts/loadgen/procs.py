@@ -154,7 +154,7 @@ def start_darkroom(args: argparse.Namespace, scratch: Path, name: str, *flags: s
         *darkroom_command(),
         "serve",
         "--model",
-        "tiny",
+        args.model,
         "--host",
         HOST,
         "--port",
@@ -178,6 +178,8 @@ def build_models(args: argparse.Namespace, scratch: Path) -> None:
     if args.models_dir is not None:
         return
     args.models_dir = scratch / "models"
+    if args.model != "tiny":
+        return
     run_checked([*darkroom_command(), "tiny-model", "--models-dir", str(args.models_dir)])
 
 
@@ -212,7 +214,7 @@ def create_users(count: int, data_dir: Path) -> list[str]:
 
     # The first one alone: it creates the database (two at once may both migrate it).
     first = add(0)
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 1)) as pool:
         return [first, *pool.map(add, range(1, count))]
 
 
