@@ -2,15 +2,18 @@
 
     .venv/bin/python scripts/bench_overhead.py                  # tiny model, 512x512, 30 steps
     .venv/bin/python scripts/bench_overhead.py --runs 3 --out overhead.json
+    python scripts/bench_overhead.py --model random-sdxl --size 1024   # CUDA: SDXL's shapes
 
-In one process: loads the tiny model once, then alternates R times (after one warm-up of
-each) between `renderer.render(spec)` called directly and the same request submitted over
-HTTP to the real app (create_app with that renderer lent to it, served by uvicorn in a
-thread), polled every --poll seconds until completed. The spec is built from the request
-by the worker's own build_spec, so both paths render exactly the same thing; the PNGs are
-compared pixel for pixel. Reports the medians, their ratio (target <= 1.05), the render
-time inside the worker thread, the server's own `generation_time`, and the cost of
-encoding and writing the image and its thumbnail (Vault.save, measured separately).
+Loads the model in this process for the direct calls and, as `darkroom serve` does by
+default, in a render process for the server (--no-render-process: the server borrows this
+process's renderer and renders in its worker thread). Then alternates R times (after one
+warm-up of each) between `renderer.render(spec)` called directly and the same request
+submitted over HTTP to the real app (create_app served by uvicorn in a thread), polled
+every --poll seconds until completed. The spec is built from the request by the worker's
+own build_spec, so both paths render exactly the same thing; the PNGs are compared pixel
+for pixel. Reports the medians, their ratio (target <= 1.05), the worker's render() call,
+the server's own `generation_time`, and the cost of encoding and writing the image and its
+thumbnail (Vault.save, measured separately).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from server.app import create_app  # noqa: E402
 from server.config import Settings  # noqa: E402
 from server.contract import ImageGenerationRequest  # noqa: E402
 from server.results import a1111_parameters, build_spec  # noqa: E402
+from server.state import default_renderer  # noqa: E402
 from server.vault import Vault  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -66,6 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="no polls during this fraction of the direct render's time (0: poll from the"
         " submit on; on a small CPU 10 ms polls slow the render itself)",
     )
+    parser.add_argument("--model", default="tiny", help="tiny, random-sdxl, or any --model")
+    parser.add_argument(
+        "--render-process",
+        action=argparse.BooleanOptionalAction,
+        default=Settings.render_process,
+        help="the server renders in a child process, as `darkroom serve` does by default",
+    )
     parser.add_argument("--models-dir", type=Path, help="default: build the tiny model")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     return parser.parse_args(argv)
@@ -74,13 +85,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Lent:
     """The loaded renderer lent to the app: load() is a no-op, each render() is timed."""
 
-    def __init__(self, renderer: SDXLRenderer) -> None:
+    def __init__(self, renderer: Any) -> None:
         self._renderer = renderer
         self.model, self.device = renderer.model, renderer.device
         self.seconds: list[float] = []
 
     def load(self) -> None:
         pass
+
+    def load_now(self) -> None:
+        self._renderer.load()
 
     def render(self, spec: GenerationSpec, *args: Any, **kwargs: Any) -> list[Image.Image]:
         # The worker's callbacks (on_step, should_stop, on_latents) pass straight through.
@@ -130,11 +144,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_settings(data_dir: Path, models_dir: Path) -> Settings:
+def server_settings(args: argparse.Namespace, data_dir: Path, models_dir: Path) -> Settings:
     """Defaults, but no per-generation poll limit: the client here polls every 10 ms."""
-    extra = {"poll_rate": 0.0} if "poll_rate" in Settings.__dataclass_fields__ else {}
     return Settings(
-        data_dir=data_dir, models_dir=models_dir, model="tiny", port=free_port(), **extra
+        data_dir=data_dir,
+        models_dir=models_dir,
+        model=args.model,
+        port=free_port(),
+        poll_rate=0.0,
+        render_process=args.render_process,
     )
 
 
@@ -181,7 +199,7 @@ def time_vault_save(
 ) -> list[float]:
     """What the server adds after the render: encode, thumbnail, temp file + fsync + rename."""
     vault = Vault.open(scratch / "vault-bench")
-    parameters = a1111_parameters(spec, spec.seeds[0], "tiny")
+    parameters = a1111_parameters(spec, spec.seeds[0], args.model)
     seconds = []
     for _ in range(max(args.runs, 5)):
         started = time.perf_counter()
@@ -239,12 +257,17 @@ def measure(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     models_dir = args.models_dir
     if models_dir is None:
         models_dir = scratch / "models"
-        build_tiny_model(models_dir, loras=0)
-    renderer = SDXLRenderer("tiny", models_dir)
+        if args.model == "tiny":
+            build_tiny_model(models_dir, loras=0)
+    settings = server_settings(args, scratch / "data", models_dir)
+    renderer = SDXLRenderer(args.model, models_dir)
     renderer.load()
+    log(f"direct: {args.model} on {renderer.device}")
     spec = build_spec(ImageGenerationRequest.model_validate(request_body(args)), args.seed, [])
-    lent = Lent(renderer)
-    with Served(server_settings(scratch / "data", models_dir), lent) as served:
+    # The server's own renderer: a render process (default) or this one, lent.
+    lent = Lent(default_renderer(settings) if args.render_process else renderer)
+    lent.load_now()
+    with Served(settings, lent) as served:
         log("warm-up: one direct render, one through the server")
         time_direct(renderer, spec)
         time_served(served, request_body(args), args.poll)
@@ -255,6 +278,8 @@ def measure(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     saves = time_vault_save(runs.image, spec, args, scratch)
     result = figures(runs.direct, runs.served, lent.seconds, runs.server_ms, saves, identical)
     result["server_row_wall_s"] = {"median": round(statistics.median(runs.rows), 3)}
+    result["device"] = renderer.device
+    result["render_process"] = args.render_process
     return result
 
 
@@ -295,7 +320,7 @@ def log(message: str) -> None:
 def report(result: dict[str, Any], args: argparse.Namespace) -> None:
     verdict = "PASS" if result["pass"] else "FAIL"
     print(
-        f"\n== bench_overhead: tiny model, {args.size}x{args.size}, {args.steps} steps, "
+        f"\n== bench_overhead: {args.model}, {args.size}x{args.size}, {args.steps} steps, "
         f"{args.sampler}, seed {args.seed}, {args.format}; median of {args.runs} runs each "
         f"(after one warm-up), alternating; poll every {args.poll * 1000:g} ms after"
         f" {args.quiet:g} x the direct time"
@@ -308,7 +333,10 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
             f"{result['ratio']:.3f}  (<= {TARGET_RATIO})  {verdict}"
             f"  per pair: {result['pair_ratios']}",
         ),
-        ("render() in the worker thread", f"{result['worker_render_s']['median']:.3f} s"),
+        (
+            "worker's render() call" + (" (render process)" if args.render_process else ""),
+            f"{result['worker_render_s']['median']:.3f} s",
+        ),
         ("server's generation_time", f"{result['server_generation_time_s']['median']:.3f} s"),
         (
             "server's created_at -> completed_at",
