@@ -58,6 +58,11 @@ def is_loopback(host: str) -> bool:
 class Accounts:
     def __init__(self, store: Store) -> None:
         self.store = store
+        # Tokens already checked, while no other connection has written: `darkroom users`
+        # (add, token, revoke, credits) runs in its own process, and SQLite's data_version
+        # tells when it has. This process revokes nothing else.
+        self._checked: dict[str, User] = {}
+        self._checked_at = -1
 
     def add_user(self, name: str, credits: float | None) -> tuple[User, str]:
         """Create a user (credits None: unlimited) and their first token."""
@@ -90,7 +95,8 @@ class Accounts:
                 "UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
                 (time.time(), user.id),
             )
-            return cursor.rowcount
+        self._checked = {}
+        return cursor.rowcount
 
     def add_credits(self, name: str, amount: float) -> ledger.Balance:
         user = self._user(name)
@@ -126,6 +132,19 @@ class Accounts:
         return User.from_row(row)
 
     def by_token(self, token: str) -> User | None:
+        version = self.store.data_version()
+        if version != self._checked_at:
+            self._checked, self._checked_at = {}, version
+        user = self._checked.get(token)
+        if user is None:
+            user = self._look_up(token)
+            if user is not None:
+                if len(self._checked) >= 4096:
+                    self._checked = {}
+                self._checked[token] = user
+        return user
+
+    def _look_up(self, token: str) -> User | None:
         prefix, _, rest = token.partition("_")
         token_id, _, secret = rest.partition("_")
         if prefix != TOKEN_PREFIX or not token_id.isdigit() or not secret:

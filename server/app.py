@@ -299,9 +299,10 @@ async def cancel_generation(request: Request) -> Response:
 
 
 ROUTES = [
+    # Matched in order: the contract's polls (once a second per generation) first.
+    Route("/generations/{request_id}/status", generation_status, methods=["GET"]),
     Route("/image/generate", generate, methods=["POST"]),
     Route("/generations/history", history, methods=["GET"]),
-    Route("/generations/{request_id}/status", generation_status, methods=["GET"]),
     Route("/generations/{request_id}/events", generation_events, methods=["GET"]),
     Route("/loras/available", loras_available, methods=["GET"]),
     Route("/loras/refresh", refresh_loras, methods=["POST"]),

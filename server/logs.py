@@ -56,6 +56,7 @@ class RequestLog:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._observers: dict[tuple[str, str, int], Any] = {}  # labels -> histogram child
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,7 +79,11 @@ class RequestLog:
             route = getattr(endpoint, "__name__", "unmatched")
             state = scope.get("state") or {}
             request_id = state.get("request_id") or scope.get("path_params", {}).get("request_id")
-            self.metrics.http.labels(route, scope["method"], str(status)).observe(seconds)
+            key = (route, scope["method"], status)
+            observer = self._observers.get(key)
+            if observer is None:
+                observer = self._observers[key] = self.metrics.http.labels(*key[:2], str(status))
+            observer.observe(seconds)
             log.info(
                 "%s %s %d %.1fms",
                 scope["method"],

@@ -80,6 +80,11 @@ class Store:
         rows = self.fetch_all(sql, args)
         return rows[0] if rows else None
 
+    def data_version(self) -> int:
+        """Changes whenever another connection (a `darkroom users` command) has committed."""
+        with self._lock:
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
     def writable(self) -> bool:
         try:
             with self.transaction() as db:

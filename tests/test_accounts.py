@@ -80,6 +80,15 @@ def test_with_users_every_api_route_needs_a_valid_token(
     assert client.get("/health").status_code == 200  # probes need no token
 
 
+def test_a_token_revoked_in_the_server_process_is_refused_at_once(fast) -> None:  # type: ignore[no-untyped-def]
+    client = fast()
+    accounts = client.app.state.darkroom.accounts
+    _, token = accounts.add_user("bob", None)
+    assert client.get("/account", headers=bearer(token)).json()["user"] == "bob"
+    assert accounts.revoke("bob") == 1
+    assert_unauthorized(client.get("/account", headers=bearer(token)), "invalid_token")
+
+
 def test_tokens_rotate_and_revoke_at_once(
     fast, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
