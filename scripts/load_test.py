@@ -8,7 +8,8 @@ Phases, each with its own server process (all on this machine, all on 127.0.0.1)
 
 1. bare: a one-route Starlette app under uvicorn (one process, default loop, access log on,
    as darkroom runs it); K closed-loop connections GET it as fast as it answers for
-   --closed-loop-seconds.
+   --closed-loop-seconds, before phase 2 and again after it (the reference is the mean:
+   a shared machine's speed drifts over minutes).
 2. closed loop on darkroom: `darkroom serve --poll-rate 0` (the per-generation poll limit
    off, or this would measure 429s); the same K loops GET a completed generation's status
    URL, first with the worker idle, then while it renders (a feeder keeps jobs queued).
@@ -16,15 +17,17 @@ Phases, each with its own server process (all on this machine, all on 127.0.0.1)
    over --ramp seconds, each looping for --duration seconds: submit, poll the status at
    once and then every second until completed/failed, fetch the image URL(s). A 429 with
    Retry-After is waited out and retried (an intended 429). A probe GETs /health/live
-   every 100 ms: its latency is the event loop's responsiveness.
+   every 100 ms: its latency is the event loop's responsiveness. Each client holds one
+   keep-alive connection of a lean HTTP client (loadgen/rawhttp.py), and the load
+   generator reports its own event-loop lag, which every latency it records includes.
 
-The server itself runs its render thread at nice 10, gives torch cores-1 threads and sets
-OMP_WAIT_POLICY=PASSIVE (the thread report shows the nice values); --server-env KEY=VALUE
-sets further environment variables for the darkroom servers.
+The server itself renders in a child process at nice 10, gives torch cores-1 threads and
+sets OMP_WAIT_POLICY=PASSIVE; --server-env KEY=VALUE sets further environment variables
+for the darkroom servers, --model another model (random-sdxl: SDXL's shapes, on CUDA).
 
 The pieces live in scripts/loadgen/: procs (server processes, CPU meters, /proc thread
-report, tiny model, users), closed_loop (raw HTTP closed-loop client), clients (the
-ChatEnhanced simulation) and report (figures, targets, printing).
+report, tiny model, users), rawhttp (the HTTP client), closed_loop (the closed-loop
+client), clients (the ChatEnhanced simulation) and report (figures, targets, printing).
 """
 
 from __future__ import annotations
