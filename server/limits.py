@@ -37,6 +37,12 @@ class RateLimiter:
         self._buckets[key] = (tokens, now)
         return (1.0 - tokens) / self.rate
 
+    def refund(self, key: Hashable) -> None:
+        """Give back the token of a request that another limit refused after all."""
+        if self.rate > 0 and key in self._buckets:
+            tokens, at = self._buckets[key]
+            self._buckets[key] = (min(self.burst, tokens + 1.0), at)
+
     def _prune(self, now: float) -> None:
         # A bucket that has refilled is the same as no bucket.
         full_after = self.burst / self.rate

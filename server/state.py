@@ -45,7 +45,15 @@ class PollLimits:
         )
 
     def wait(self, user_id: int, request_id: str) -> float:
-        return max(self.per_user.acquire(user_id), self.per_generation.acquire(request_id))
+        """0 if the poll may go ahead; else seconds to wait. A refused poll costs nothing:
+        hammering one generation must not use up the user's polls of the others."""
+        wait = self.per_generation.acquire(request_id)
+        if wait > 0:
+            return wait
+        wait = self.per_user.acquire(user_id)
+        if wait > 0:
+            self.per_generation.refund(request_id)
+        return wait
 
 
 @dataclass

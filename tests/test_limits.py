@@ -17,6 +17,7 @@ from processes import ServerProcess
 from server.cli import main
 from server.contract import credits_for
 from server.limits import RateLimiter
+from server.state import PollLimits
 
 COST = credits_for(SMALL["width"], SMALL["height"], SMALL["steps"], 1)
 
@@ -145,6 +146,21 @@ def test_poll_limit_refuses_fast_pollers_but_never_a_steady_one(make_client: App
     assert limited, "ten polls at once passed"
     refused(limited[0], 429, "LIMIT_EXCEEDED")
     assert int(limited[0].headers["Retry-After"]) >= 1
+
+
+def test_polls_refused_for_one_generation_leave_the_users_other_polls_alone() -> None:
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+    polls = PollLimits(RateLimiter(1.0, 3.0, clock), RateLimiter(5.0, 15.0, clock))
+    hammered = [polls.wait(7, "a") for _ in range(30)]
+    assert hammered[:3] == [0.0] * 3 and all(wait > 0 for wait in hammered[3:])
+    assert [polls.wait(7, request) for request in "bcdef"] == [0.0] * 5
+    # The user's own limit refuses: the generation's token is given back, not lost.
+    for request in "ghijklmnopqrstuvwxyz":
+        polls.wait(7, request)
+    assert all(polls.wait(7, "z2") > 0 for _ in range(4))
+    now[0] += 0.2  # one user token back (5/s); generation z2 still has its own
+    assert polls.wait(7, "z2") == 0.0
 
 
 def test_example_client_polling_pattern_is_never_refused() -> None:
