@@ -58,9 +58,10 @@ def is_loopback(host: str) -> bool:
 class Accounts:
     def __init__(self, store: Store) -> None:
         self.store = store
-        # Tokens already checked, while no other connection has written: `darkroom users`
-        # (add, token, revoke, credits) runs in its own process, and SQLite's data_version
-        # tells when it has. This process revokes nothing else.
+        # Tokens already checked, kept while no other connection has written: `darkroom
+        # users` (add, token, revoke, credits) runs in its own process, and SQLite's
+        # data_version tells when it has. In this process only revoke() can invalidate a
+        # token, and it clears them itself.
         self._checked: dict[str, User] = {}
         self._checked_at = -1
 
