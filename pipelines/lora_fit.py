@@ -61,6 +61,14 @@ def model_layers(pipe: Any) -> dict[str, dict[str, Layer]]:
     return found
 
 
+
+def import_dependencies() -> None:
+    """Import what a check runs on (diffusers' pipelines and converters take seconds), so
+    that a process receiving a LoraFit can do it before the first check, not during it."""
+    from diffusers import StableDiffusionXLPipeline  # noqa: F401
+    from diffusers.utils import state_dict_utils  # noqa: F401
+
+
 class LoraFit:
     """`fit(path)` is None when diffusers can load every layer of the file into this
     model, else a short reason. `model_key` names what the verdicts depend on: the

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.lora_files import LoraFileError, adapter_metadata, read_header
-from pipelines.spec import LoraSpec
+from pipelines.spec import LoraSpec, effective_stack
 
 
 class LoraLoadError(Exception):
@@ -26,16 +26,6 @@ class LoraLoadError(Exception):
 def adapter_name(key: str) -> str:
     # PEFT stores adapters in ModuleDicts, whose keys may not contain dots.
     return "dr_" + re.sub(r"[^0-9A-Za-z_]", "_", key)
-
-
-def effective_stack(loras: tuple[LoraSpec, ...]) -> list[tuple[LoraSpec, float]]:
-    """The LoRAs that change the image, in request order, weights of repeated keys summed."""
-    weights: dict[str, float] = {}
-    first: dict[str, LoraSpec] = {}
-    for lora in loras:
-        first.setdefault(lora.key, lora)
-        weights[lora.key] = weights.get(lora.key, 0.0) + lora.weight
-    return [(first[key], weight) for key, weight in weights.items() if weight != 0]
 
 
 class AdapterCache:

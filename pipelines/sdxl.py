@@ -174,6 +174,17 @@ class SDXLRenderer:
                 spec = GenerationSpec("warm-up", "", width, height, 2, 5.0, "euler", seeds)
                 self.render(spec)
 
+    def measure_speed(self, width: int = 512, height: int = 512, steps: int = 3) -> float:
+        """Seconds per megapixel-step of one timed render on this device, text encoding
+        and decoding included (so it errs on the slow side): the server's estimate until
+        real jobs have been measured."""
+        import time
+
+        spec = GenerationSpec("speed", "", width, height, steps, 5.0, "euler", (0,))
+        started = time.perf_counter()
+        self.render(spec)
+        return (time.perf_counter() - started) / (width * height / 1e6 * steps)
+
     def _place(self, pipe: Any) -> None:
         plan = self.plan
         if plan.vae_float32 and pipe.vae.config.force_upcast:

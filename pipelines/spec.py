@@ -1,8 +1,15 @@
-"""GenerationSpec: the one value that crosses from server/ to pipelines/."""
+"""GenerationSpec: the one value that crosses from server/ to pipelines/, and the Renderer
+interface every renderer conforms to (pipelines.sdxl.SDXLRenderer, the server's
+ProcessRenderer, the tests' fakes). No torch here: the server imports this module."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -37,14 +44,53 @@ class GenerationSpec:
         return len(self.seeds)
 
 
+def effective_stack(loras: tuple[LoraSpec, ...]) -> list[tuple[LoraSpec, float]]:
+    """The LoRAs that change the image, in request order, weights of repeated keys summed."""
+    weights: dict[str, float] = {}
+    first: dict[str, LoraSpec] = {}
+    for lora in loras:
+        first.setdefault(lora.key, lora)
+        weights[lora.key] = weights.get(lora.key, 0.0) + lora.weight
+    return [(first[key], weight) for key, weight in weights.items() if weight != 0]
+
+
 def batch_key(spec: GenerationSpec) -> tuple:
     """Specs with equal keys can share one denoising loop (SDXLRenderer.render_batch): same
-    size, steps, guidance, sampler and effective LoRA stack; prompts and seeds may differ."""
-    from pipelines.loras import effective_stack  # it imports this module
-
+    size, steps, guidance, sampler and effective LoRA stack; prompts and seeds may differ.
+    The server's queue batches by this key too (server/jobs/specs.py): the one rule."""
     stack = tuple((lora.key, weight) for lora, weight in effective_stack(spec.loras))
     return (spec.width, spec.height, spec.steps, spec.cfg_scale, spec.sampler, stack)
 
 
 class RenderInterrupted(Exception):
     """Raised by a pipeline when its stop flag was set between two denoising steps."""
+
+
+StepCallback = Callable[[int, int], None]  # (step, total_steps)
+StopCheck = Callable[[], bool]  # polled between steps: True stops the render
+LatentsCallback = Callable[[int, Any], None]  # (step, latents) for previews
+
+
+class Renderer(Protocol):
+    """What the workers render with."""
+
+    model: str
+    device: str
+
+    def load(self) -> None: ...
+
+    def render(
+        self,
+        spec: GenerationSpec,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+        on_latents: LatentsCallback | None = None,
+    ) -> list[Image.Image]: ...
+
+    def render_batch(
+        self,
+        specs: list[GenerationSpec],
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+        on_latents: LatentsCallback | None = None,
+    ) -> list[list[Image.Image]]: ...

@@ -88,7 +88,8 @@ def main() -> int:
             measure_darkroom(args, image, label, rows, **options)
     write_report(args, rows)
     print_table(rows, "max allocated" if cuda else "peak RSS")
-    print(f"wrote {args.out}")
+    if args.out is not None:
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -96,6 +97,8 @@ def write_report(args: argparse.Namespace, rows: list[Row]) -> None:
     for row in rows:
         if row.seconds_per_image is not None:
             row.speedup_vs_baseline = rows[0].seconds_per_image / row.seconds_per_image
+    if args.out is None:
+        return
     report = {
         "device": describe(args.device),
         **{key: getattr(args, key) for key in ("dtype", "model", "width", "height", "steps")},
@@ -125,7 +128,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--offload", action="store_true", help="add a CPU-offloaded renderer")
     parser.add_argument("--lora-rank", type=int, default=32, help="of the LoRA switch row")
     parser.add_argument("--deadline", type=float, help="seconds after which no stage starts")
-    parser.add_argument("--out", type=Path, default=Path("bench_gpu.json"))
+    parser.add_argument("--out", type=Path, help="write the report as JSON here (after every row)")
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     args.dtype = resolve_dtype(args.dtype, args.device)

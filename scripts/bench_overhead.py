@@ -46,9 +46,10 @@ from pipelines.tiny import build_tiny_model  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.config import Settings  # noqa: E402
 from server.contract import ImageGenerationRequest  # noqa: E402
-from server.results import a1111_parameters, build_spec  # noqa: E402
+from server.jobs.results import a1111_parameters  # noqa: E402
+from server.jobs.specs import build_spec  # noqa: E402
 from server.state import default_renderer  # noqa: E402
-from server.vault import Vault  # noqa: E402
+from server.store.vault import Vault  # noqa: E402
 
 HOST = "127.0.0.1"
 TARGET_RATIO = 1.05

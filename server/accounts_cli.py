@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from server.accounts import AccountError, Accounts
 from server.config import Settings
 from server.store import Store
+from server.store.accounts import AccountError, Accounts
 
 
 def run_account_command(args: argparse.Namespace) -> int:

@@ -114,8 +114,8 @@ def serve(flags: dict) -> int:
     # Before torch loads: OpenMP threads that sleep rather than spin between parallel
     # regions leave the CPU to the event loop.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from server.api.logs import configure_logging
     from server.app import create_app
-    from server.logs import configure_logging
 
     try:
         settings = Settings.load({k: v for k, v in flags.items() if k != "command"})
@@ -145,8 +145,8 @@ def serve(flags: dict) -> int:
 
 def exposure_refusal(settings: Settings) -> str | None:
     """Why the server must not start as configured: open to the network with no users."""
-    from server.accounts import Accounts, is_loopback
     from server.store import Store
+    from server.store.accounts import Accounts, is_loopback
 
     if settings.insecure_no_auth or is_loopback(settings.host):
         return None

@@ -14,46 +14,23 @@ from typing import Any
 
 from starlette.requests import Request
 
-from server.accounts import Accounts, Authenticator
-from server.catalog import LoraCatalog
+from pipelines.spec import Renderer
+from server.api.auth import Authenticator
 from server.config import Settings
-from server.jobs import Admission, JobQueue
-from server.limits import RateLimiter
+from server.jobs.admission import Admission
+from server.jobs.failures import gave_up_error
+from server.jobs.limits import PollLimits
+from server.jobs.queue import JobQueue
+from server.jobs.render_process import ProcessRenderer
+from server.jobs.specs import enqueue_stored
+from server.jobs.worker import Worker
+from server.library.loras import LoraCatalog
 from server.metrics import Metrics
-from server.render_process import ProcessRenderer
 from server.store import Store
-from server.vault import Vault
-from server.worker import Renderer, Worker
+from server.store.accounts import Accounts
+from server.store.vault import Vault
 
 log = logging.getLogger("darkroom")
-
-
-@dataclass
-class PollLimits:
-    """Status polls: per generation (the contract's 1/s), and per user over all of their
-    active generations together."""
-
-    per_generation: RateLimiter
-    per_user: RateLimiter
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> PollLimits:
-        users = max(1, settings.max_active_per_user)
-        return cls(
-            RateLimiter(settings.poll_rate, settings.poll_burst),
-            RateLimiter(settings.poll_rate * users, settings.poll_burst * users),
-        )
-
-    def wait(self, user_id: int, request_id: str) -> float:
-        """0 if the poll may go ahead; else seconds to wait. A refused poll costs nothing:
-        hammering one generation must not use up the user's polls of the others."""
-        wait = self.per_generation.acquire(request_id)
-        if wait > 0:
-            return wait
-        wait = self.per_user.acquire(user_id)
-        if wait > 0:
-            self.per_generation.refund(request_id)
-        return wait
 
 
 @dataclass
@@ -128,12 +105,12 @@ def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) 
     catalog = LoraCatalog(store, settings.models_dir / "loras")
     catalog.refresh()
     queue = JobQueue()
-    for row in store.recover(settings.max_attempts):
-        queue.put_row(row)
-    admission = Admission(store, catalog, queue, settings)
+    for row in store.recover(settings.max_attempts, gave_up_error(settings.max_attempts)):
+        enqueue_stored(queue, catalog, row)
     worker = Worker(
         renderer or default_renderer(settings), store, vault, queue, catalog, settings, metrics
     )
+    admission = Admission(store, catalog, queue, settings, worker.measured_speed)
     worker.start()
     accounts = Accounts(store)
     state = AppState(
@@ -149,5 +126,4 @@ def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) 
         PollLimits.from_settings(settings),
         metrics,
     )
-    metrics.watch(state)
     return state

@@ -15,10 +15,10 @@ from starlette.testclient import TestClient
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pipelines.sdxl import SDXLRenderer  # noqa: E402
+from pipelines.spec import Renderer  # noqa: E402
 from pipelines.tiny import build_tiny_model  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.config import Settings  # noqa: E402
-from server.worker import Renderer  # noqa: E402
 
 SMALL = {"width": 256, "height": 256, "steps": 10}
 

@@ -1,0 +1,56 @@
+"""A user's own things: presets and the account (credits, limits)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from server.api import views
+from server.api.common import json_body, user_of
+from server.contract import MAX_IMAGES, SavePresetRequest, check_lengths, check_limits, parse
+from server.state import state_of
+
+
+async def save_preset(request: Request) -> Response:
+    state = state_of(request)
+    user = user_of(request)
+    body = parse(SavePresetRequest, await json_body(request))
+    check_limits(body.loras, 1, state.settings.max_loras)
+    check_lengths("", body.settings.negative_prompt, state.settings.max_prompt_chars)
+    state.catalog.resolve(body.loras)
+    row, created = state.store.save_preset(
+        user.id,
+        body.name,
+        body.settings.model_dump(mode="json", exclude_unset=True),
+        [lora.model_dump(mode="json") for lora in body.loras],
+        body.tags,
+    )
+    return JSONResponse(views.preset(row), status_code=201 if created else 200)
+
+
+async def list_presets(request: Request) -> Response:
+    user = user_of(request)
+    return JSONResponse([views.preset(row) for row in state_of(request).store.presets(user.id)])
+
+
+async def account(request: Request) -> Response:
+    """Who the token belongs to, their credits and limits."""
+    state, user = state_of(request), user_of(request)
+    with state.store.reading() as db:
+        active = state.store.active_count(db, user.id)
+    return JSONResponse(
+        {
+            "user": user.name,
+            "open_mode": user.builtin,
+            "credits": state.accounts.balance(user.id).as_json(),
+            "active_generations": active,
+            "limits": {
+                "concurrent_generations": state.settings.max_active_per_user,
+                "polls_per_second": state.settings.poll_rate,
+                "images_per_request": MAX_IMAGES,
+                "loras_per_request": state.settings.max_loras,
+                "prompt_characters": state.settings.max_prompt_chars,
+                "body_bytes": state.settings.max_body_bytes,
+            },
+        }
+    )

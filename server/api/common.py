@@ -1,0 +1,94 @@
+"""What the contract's handlers share: who the request is from, its JSON body, the
+generation it names, and the URLs a response hands out."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+
+from server.api import views
+from server.contract import CONTRACT_PREFIX, ApiError, ErrorCode, not_found
+from server.state import state_of
+from server.store.accounts import User
+
+_bases: dict[tuple[Any, ...], str] = {}
+
+
+def request_base(request: Request) -> str:
+    """The URL the server was reached at, as Starlette's base_url reads it; cached, since
+    every poll needs it and Starlette builds it by parsing the whole URL each time."""
+    scope = request.scope
+    host = request.headers.get("host")
+    server = scope.get("server")
+    key = (scope["scheme"], tuple(server) if server else None, scope.get("root_path"), host)
+    base = _bases.get(key)
+    if base is None:
+        if len(_bases) >= 64:  # the Host header is the client's: keep the cache small
+            _bases.clear()
+        base = _bases[key] = str(request.base_url).rstrip("/")
+    return base
+
+
+def links_for(request: Request) -> views.Links:
+    state = state_of(request)
+    base = (state.settings.public_url or request_base(request)).rstrip("/")
+    if request.scope["path"].startswith(CONTRACT_PREFIX + "/"):
+        base += CONTRACT_PREFIX
+    return views.Links(base, state.vault, state.settings.url_ttl_hours * 3600)
+
+
+def user_of(request: Request) -> User:
+    """Who the request acts as (raises 401 UNAUTHORIZED)."""
+    forwarded = "forwarded" in request.headers or "x-forwarded-for" in request.headers
+    return state_of(request).auth.user(request.headers.get("authorization"), forwarded)
+
+
+async def json_body(request: Request) -> dict:
+    limit = state_of(request).settings.max_body_bytes
+    too_large = ApiError(
+        ErrorCode.LIMIT_EXCEEDED,
+        f"Request body is larger than {limit} bytes",
+        {"field": "body", "limit_bytes": limit},
+        413,
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise too_large
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR,
+            f"Request body is not valid JSON: {exc}",
+            {"fields": {"body": "not valid JSON"}},
+        ) from None
+    if not isinstance(data, dict):
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR,
+            "Request body must be a JSON object",
+            {"fields": {"body": f"expected an object, got {type(data).__name__}"}},
+        )
+    return data
+
+
+def own_generation(request: Request, user: User) -> dict:
+    """The generation named in the path, if it is the user's: others' are as unknown."""
+    request_id = request.path_params["request_id"]
+    row = state_of(request).store.generation(request_id, user.id)
+    if row is None:
+        raise not_found("Generation", request_id)
+    return row
+
+
+def generation_view(request: Request, row: dict) -> dict:
+    state = state_of(request)
+    # Only a completed generation has images: polls of queued or running ones skip the query.
+    images = state.store.images_of([row["id"]])[row["id"]] if row["status"] == "completed" else []
+    return views.generation(row, images, links_for(request), state.queue, state.admission)

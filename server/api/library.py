@@ -1,0 +1,37 @@
+"""What is on disk and offered: the LoRA library's routes."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+
+from server.api import views
+from server.api.common import links_for, user_of
+from server.contract import not_found, parse
+from server.library.loras import LoraQuery
+from server.state import state_of
+
+
+async def loras_available(request: Request) -> Response:
+    user_of(request)
+    query = parse(LoraQuery, dict(request.query_params))
+    links = links_for(request)
+    return JSONResponse(
+        [views.lora_model(row, links) for row in state_of(request).catalog.available(query)]
+    )
+
+
+async def refresh_loras(request: Request) -> Response:
+    user_of(request)
+    # Hashing new files and checking them against the model takes a while: not on the loop.
+    summary = await run_in_threadpool(state_of(request).catalog.refresh)
+    return JSONResponse(summary.as_json())
+
+
+async def lora_thumbnail(request: Request) -> Response:
+    lora_id = request.path_params["lora_id"]
+    path = state_of(request).catalog.preview_path(lora_id)
+    if path is None:
+        raise not_found("Thumbnail of LoRA", lora_id)
+    return FileResponse(path)

@@ -1,0 +1,157 @@
+"""Admission: a validated request becomes a persisted, queued job, or is refused (too many
+active jobs, not enough credits, a full queue) with nothing recorded or held. Also the
+time estimates that polls and Retry-After headers give."""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+
+from server.config import Settings
+from server.contract import (
+    MAX_SEED,
+    ApiError,
+    ErrorCode,
+    ImageGenerationRequest,
+    check_lengths,
+    check_limits,
+    credits_for,
+)
+from server.jobs.limits import retry_after
+from server.jobs.queue import JobQueue
+from server.jobs.specs import queue_key
+from server.library.loras import LoraCatalog
+from server.store import Store, ledger
+from server.store.accounts import User
+from server.store.database import Connection
+
+# Until a job has been measured and with no measurement from the renderer, assume roughly
+# SDXL base on a modern GPU.
+DEFAULT_SECONDS_PER_WORK_UNIT = 0.07
+RATE_REFRESH_SECONDS = 1.0
+
+
+def work_units(width: int, height: int, steps: int, num_images: int) -> float:
+    """Megapixel-steps: what a render's duration is proportional to."""
+    return width * height / 1e6 * steps * num_images
+
+
+
+class Admission:
+    """Turns a validated request into a persisted, queued job, or refuses it: too many
+    active jobs, not enough credits, or a full queue. Nothing is recorded or held then."""
+
+    def __init__(
+        self,
+        store: Store,
+        catalog: LoraCatalog,
+        queue: JobQueue,
+        settings: Settings,
+        measured_speed: Callable[[], float | None] = lambda: None,
+    ) -> None:
+        """`measured_speed()`: seconds per work unit the loaded renderer measured on its
+        device, the estimate until the first job has completed (None: not known yet)."""
+        self.store = store
+        self.catalog = catalog
+        self.queue = queue
+        self.settings = settings
+        self.measured_speed = measured_speed
+        # (read at, seconds per work unit overall, and by image size in pixels)
+        self._rates: tuple[float, float, dict[int, float]] | None = None
+
+    def submit(self, request: ImageGenerationRequest, user: User) -> dict:
+        options, settings = request.options, request.settings
+        if options.provider != "auto":
+            raise ApiError(
+                ErrorCode.PROVIDER_ERROR,
+                f"Provider {options.provider!r} is not configured on this server",
+                {"provider": options.provider, "available": ["auto"]},
+            )
+        check_limits(request.loras, options.num_images, self.settings.max_loras)
+        check_lengths(request.prompt, settings.negative_prompt, self.settings.max_prompt_chars)
+        loras = self.catalog.resolve(request.loras)
+        seed_fixed = settings.seed != -1
+        seed = settings.seed if seed_fixed else secrets.randbelow(MAX_SEED + 1)
+        units = work_units(settings.width, settings.height, settings.steps, options.num_images)
+        cost = credits_for(settings.width, settings.height, settings.steps, options.num_images)
+
+        def admit(db: Connection) -> None:
+            self._check_user_limit(db, user)
+            self._check_credits(db, user, cost)
+            self._check_queue_bound(db)
+
+        generation_id = self.store.insert_generation(
+            uuid.uuid4().hex,
+            request.prompt,
+            request.model_dump(mode="json"),
+            seed,
+            seed_fixed,
+            units,
+            user.id,
+            cost,
+            admit,
+        )
+        self.queue.put(generation_id, units, user.id, queue_key(request, loras))
+        row = self.store.generation_by_id(generation_id)
+        assert row is not None
+        return row
+
+    def _check_user_limit(self, db: Connection, user: User) -> None:
+        limit = self.settings.max_active_per_user
+        active = self.store.active_count(db, user.id)
+        if limit > 0 and active >= limit:
+            wait = self.estimate_seconds(self.queue.units_until_first_done(user.id))
+            raise ApiError(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"Too many active generations: {active} (at most {limit} per user);"
+                " retry when one finishes",
+                {"field": "concurrent_generations", "active": active, "limit": limit},
+                429,
+                {"Retry-After": retry_after(wait)},
+            )
+
+    def _check_credits(self, db: Connection, user: User, cost: float) -> None:
+        if user.unlimited:
+            return
+        funds = ledger.balance(db, user.id)
+        if cost > funds.available + 1e-9:
+            raise ApiError(
+                ErrorCode.QUOTA_EXCEEDED,
+                f"Not enough credits: this generation costs {cost:g},"
+                f" {max(funds.available, 0):g} available",
+                {
+                    "cost": cost,
+                    "balance": round(funds.balance, 4),
+                    "held": round(funds.held, 4),
+                },
+                402,
+            )
+
+    def _check_queue_bound(self, db: Connection) -> None:
+        bound = self.settings.max_queued
+        if bound > 0 and self.store.pending_count(db) >= bound:
+            wait = self.estimate_seconds(self.queue.units_until_first_done(None))
+            raise ApiError(
+                ErrorCode.SERVICE_UNAVAILABLE,
+                f"The queue is full ({bound} generations waiting); try again shortly",
+                {"reason": "queue_full", "limit": bound},
+                503,
+                {"Retry-After": retry_after(wait)},
+            )
+
+    def estimate_seconds(self, units: float, pixels: int | None = None) -> float:
+        """Seconds to render `units` work units, at the speed measured for images of
+        `pixels` pixels if there is one, else at the speed of recent jobs of any size."""
+        # Every poll asks; the measured speeds are read from the database once a second.
+        now = time.monotonic()
+        if self._rates is None or now - self._rates[0] > RATE_REFRESH_SECONDS:
+            overall = (
+                self.store.seconds_per_work_unit()
+                or self.measured_speed()
+                or DEFAULT_SECONDS_PER_WORK_UNIT
+            )
+            self._rates = (now, overall, self.store.seconds_per_work_unit_by_size())
+        _, overall, by_size = self._rates
+        return units * by_size.get(pixels, overall)

@@ -1,0 +1,1 @@
+"""What is on disk and offered: the LoRA catalog and its metadata."""

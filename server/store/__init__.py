@@ -1,0 +1,15 @@
+"""Persistence: the database (the one owner of SQL) and the vault of image files.
+
+`Store` is the database with every query module's methods; accounts.py and ledger.py run
+in its transactions. vault.py keeps the image files the rows point to.
+"""
+
+from __future__ import annotations
+
+from server.store.generations import GenerationQueries
+from server.store.loras import LoraQueries
+from server.store.presets import PresetQueries
+
+
+class Store(GenerationQueries, LoraQueries, PresetQueries):
+    """The database: open it with `Store(path)`; it migrates itself."""

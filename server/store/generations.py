@@ -1,0 +1,292 @@
+"""Generations and their images: the job rows the queue and the API work from."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import server.store.ledger as ledger
+from server.store.database import Connection, Database
+
+ACTIVE = ("pending", "processing")
+
+
+@dataclass(frozen=True)
+class NewImage:
+    idx: int
+    token: str
+    seed: int
+    width: int
+    height: int
+    format: str
+    file_name: str
+    thumb_name: str
+    in_vault: bool
+    generation_time_ms: int
+
+
+
+class GenerationQueries(Database):
+    def insert_generation(
+        self,
+        request_id: str,
+        prompt: str,
+        request: dict[str, Any],
+        seed: int,
+        seed_fixed: bool,
+        work_units: float,
+        user_id: int,
+        cost: float,
+        admit: Callable[[Connection], None] | None = None,
+    ) -> int:
+        """Record a pending generation and hold its cost, in one transaction; `admit` runs
+        first inside it and may raise to refuse the request (nothing is then written)."""
+        with self.transaction() as db:
+            if admit is not None:
+                admit(db)
+            cursor = db.execute(
+                "INSERT INTO generations (request_id, status, prompt, request_json, seed,"
+                " seed_fixed, work_units, user_id, cost, created_at)"
+                " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    request_id,
+                    prompt,
+                    json.dumps(request),
+                    seed,
+                    int(seed_fixed),
+                    work_units,
+                    user_id,
+                    cost,
+                    time.time(),
+                ),
+            )
+            generation_id = int(cursor.lastrowid or 0)
+            ledger.hold(db, user_id, generation_id, cost)
+            return generation_id
+
+    def generation(self, request_id: str, user_id: int | None = None) -> dict[str, Any] | None:
+        """The generation with this request id; with `user_id`, only if it is theirs."""
+        if user_id is None:
+            return self.fetch_one("SELECT * FROM generations WHERE request_id = ?", (request_id,))
+        return self.fetch_one(
+            "SELECT * FROM generations WHERE request_id = ? AND user_id = ?", (request_id, user_id)
+        )
+
+    def generation_by_id(self, generation_id: int) -> dict[str, Any] | None:
+        return self.fetch_one("SELECT * FROM generations WHERE id = ?", (generation_id,))
+
+    def images_of(self, generation_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        found: dict[int, list[dict[str, Any]]] = {gid: [] for gid in generation_ids}
+        if not generation_ids:
+            return found
+        marks = ",".join("?" * len(generation_ids))
+        for row in self.fetch_all(
+            f"SELECT * FROM images WHERE generation_id IN ({marks}) ORDER BY generation_id, idx",
+            list(generation_ids),
+        ):
+            found[row["generation_id"]].append(row)
+        return found
+
+    def image_by_token(self, token: str) -> dict[str, Any] | None:
+        return self.fetch_one("SELECT * FROM images WHERE token = ? AND purged = 0", (token,))
+
+    def recover(self, max_attempts: int, gave_up: dict[str, Any]) -> list[dict[str, Any]]:
+        """At start-up: a job that was processing when the server died runs again, unless it
+        has already been tried `max_attempts` times (then it fails with the error `gave_up`).
+        Returns the pending jobs, oldest first."""
+        with self.transaction() as db:
+            given_up = db.execute(
+                "SELECT id FROM generations WHERE status = 'processing' AND attempts >= ?",
+                (max_attempts,),
+            ).fetchall()
+            for (generation_id,) in given_up:
+                self._finish_failed(db, generation_id, gave_up)
+            db.execute("UPDATE generations SET status = 'pending' WHERE status = 'processing'")
+        return self.fetch_all("SELECT * FROM generations WHERE status = 'pending' ORDER BY id")
+
+    def mark_processing(self, generation_id: int) -> bool:
+        """Start a pending job; False if it was finished meanwhile (cancelled)."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE generations SET status = 'processing', started_at = ?,"
+                " attempts = attempts + 1 WHERE id = ? AND status = 'pending'",
+                (time.time(), generation_id),
+            )
+            return cursor.rowcount == 1
+
+    def requeue(self, generation_id: int) -> None:
+        """The worker died under this job: run it again (the try is counted)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE generations SET status = 'pending' WHERE id = ? AND status = 'processing'",
+                (generation_id,),
+            )
+
+    def release(self, generation_id: int) -> None:
+        """A job stopped by a graceful shutdown goes back to the queue; that try is not counted."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE generations SET status = 'pending', attempts = MAX(attempts - 1, 0)"
+                " WHERE id = ? AND status = 'processing'",
+                (generation_id,),
+            )
+
+    def complete(
+        self,
+        generation_id: int,
+        images: Sequence[NewImage],
+        credits_used: float,
+        render_seconds: float,
+        lora_weights: Sequence[tuple[int, float]],
+    ) -> bool:
+        """Record the images and charge, unless the job was finished meanwhile (cancelled,
+        timed out): then nothing is written and False says the files are not wanted."""
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute("SELECT status FROM generations WHERE id = ?", (generation_id,))
+            if row.fetchone()[0] != "processing":
+                return False
+            db.executemany(
+                "INSERT INTO images (generation_id, idx, token, seed, width, height, format,"
+                " file_name, thumb_name, in_vault, generation_time_ms, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        generation_id,
+                        i.idx,
+                        i.token,
+                        i.seed,
+                        i.width,
+                        i.height,
+                        i.format,
+                        i.file_name,
+                        i.thumb_name,
+                        int(i.in_vault),
+                        i.generation_time_ms,
+                        now,
+                    )
+                    for i in images
+                ],
+            )
+            db.executemany(
+                "UPDATE loras SET usage_count = usage_count + 1, weight_sum = weight_sum + ?"
+                " WHERE id = ?",
+                [(weight, lora_id) for lora_id, weight in lora_weights],
+            )
+            db.execute(
+                "UPDATE generations SET status = 'completed', credits_used = ?, finished_at = ?,"
+                " render_seconds = ? WHERE id = ?",
+                (credits_used, now, render_seconds, generation_id),
+            )
+            ledger.settle(db, generation_id, credits_used)
+        return True
+
+    def fail(self, generation_id: int, error: dict[str, Any]) -> bool:
+        """Fail an active job and release its hold; False (and no change) if it had
+        already finished."""
+        with self.transaction() as db:
+            return self._finish_failed(db, generation_id, error)
+
+    @staticmethod
+    def _finish_failed(db: Connection, generation_id: int, error: dict[str, Any]) -> bool:
+        cursor = db.execute(
+            "UPDATE generations SET status = 'failed', error_json = ?, finished_at = ?"
+            " WHERE id = ? AND status IN ('pending', 'processing')",
+            (json.dumps(error), time.time(), generation_id),
+        )
+        if cursor.rowcount != 1:
+            return False
+        ledger.settle(db, generation_id, None)
+        return True
+
+    def history(
+        self,
+        user_id: int,
+        page: int,
+        per_page: int,
+        date_from: float | None,
+        has_seed: bool | None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        where: list[str] = ["user_id = ?"]
+        args: list[Any] = [user_id]
+        if date_from is not None:
+            where.append("created_at >= ?")
+            args.append(date_from)
+        if has_seed is not None:
+            where.append("seed_fixed = ?")
+            args.append(int(has_seed))
+        clause = f"WHERE {' AND '.join(where)}"
+        total = self.fetch_one(f"SELECT COUNT(*) AS n FROM generations {clause}", args)
+        rows = self.fetch_all(
+            f"SELECT * FROM generations {clause} ORDER BY created_at DESC, id DESC"
+            " LIMIT ? OFFSET ?",
+            [*args, per_page, (page - 1) * per_page],
+        )
+        return rows, int(total["n"] if total else 0)
+
+    def seconds_per_work_unit(self, recent: int = 20) -> float | None:
+        """Measured render speed over the most recent completed jobs."""
+        row = self.fetch_one(
+            "SELECT SUM(render_seconds) AS seconds, SUM(work_units) AS units FROM ("
+            " SELECT render_seconds, work_units FROM generations WHERE status = 'completed'"
+            " AND render_seconds IS NOT NULL ORDER BY id DESC LIMIT ?)",
+            (recent,),
+        )
+        if not row or not row["units"]:
+            return None
+        return float(row["seconds"]) / float(row["units"])
+
+    def seconds_per_work_unit_by_size(self, recent: int = 200) -> dict[int, float]:
+        """Measured render speed per image size (width x height) over recent jobs."""
+        rows = self.fetch_all(
+            "SELECT pixels, SUM(render_seconds) AS seconds, SUM(work_units) AS units FROM ("
+            " SELECT json_extract(request_json, '$.settings.width')"
+            " * json_extract(request_json, '$.settings.height') AS pixels,"
+            " render_seconds, work_units FROM generations WHERE status = 'completed'"
+            " AND render_seconds IS NOT NULL ORDER BY id DESC LIMIT ?) GROUP BY pixels",
+            (recent,),
+        )
+        return {
+            int(row["pixels"]): float(row["seconds"]) / float(row["units"])
+            for row in rows
+            if row["units"] and row["pixels"]
+        }
+
+    def expired_temporary_images(self, older_than: float) -> list[dict[str, Any]]:
+        return self.fetch_all(
+            "SELECT * FROM images WHERE in_vault = 0 AND purged = 0 AND created_at < ?",
+            (older_than,),
+        )
+
+    def mark_purged(self, image_ids: Sequence[int]) -> None:
+        with self.transaction() as db:
+            db.executemany("UPDATE images SET purged = 1 WHERE id = ?", [(i,) for i in image_ids])
+
+    def referenced_files(self) -> set[str]:
+        rows = self.fetch_all("SELECT file_name, thumb_name FROM images WHERE purged = 0")
+        return {name for row in rows for name in (row["file_name"], row["thumb_name"])}
+
+    @staticmethod
+    def active_count(db: Connection, user_id: int) -> int:
+        sql = "SELECT COUNT(*) FROM generations WHERE user_id = ? AND status IN (?, ?)"
+        return int(db.execute(sql, (user_id, *ACTIVE)).fetchone()[0])
+
+    @staticmethod
+    def pending_count(db: Connection) -> int:
+        sql = "SELECT COUNT(*) FROM generations WHERE status = 'pending'"
+        return int(db.execute(sql).fetchone()[0])
+
+    def finished_counts(self) -> list[dict[str, Any]]:
+        """Finished generations by status and error code (the metrics' job counter)."""
+        return self.fetch_all(
+            "SELECT status, COALESCE(json_extract(error_json, '$.code'), '') AS code,"
+            " COUNT(*) AS n FROM generations WHERE status IN ('completed', 'failed')"
+            " GROUP BY status, code"
+        )
+
+    def image_count(self) -> int:
+        row = self.fetch_one("SELECT COUNT(*) AS n FROM images")
+        return int(row["n"]) if row else 0
