@@ -230,7 +230,8 @@ class SDXLRenderer:
             raise ValueError("render_batch needs specs of one batch_key")
         self.load()
         pipe = self._pipe
-        pipe.scheduler = self._scheduler(first.sampler)
+        seeds = [seed for spec in specs for seed in spec.seeds]
+        pipe.scheduler = self._scheduler(first.sampler, seeds)
         self._adapters.apply(pipe, first.loras)
         if self.plan.batch_invariant:
             pad_per_image_linears(pipe.unet)  # after apply: LoRA layers included
@@ -238,7 +239,6 @@ class SDXLRenderer:
             raise RenderInterrupted()
 
         progress = StepProgress(first.steps, on_step, should_stop, on_latents)
-        seeds = [seed for spec in specs for seed in spec.seeds]
         generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
         with torch.inference_mode():
             latents = pipe(
@@ -306,11 +306,16 @@ class SDXLRenderer:
             return int(torch.cuda.memory_allocated(self.device))
         return None
 
-    def _scheduler(self, sampler: str) -> Any:
+    def _scheduler(self, sampler: str, seeds: Sequence[int]) -> Any:
+        """The cached scheduler of `sampler`, set up for this render: an SDE sampler's
+        Brownian trees are seeded per image from `seeds` (and rebuilt every render)."""
         name = canonical_sampler(sampler) or sampler  # make_scheduler explains unknown names
         if name not in self._schedulers:
             self._schedulers[name] = make_scheduler(name, self._base_scheduler_config)
-        return self._schedulers[name]
+        scheduler = self._schedulers[name]
+        if hasattr(scheduler, "set_noise_seeds"):
+            scheduler.set_noise_seeds(seeds)
+        return scheduler
 
     def _from_source(self) -> Any:
         from diffusers import StableDiffusionXLPipeline
