@@ -246,12 +246,12 @@ class SDXLRenderer:
     def _ensure_loaded(self, model: ModelSpec) -> LoadedModel:
         if model.key in self._models:
             return self._models[model.key]
-        self._make_room(self._estimate_bytes(model.source))
         try:
+            self._make_room(self._estimate_bytes(model.source))
             entry = self._load(model)
-        except ModelLoadError:
+        except ModelLoadError as exc:
             self.free_memory()
-            raise
+            raise ModelLoadError(model.key, exc.reason) from exc
         except Exception as exc:
             self.free_memory()
             raise ModelLoadError(model.key, _short_reason(exc)) from exc
@@ -555,24 +555,21 @@ def _from_single_file(path: Path, dtype: dict[str, torch.dtype]) -> Any:
 
     from pipelines.checkpoint_files import (
         CheckpointError,
-        classify_header,
+        classify_checkpoint,
         sdxl_configs_from_header,
         write_config_folder,
     )
     from pipelines.lora_files import LoraFileError, read_header
 
     name = str(path)
-    try:
-        header = read_header(path)
-    except LoraFileError as exc:
-        if path.suffix.lower() != ".safetensors":
-            from pipelines.checkpoint_files import PICKLE_REASON
-
-            raise ModelLoadError(name, PICKLE_REASON) from None
-        raise ModelLoadError(name, str(exc)) from None
-    info = classify_header(header)
+    # Only the header is read (a pickle checkpoint not even that) until it is known to be SDXL.
+    info = classify_checkpoint(path)
     if not info.compatible:
         raise ModelLoadError(name, info.reason or "not an SDXL checkpoint")
+    try:
+        header = read_header(path)
+    except (LoraFileError, OSError) as exc:
+        raise ModelLoadError(name, str(exc)) from None
     try:
         configs = sdxl_configs_from_header(header)
     except CheckpointError as exc:
