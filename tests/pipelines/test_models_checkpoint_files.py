@@ -224,9 +224,10 @@ def test_tokenizers_tokenise_as_clip_does(tmp_path: Path) -> None:
         assert first(prompt).input_ids == [49406, *ids, 49407]
     # tokenizer_2 pads with "!", a special token for it: the hub's SDXL tokenizer_2 splits a
     # prompt's "!" off as id 0 too, so Darkroom's does what the hub's does.
-    assert second("a lighthouse at dusk, oil painting").input_ids == first(
-        "a lighthouse at dusk, oil painting"
-    ).input_ids
+    assert (
+        second("a lighthouse at dusk, oil painting").input_ids
+        == first("a lighthouse at dusk, oil painting").input_ids
+    )
     assert second("wow!!").input_ids[-3:] == [0, 0, 49407]
     assert (first.pad_token, second.pad_token, second.pad_token_id) == ("<|endoftext|>", "!", 0)
     assert first.model_max_length == 77 and len(first) == VOCAB_SIZE
