@@ -34,6 +34,7 @@ CUDA_MEMORY_SHARE = 0.85
 # A model whose size cannot be read before loading (a hub id) is assumed to be SDXL's size.
 SDXL_PARAMETERS = 3_500_000_000
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+MISSING_WEIGHTS = "weights missing from the file: not all of SDXL's tensors are in it"
 
 _DTYPE_ALIASES = {
     "float32": "float32",
@@ -493,6 +494,8 @@ class SDXLRenderer:
             place = "cpu" if self.plan.offload else self.device
             return build_random_sdxl(getattr(torch, self.dtype), place)
         local = self._local_path(source)
+        if local is None and (source.lower().endswith(SINGLE_FILE_SUFFIXES) or "/" in source[:1]):
+            raise ModelLoadError(source, "no such file or folder")
         if local is not None and local.is_dir():
             return StableDiffusionXLPipeline.from_pretrained(local, local_files_only=True, **dtype)
         if local is not None:
@@ -576,9 +579,15 @@ def _from_single_file(path: Path, dtype: dict[str, torch.dtype]) -> Any:
         raise ModelLoadError(name, str(exc)) from None
     with tempfile.TemporaryDirectory(prefix="darkroom-sdxl-config-") as folder:
         write_config_folder(configs, Path(folder))
-        return StableDiffusionXLPipeline.from_single_file(
-            name, config=folder, local_files_only=True, **dtype
-        )
+        try:
+            return StableDiffusionXLPipeline.from_single_file(
+                name, config=folder, local_files_only=True, **dtype
+            )
+        except NotImplementedError as exc:
+            if "meta tensor" not in str(exc):
+                raise
+            # diffusers left a weight the file lacks on the meta device, then moved it.
+            raise ModelLoadError(name, MISSING_WEIGHTS) from None
 
 
 def _check_weights(key: str, pipe: Any) -> None:
@@ -589,7 +598,7 @@ def _check_weights(key: str, pipe: Any) -> None:
             raise ModelLoadError(key, f"it has no {component}")
         for name, param in model.named_parameters():
             if param.device.type == "meta":
-                raise ModelLoadError(key, f"weights missing from the file: {component}.{name}")
+                raise ModelLoadError(key, f"{MISSING_WEIGHTS} ({component}.{name})")
 
 
 def _own_weights(pipe: Any) -> None:

@@ -222,10 +222,10 @@ def test_broken_files_fail_to_load_and_the_renderer_stays_usable(
         "truncated": "truncated",
         "pickle": "arbitrary code",
         "renamed": "decoder.conv_out.weight is missing",
-        "missing": "",
-        "shaped": "",
+        "missing": "weights missing from the file",
+        "shaped": "expected shape",
         "refiner": "refiner",
-        "absent": "",
+        "absent": "no such file or folder",
     }
     for name, path in _broken(tmp_path, Path(xl["file"].source)).items():
         spec = on(ModelSpec(f"broken-{name}", str(path)), seeds=(1,))
