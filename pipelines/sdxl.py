@@ -1,8 +1,12 @@
-"""SDXL text-to-image rendering with diffusers: one loaded pipeline, samplers, LoRA stacks."""
+"""SDXL text-to-image rendering with diffusers: loaded pipelines, samplers, LoRA stacks."""
 
 from __future__ import annotations
 
+import gc
+import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +19,7 @@ from pipelines.placement import pad_per_image_linears, unscale, use_sdpa
 from pipelines.progress import StepProgress
 from pipelines.samplers import canonical_sampler, make_scheduler
 from pipelines.sdxl_configs import RANDOM_SDXL
-from pipelines.spec import GenerationSpec, RenderInterrupted, batch_key
+from pipelines.spec import GenerationSpec, ModelLoadError, ModelSpec, RenderInterrupted, batch_key
 from pipelines.tiny import ensure_tiny_model
 from pipelines.tuning import plan_for
 
@@ -25,6 +29,12 @@ if TYPE_CHECKING:
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 TINY = "tiny"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+# On CUDA, by default, models stay loaded while their parameters fit in this share of memory.
+CUDA_MEMORY_SHARE = 0.85
+# A model whose size cannot be read before loading (a hub id) is assumed to be SDXL's size.
+SDXL_PARAMETERS = 3_500_000_000
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+MISSING_WEIGHTS = "weights missing from the file: not all of SDXL's tensors are in it"
 
 _DTYPE_ALIASES = {
     "float32": "float32",
@@ -63,9 +73,25 @@ def resolve_dtype(dtype: str | None, device: str) -> str:
     return name
 
 
+@dataclass
+class LoadedModel:
+    """One loaded pipeline and what belongs to it alone: its LoRA adapters, the layer
+    shapes LoRAs are checked against, its samplers."""
+
+    key: str
+    source: str
+    pipe: Any
+    fit: LoraFit
+    adapters: AdapterCache | HotswapAdapters
+    base_scheduler_config: Any
+    size_bytes: int
+    schedulers: dict[str, Any] = field(default_factory=dict)
+
+
 class SDXLRenderer:
-    """Loads one SDXL pipeline and renders GenerationSpecs with it. Not thread-safe:
-    one thread should own it."""
+    """Loads SDXL pipelines and renders GenerationSpecs with them: the default model
+    (`model`) and any a spec names (`spec.model`), loaded on demand, up to `models_loaded`
+    at once, least recently used evicted first. Not thread-safe: one thread should own it."""
 
     def __init__(
         self,
@@ -79,6 +105,8 @@ class SDXLRenderer:
         offload: bool = False,
         vae_tiling_above: int | None = None,
         cpu_threads: int | None = None,
+        models_loaded: int | None = None,
+        model_key: str | None = None,
     ) -> None:
         """`lora_hotswap` merges each LoRA stack into the UNet's weights in place instead
         of loading and deleting adapters, so that a compiled UNet never recompiles and a
@@ -89,8 +117,15 @@ class SDXLRenderer:
         the CPU until it runs, and rules out compile. Images of more than
         `vae_tiling_above` pixels are decoded in tiles. pipelines.tuning.plan_for decides
         what each setting means on this device; `plan` holds its answer (`cpu_threads`: by
-        default all cores but one, which is left to the server)."""
+        default all cores but one, which is left to the server).
+        `models_loaded`: how many models stay loaded (default: 1 off CUDA; on CUDA as many
+        as fit in 85% of the device's memory, by their parameters). `model_key`: the key
+        the default model is known by (default: `model` itself), so that a spec naming it
+        by ModelSpec uses the same pipeline."""
+        if models_loaded is not None and models_loaded < 1:
+            raise ValueError("models_loaded must be at least 1")
         self.model = model
+        self.default_model = ModelSpec(model_key or model, model)
         self.models_dir = Path(models_dir)
         self.device = device or detect_device()
         self.dtype = resolve_dtype(dtype, self.device)
@@ -101,20 +136,63 @@ class SDXLRenderer:
         )  # fmt: skip
         self.lora_cache_size = lora_cache_size
         self.lora_hotswap = self.plan.lora_hotswap
-        self._adapters = self._new_adapters()
-        self._fit: LoraFit | None = None
-        self._pipe: Any = None
-        self._base_scheduler_config: Any = None
-        self._schedulers: dict[str, Any] = {}
+        self.models_loaded = models_loaded
+        if models_loaded is None and not self.device.startswith("cuda"):
+            self.models_loaded = 1
+        # Least recently used first; `_active` is the one rendering (or that last rendered).
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._active: LoadedModel | None = None
+        self._meta_fits: dict[str, LoraFit] = {}
+        self.loads = 0  # models loaded so far, evicted ones included
+        self.evictions = 0
+
+    # What belongs to the active model, under the names it had when there was only one.
+    @property
+    def _pipe(self) -> Any:
+        return None if self._active is None else self._active.pipe
+
+    @property
+    def _adapters(self) -> AdapterCache | HotswapAdapters:
+        if self._active is None:
+            return self._new_adapters()
+        return self._active.adapters
+
+    @property
+    def _fit(self) -> LoraFit | None:
+        return None if self._active is None else self._active.fit
+
+    @property
+    def _base_scheduler_config(self) -> Any:
+        return None if self._active is None else self._active.base_scheduler_config
+
+    @property
+    def _schedulers(self) -> dict[str, Any]:
+        assert self._active is not None
+        return self._active.schedulers
 
     @property
     def pipeline(self) -> Any:
-        """The loaded diffusers pipeline, or None before load()."""
+        """The active model's diffusers pipeline (the default after load()), or None."""
         return self._pipe
 
     @property
     def adapters(self) -> AdapterCache | HotswapAdapters:
         return self._adapters
+
+    @property
+    def loaded_models(self) -> list[str]:
+        """Keys of the loaded models, least recently used first."""
+        return list(self._models)
+
+    def model_key(self, model: ModelSpec | None) -> str:
+        """The key a spec's model is held under (None: the default model's)."""
+        return (model or self.default_model).key
+
+    def is_loaded(self, model: ModelSpec | str | None) -> bool:
+        """Whether rendering with `model` (a ModelSpec, a key, None: the default) needs no
+        load. Cheap: a dict look-up."""
+        key = model if isinstance(model, str) else self.model_key(model)
+        return key in self._models
 
     def _new_adapters(self) -> AdapterCache | HotswapAdapters:
         if self.lora_hotswap:
@@ -123,24 +201,120 @@ class SDXLRenderer:
 
     @property
     def lora_compatibility(self) -> LoraFit:
-        """`lora_compatibility(path)`: None if the LoRA file fits the loaded model, else a
+        """`lora_compatibility(path)`: None if the LoRA file fits the default model, else a
         short reason. Reads only the file's header and the layer shapes recorded at load,
         so the server may call it from any thread; `.model_key` keys its verdicts."""
         self.load()
-        assert self._fit is not None
-        return self._fit
+        return self.lora_compatibility_for(None)
+
+    def lora_compatibility_for(self, model: ModelSpec | None) -> LoraFit:
+        """The LoraFit of `model` (None: the default). A loaded model's is the one taken at
+        its load; for a local model not loaded, one is built from its configs alone (a
+        single file's header, a folder's config.json files) on the meta device, with no
+        weights read and nothing loaded or evicted. A hub id not loaded is loaded."""
+        key = self.model_key(model)
+        if key in self._models:
+            return self._models[key].fit
+        if key not in self._meta_fits:
+            source = (model or self.default_model).source
+            configs = self._configs_of(source)
+            if configs is None:
+                return self._ensure_loaded(model or self.default_model).fit
+            self._meta_fits[key] = _meta_fit(configs)
+        return self._meta_fits[key]
 
     def unload_loras(self) -> None:
-        """Remove every LoRA layer, loaded or cached: the pipeline is again as loaded."""
-        if self._pipe is not None:
-            self._adapters.clear(self._pipe)
-            self._pipe.unload_lora_weights()
-            self._adapters = self._new_adapters()
+        """Remove every LoRA layer, loaded or cached, from the active model: its pipeline is
+        again as loaded."""
+        if self._active is not None:
+            self._active.adapters.clear(self._active.pipe)
+            self._active.pipe.unload_lora_weights()
+            self._active.adapters = self._new_adapters()
 
     def load(self) -> None:
-        """Load the model onto the device; later calls do nothing."""
-        if self._pipe is not None:
-            return
+        """Load the default model onto the device and make it active; later calls do
+        nothing."""
+        if self._active is None:
+            self._use(None)
+
+    def _use(self, model: ModelSpec | None) -> LoadedModel:
+        """Make `model` the active one, loading it first if needed."""
+        entry = self._ensure_loaded(model or self.default_model)
+        self._models.move_to_end(entry.key)
+        self._active = entry
+        return entry
+
+    def _ensure_loaded(self, model: ModelSpec) -> LoadedModel:
+        if model.key in self._models:
+            return self._models[model.key]
+        try:
+            self._make_room(self._estimate_bytes(model.source))
+            entry = self._load(model)
+        except ModelLoadError as exc:
+            self.free_memory()
+            raise ModelLoadError(model.key, exc.reason) from exc
+        except Exception as exc:
+            self.free_memory()
+            raise ModelLoadError(model.key, _short_reason(exc)) from exc
+        self._models[model.key] = entry
+        self._meta_fits.pop(model.key, None)
+        self.loads += 1
+        return entry
+
+    def _make_room(self, needed: int) -> None:
+        """Evict least recently used models until one more fits the count and the memory
+        budget. The active model is evicted last (it is never rendering here: renders run
+        one at a time on the thread that calls this)."""
+        budget = self._memory_budget()
+        while self._models:
+            held = sum(entry.size_bytes for entry in self._models.values())
+            over_count = self.models_loaded is not None and len(self._models) >= self.models_loaded
+            over_memory = budget is not None and held + needed > budget
+            if not (over_count or over_memory):
+                return
+            victims = [key for key in self._models if self._models[key] is not self._active]
+            self.evict(victims[0] if victims else next(iter(self._models)))
+
+    def evict(self, key: str) -> bool:
+        """Unload model `key` and free its memory; False if it was not loaded."""
+        entry = self._models.pop(key, None)
+        if entry is None:
+            return False
+        if entry is self._active:
+            self._active = None
+        # Dropping every reference is all it takes (adapters and samplers die with it);
+        # free_memory collects what reference cycles hold.
+        entry.pipe = entry.adapters = entry.schedulers = None  # type: ignore[assignment]
+        del entry
+        self.evictions += 1
+        self.free_memory()
+        return True
+
+    def _memory_budget(self) -> int | None:
+        if self.models_loaded is not None or not self.device.startswith("cuda"):
+            return None
+        total = torch.cuda.get_device_properties(torch.device(self.device)).total_memory
+        return int(total * CUDA_MEMORY_SHARE)
+
+    def _estimate_bytes(self, source: str) -> int:
+        """A model's size on the device before it is loaded: its parameters (read from the
+        safetensors headers) at the renderer's dtype."""
+        from pipelines.lora_files import LoraFileError, read_header
+
+        per = _DTYPE_BYTES.get(self.dtype, 4)
+        local = None if source in (TINY, RANDOM_SDXL) else self._local_path(source)
+        if local is None:
+            return (0 if source == TINY else SDXL_PARAMETERS) * per
+        files = [local] if local.is_file() else sorted(local.glob("*/*.safetensors"))
+        count = 0
+        for file in files:
+            try:
+                count += sum(_numel(shape) for shape in read_header(file).shapes.values())
+            except (LoraFileError, OSError):
+                continue
+        return count * per
+
+    def _load(self, model: ModelSpec) -> LoadedModel:
         torch.set_num_threads(self.plan.cpu_threads)
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
@@ -149,17 +323,24 @@ class SDXLRenderer:
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
 
-        pipe = self._from_source()
+        pipe = self._from_source(model.source)
+        _check_weights(model.key, pipe)
+        if self.device == "cpu":
+            _own_weights(pipe)
         pipe.set_progress_bar_config(disable=True)
         self._place(pipe)
-        # Every sampler is built from this, however often the scheduler is swapped later.
-        self._base_scheduler_config = pipe.scheduler.config
         # Before any adapter wraps a layer: the shapes LoRA files are checked against.
-        self._fit = LoraFit(pipe)
+        fit = LoraFit(pipe)
         if self.plan.compile:
             pipe.unet.compile(backend=self.plan.compile_backend)
             pipe.vae.decoder.compile(backend=self.plan.compile_backend)
-        self._pipe = pipe
+        # Every sampler is built from base_scheduler_config, however often the scheduler is
+        # swapped later.
+        return LoadedModel(
+            key=model.key, source=model.source, pipe=pipe, fit=fit,
+            adapters=self._new_adapters(), base_scheduler_config=pipe.scheduler.config,
+            size_bytes=_pipeline_bytes(pipe),
+        )  # fmt: skip
 
     def warmup(self, sizes: Iterable[tuple[int, int]], images: Iterable[int] = (1, 2)) -> None:
         """Render once per (width, height) and image count, so that compiled graphs, kernel
@@ -228,7 +409,7 @@ class SDXLRenderer:
         first = specs[0]
         if any(batch_key(spec) != batch_key(first) for spec in specs):
             raise ValueError("render_batch needs specs of one batch_key")
-        self.load()
+        self._use(first.model)
         pipe = self._pipe
         seeds = [seed for spec in specs for seed in spec.seeds]
         pipe.scheduler = self._scheduler(first.sampler, seeds)
@@ -293,9 +474,7 @@ class SDXLRenderer:
         return list(pipe.image_processor.postprocess(decoded, output_type="pil"))
 
     def free_memory(self) -> None:
-        """After an out-of-memory error: drop what the failed render left cached."""
-        import gc
-
+        """After an out-of-memory error or an eviction: drop what is no longer referenced."""
         gc.collect()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -317,37 +496,51 @@ class SDXLRenderer:
             scheduler.set_noise_seeds(seeds)
         return scheduler
 
-    def _from_source(self) -> Any:
+    def _from_source(self, source: str) -> Any:
         from diffusers import StableDiffusionXLPipeline
 
         dtype = _dtype_kwargs(getattr(torch, self.dtype))
-        if self.model == TINY:
+        if source == TINY:
             folder = ensure_tiny_model(self.models_dir)
             return StableDiffusionXLPipeline.from_pretrained(folder, **dtype)
-        if self.model == RANDOM_SDXL:
+        if source == RANDOM_SDXL:
             from pipelines.sdxl_configs import build_random_sdxl
 
             # Made where it will run: 2.6e9 parameters are not worth a trip through the CPU.
             place = "cpu" if self.plan.offload else self.device
             return build_random_sdxl(getattr(torch, self.dtype), place)
-        local = self._local_path()
+        local = self._local_path(source)
+        if local is None and (source.lower().endswith(SINGLE_FILE_SUFFIXES) or "/" in source[:1]):
+            raise ModelLoadError(source, "no such file or folder")
         if local is not None and local.is_dir():
-            return StableDiffusionXLPipeline.from_pretrained(local, **dtype)
+            return StableDiffusionXLPipeline.from_pretrained(local, local_files_only=True, **dtype)
         if local is not None:
-            return StableDiffusionXLPipeline.from_single_file(str(local), **dtype)
+            return _from_single_file(local, dtype)
         if self.device.startswith("cuda") and self.dtype != "float32":
             try:
-                return StableDiffusionXLPipeline.from_pretrained(
-                    self.model, variant="fp16", **dtype
-                )
+                return StableDiffusionXLPipeline.from_pretrained(source, variant="fp16", **dtype)
             except (OSError, ValueError):
                 pass  # the repo has no fp16 variant: load its default weights
-        return StableDiffusionXLPipeline.from_pretrained(self.model, **dtype)
+        return StableDiffusionXLPipeline.from_pretrained(source, **dtype)
 
-    def _local_path(self) -> Path | None:
-        """The local folder or checkpoint file `model` names, as given or under checkpoints/."""
-        given = Path(self.model).expanduser()
-        for candidate in (given, self.models_dir / "checkpoints" / self.model):
+    def _configs_of(self, source: str) -> dict[str, dict[str, Any]] | None:
+        """The unet/text_encoder/text_encoder_2 configs of a local model, None for others."""
+        if source == RANDOM_SDXL:
+            from pipelines.sdxl_configs import SDXL_BASE_CONFIGS
+
+            return SDXL_BASE_CONFIGS
+        folder = ensure_tiny_model(self.models_dir) if source == TINY else None
+        local = folder or self._local_path(source)
+        if local is None:
+            return None
+        return local_configs(local, source)
+
+    def _local_path(self, source: str | None = None) -> Path | None:
+        """The local folder or checkpoint file `source` (default: the default model) names,
+        as given or under checkpoints/."""
+        source = self.model if source is None else source
+        given = Path(source).expanduser()
+        for candidate in (given, self.models_dir / "checkpoints" / source):
             if candidate.is_dir():
                 return candidate
             if candidate.is_file():
@@ -355,6 +548,131 @@ class SDXLRenderer:
                     raise ValueError(f"model file {candidate} is not a .safetensors or .ckpt file")
                 return candidate
         return None
+
+
+def _from_single_file(path: Path, dtype: dict[str, torch.dtype]) -> Any:
+    """A single-file SDXL checkpoint, loaded with no network: its component configs are
+    inferred from its header (SDXL base 1.0's where shapes do not tell) and laid out with
+    CLIP's tokenizers in a temporary folder that diffusers reads as the hub repo."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from pipelines.checkpoint_files import (
+        CheckpointError,
+        classify_checkpoint,
+        sdxl_configs_from_header,
+        write_config_folder,
+    )
+    from pipelines.lora_files import LoraFileError, read_header
+
+    name = str(path)
+    # Only the header is read (a pickle checkpoint not even that) until it is known to be SDXL.
+    info = classify_checkpoint(path)
+    if not info.compatible:
+        raise ModelLoadError(name, info.reason or "not an SDXL checkpoint")
+    try:
+        header = read_header(path)
+    except (LoraFileError, OSError) as exc:
+        raise ModelLoadError(name, str(exc)) from None
+    try:
+        configs = sdxl_configs_from_header(header)
+    except CheckpointError as exc:
+        raise ModelLoadError(name, str(exc)) from None
+    with tempfile.TemporaryDirectory(prefix="darkroom-sdxl-config-") as folder:
+        write_config_folder(configs, Path(folder))
+        try:
+            return StableDiffusionXLPipeline.from_single_file(
+                name, config=folder, local_files_only=True, **dtype
+            )
+        except NotImplementedError as exc:
+            if "meta tensor" not in str(exc):
+                raise
+            # diffusers left a weight the file lacks on the meta device, then moved it.
+            raise ModelLoadError(name, MISSING_WEIGHTS) from None
+
+
+def _check_weights(key: str, pipe: Any) -> None:
+    """diffusers leaves a weight the file lacks on the meta device, silently."""
+    for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        model = getattr(pipe, component, None)
+        if model is None:
+            raise ModelLoadError(key, f"it has no {component}")
+        for name, param in model.named_parameters():
+            if param.device.type == "meta":
+                raise ModelLoadError(key, f"{MISSING_WEIGHTS} ({component}.{name})")
+
+
+def _own_weights(pipe: Any) -> None:
+    """Give every weight a fresh allocation of its own. A folder's weights are views of the
+    memory-mapped files, a single file's are converted copies: the same numbers at other
+    addresses, and CPU kernels pick code paths by alignment, so the two would differ in
+    the last bits. Fresh copies make a model's pixels independent of how it was loaded."""
+    with torch.no_grad():
+        for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            model = getattr(pipe, component, None)
+            for tensor in (*model.parameters(), *model.buffers()) if model is not None else ():
+                tensor.data = tensor.data.clone(memory_format=torch.contiguous_format)
+
+
+def _pipeline_bytes(pipe: Any) -> int:
+    total = 0
+    for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        model = getattr(pipe, component, None)
+        if model is not None:
+            total += sum(p.numel() * p.element_size() for p in model.parameters())
+    return total
+
+
+def local_configs(local: Path, name: str) -> dict[str, dict[str, Any]]:
+    """The component configs of a local checkpoint: a single file's inferred from its
+    header, a diffusers folder's read from its config.json files (ModelLoadError if not)."""
+    import json
+
+    from pipelines.checkpoint_files import CheckpointError, sdxl_configs_from_header
+    from pipelines.lora_files import LoraFileError, read_header
+
+    if local.is_file():
+        try:
+            return sdxl_configs_from_header(read_header(local))
+        except (LoraFileError, CheckpointError, OSError) as exc:
+            raise ModelLoadError(name, str(exc)) from None
+    try:
+        return {
+            part: json.loads((local / part / "config.json").read_text(encoding="utf-8"))
+            for part in ("unet", "vae", "text_encoder", "text_encoder_2")
+        }
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(name, f"unreadable config: {exc}") from None
+
+
+def checkpoint_lora_fit(local: Path) -> LoraFit:
+    """LoRA fit against a local checkpoint that need not be loaded (see _meta_fit)."""
+    return _meta_fit(local_configs(local, str(local)))
+
+
+def _meta_fit(configs: dict[str, dict[str, Any]]) -> LoraFit:
+    """A LoraFit from configs alone: the networks built on the meta device, no weights."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    from pipelines.sdxl_configs import SCHEDULER, empty_models
+
+    pipe = StableDiffusionXLPipeline(
+        **empty_models(configs), tokenizer=None, tokenizer_2=None,
+        scheduler=EulerDiscreteScheduler.from_config(SCHEDULER), add_watermarker=False,
+    )  # fmt: skip
+    return LoraFit(pipe)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def _short_reason(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:

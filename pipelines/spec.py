@@ -22,11 +22,35 @@ class LoraSpec:
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """The checkpoint a request renders with. `key` is its stable id (the server's content
+    hash): the renderer holds one pipeline per key. `source` is what to load: a diffusers
+    folder or a single-file .safetensors path, `tiny`, or a hub id."""
+
+    key: str
+    source: str
+
+
+class ModelLoadError(Exception):
+    """A model could not be loaded (unreadable, truncated, wrong keys, not SDXL); the
+    renderer is left as it was, every other model still usable."""
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(f"could not load model {model}: {reason}")
+        self.model = model
+        self.reason = reason
+
+    def __reduce__(self) -> tuple:
+        return (ModelLoadError, (self.model, self.reason))  # it crosses the render process's pipe
+
+
+@dataclass(frozen=True)
 class GenerationSpec:
     """Everything a pipeline needs to render one request, already validated.
 
     `sampler` is a canonical name from pipelines.samplers; `seeds` holds one seed
-    per image (image i of a request uses seed + i).
+    per image (image i of a request uses seed + i). `model` None means the renderer's
+    default model (`--model`).
     """
 
     prompt: str
@@ -38,6 +62,7 @@ class GenerationSpec:
     sampler: str
     seeds: tuple[int, ...]
     loras: tuple[LoraSpec, ...] = field(default=())
+    model: ModelSpec | None = None
 
     @property
     def num_images(self) -> int:
@@ -56,10 +81,13 @@ def effective_stack(loras: tuple[LoraSpec, ...]) -> list[tuple[LoraSpec, float]]
 
 def batch_key(spec: GenerationSpec) -> tuple:
     """Specs with equal keys can share one denoising loop (SDXLRenderer.render_batch): same
-    size, steps, guidance, sampler and effective LoRA stack; prompts and seeds may differ.
-    The server's queue batches by this key too (server/jobs/specs.py): the one rule."""
+    size, steps, guidance, sampler, model and effective LoRA stack; prompts and seeds may
+    differ. A spec naming no model and one naming the default model by its key do not
+    batch together (the queue cannot tell them apart without the renderer). The server's
+    queue batches by this key too (server/jobs/specs.py): the one rule."""
     stack = tuple((lora.key, weight) for lora, weight in effective_stack(spec.loras))
-    return (spec.width, spec.height, spec.steps, spec.cfg_scale, spec.sampler, stack)
+    model = spec.model.key if spec.model is not None else None
+    return (spec.width, spec.height, spec.steps, spec.cfg_scale, spec.sampler, stack, model)
 
 
 class RenderInterrupted(Exception):

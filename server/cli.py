@@ -31,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: SDXL base on CUDA, tiny elsewhere)",
     )
     serve.add_argument("--data-dir", type=Path, help="database and vault (default ./data)")
-    serve.add_argument("--models-dir", type=Path, help="checkpoints/ and loras/ (default ./models)")
+    serve.add_argument(
+        "--models-dir",
+        type=Path,
+        help="checkpoints/ and loras/, or A1111's Stable-diffusion/ and Lora/ (./models)",
+    )
     serve.add_argument("--public-url", help="base of the absolute URLs handed to clients")
     serve.add_argument("--device", choices=["cuda", "mps", "cpu"], help="default: auto")
     serve.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: auto")
@@ -51,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--poll-rate", type=float, help="status polls/s per generation (1)")
     serve.add_argument("--max-queued", type=int, help="pending generations in all (1000)")
     serve.add_argument("--max-batch", type=int, help="same-shape jobs per batch (CUDA 4, else 1)")
+    serve.add_argument(
+        "--models-loaded",
+        type=int,
+        help="models kept loaded at once (default: as fit in 85%% of GPU memory; CPU 1)",
+    )
+    serve.add_argument(
+        "--switch-wait",
+        type=float,
+        help="seconds a job needing a model switch may wait for loaded-model jobs (10)",
+    )
     serve.add_argument(
         "--compile",
         action="store_true",

@@ -36,6 +36,11 @@ class Settings:
     max_queue_age: float = 3600.0
     max_attempts: int = 3
     max_batch: int = 0  # queued jobs of one shape rendered together; 0: the device's default
+    # The model library: models kept loaded (0: as many as fit in 85% of GPU memory on CUDA,
+    # 1 elsewhere); seconds a job needing a model switch may be passed over by jobs for a
+    # loaded model.
+    models_loaded: int = 0
+    switch_wait: float = 10.0
     render_process: bool = True  # render in a child process (else in a thread of this one)
     # The CUDA path (pipelines.tuning decides what applies on which device).
     compile: bool = False

@@ -109,6 +109,11 @@ class GenerationSettings(_Strict):
     width: JsonInt = Field(1024, ge=256, le=2048, json_schema_extra=SIZE)
     height: JsonInt = Field(1024, ge=256, le=2048, json_schema_extra=SIZE)
     negative_prompt: str = ""
+    model: str | None = Field(
+        None,
+        max_length=500,
+        description="A model's name, title or hash from GET /models; absent: the default",
+    )
 
     @field_validator("sampler")
     @classmethod
@@ -246,6 +251,8 @@ class ImageMetadata(BaseModel):
     sampler: str
     steps: int
     cfg_scale: float
+    model: str | None = None
+    model_hash: str | None = None
 
 
 class ImageInfo(BaseModel):

@@ -24,6 +24,8 @@ from server.jobs.queue import JobQueue
 from server.jobs.render_process import ProcessRenderer
 from server.jobs.specs import enqueue_stored
 from server.jobs.worker import Worker
+from server.library.checkpoints import ModelCatalog
+from server.library.layout import lora_dir
 from server.library.loras import LoraCatalog
 from server.metrics import Metrics
 from server.store import Store
@@ -40,6 +42,7 @@ class AppState:
     vault: Vault
     queue: JobQueue
     catalog: LoraCatalog
+    models: ModelCatalog
     admission: Admission
     worker: Worker
     accounts: Accounts
@@ -82,6 +85,7 @@ def default_renderer(settings: Settings) -> Renderer:
         offload=settings.offload,
         vae_tiling_above=settings.vae_tiling_above or None,
         cpu_threads=settings.cpu_threads or None,
+        models_loaded=settings.models_loaded or None,
     )
     if not settings.render_process:
         return make()
@@ -102,23 +106,26 @@ def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) 
     removed = vault.remove_orphans(store.referenced_files())
     if removed:
         log.info("removed %d orphaned file(s) from the vault", removed)
-    catalog = LoraCatalog(store, settings.models_dir / "loras")
+    # Started first: the render process imports torch while this one scans the folders.
+    renderer = renderer or default_renderer(settings)
+    catalog = LoraCatalog(store, lora_dir(settings.models_dir))
     catalog.refresh()
+    models = ModelCatalog(store, settings.models_dir, renderer.model)
+    models.refresh()
     queue = JobQueue()
     for row in store.recover(settings.max_attempts, gave_up_error(settings.max_attempts)):
-        enqueue_stored(queue, catalog, row)
-    worker = Worker(
-        renderer or default_renderer(settings), store, vault, queue, catalog, settings, metrics
-    )
-    admission = Admission(store, catalog, queue, settings, worker.measured_speed)
+        enqueue_stored(queue, models, catalog, row)
+    worker = Worker(renderer, store, vault, queue, catalog, models, settings, metrics)
+    admission = Admission(store, catalog, models, queue, settings, worker.measured_speed)
     worker.start()
     accounts = Accounts(store)
-    state = AppState(
+    return AppState(
         settings,
         store,
         vault,
         queue,
         catalog,
+        models,
         admission,
         worker,
         accounts,
@@ -126,4 +133,3 @@ def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) 
         PollLimits.from_settings(settings),
         metrics,
     )
-    return state

@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse, Response
 from server.api import views
 from server.api.common import json_body, user_of
 from server.contract import MAX_IMAGES, SavePresetRequest, check_lengths, check_limits, parse
+from server.jobs.specs import resolve_request
 from server.state import state_of
 
 
@@ -17,11 +18,14 @@ async def save_preset(request: Request) -> Response:
     body = parse(SavePresetRequest, await json_body(request))
     check_limits(body.loras, 1, state.settings.max_loras)
     check_lengths("", body.settings.negative_prompt, state.settings.max_prompt_chars)
-    state.catalog.resolve(body.loras)
+    model, _ = resolve_request(state.models, state.catalog, body)
+    settings = body.settings.model_dump(mode="json", exclude_unset=True)
+    if body.settings.model is not None:
+        settings["model"] = model.title  # as GET /models lists it, whichever way it was named
     row, created = state.store.save_preset(
         user.id,
         body.name,
-        body.settings.model_dump(mode="json", exclude_unset=True),
+        settings,
         [lora.model_dump(mode="json") for lora in body.loras],
         body.tags,
     )

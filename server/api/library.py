@@ -1,7 +1,8 @@
-"""What is on disk and offered: the LoRA library's routes."""
+"""What is on disk and offered: the routes of the LoRA and model libraries."""
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -35,3 +36,27 @@ async def lora_thumbnail(request: Request) -> Response:
     if path is None:
         raise not_found("Thumbnail of LoRA", lora_id)
     return FileResponse(path)
+
+
+class ModelQuery(BaseModel):
+    """Filters of GET /models (query strings, so parsed leniently)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    include_incompatible: bool = False
+
+
+async def models_available(request: Request) -> Response:
+    user_of(request)
+    query = parse(ModelQuery, dict(request.query_params))
+    state = state_of(request)
+    loaded = state.worker.loaded_models()
+    entries = state.models.entries(include_incompatible=query.include_incompatible)
+    return JSONResponse([views.model_entry(entry, loaded) for entry in entries])
+
+
+async def refresh_models(request: Request) -> Response:
+    user_of(request)
+    # Hashing a new checkpoint reads all of it (once; then it is cached): not on the loop.
+    summary = await run_in_threadpool(state_of(request).models.refresh)
+    return JSONResponse(summary.as_json())

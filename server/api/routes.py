@@ -16,7 +16,13 @@ from server.api.generations import (
     history,
 )
 from server.api.health import health, health_live, health_ready
-from server.api.library import lora_thumbnail, loras_available, refresh_loras
+from server.api.library import (
+    lora_thumbnail,
+    loras_available,
+    models_available,
+    refresh_loras,
+    refresh_models,
+)
 from server.api.metrics import metrics_endpoint
 from server.api.openapi import docs, docs_asset, openapi_json
 
@@ -44,6 +50,8 @@ ROUTES = [
     Route("/generations/{request_id}/events", generation_events, methods=["GET"]),
     Route("/loras/available", loras_available, methods=["GET"]),
     Route("/loras/refresh", refresh_loras, methods=["POST"]),
+    Route("/models", models_available, methods=["GET"]),
+    Route("/models/refresh", refresh_models, methods=["POST"]),
     Route("/loras/{lora_id:id}/thumbnail", lora_thumbnail, methods=["GET"]),
     Route("/presets/save", save_preset, methods=["POST"]),
     Route("/presets", list_presets, methods=["GET"]),

@@ -19,6 +19,7 @@ from server.contract import (
 )
 from server.jobs.admission import Admission
 from server.jobs.queue import JobQueue
+from server.library.checkpoints import ModelEntry
 from server.library.loras import file_size_mb
 from server.store.vault import EXTENSIONS, Vault
 
@@ -76,6 +77,8 @@ def image_info(image: dict[str, Any], request: dict[str, Any], links: Links) -> 
             sampler=settings["sampler"],
             steps=settings["steps"],
             cfg_scale=settings["cfg_scale"],
+            model=image.get("model"),
+            model_hash=image.get("model_hash"),
         ),
     )
 
@@ -195,4 +198,23 @@ def preset(row: dict[str, Any]) -> dict[str, Any]:
         "tags": json.loads(row["tags_json"]),
         "created_at": iso(row["created_at"]),
         "updated_at": iso(row["updated_at"]),
+    }
+
+
+def model_entry(entry: ModelEntry, loaded: set[str | None]) -> dict[str, Any]:
+    """A checkpoint as GET /models lists it."""
+    key = None if entry.default else entry.sha256
+    return {
+        "id": entry.id,
+        "name": entry.name,
+        "title": entry.title,
+        "hash": entry.hash,
+        "sha256": entry.sha256,
+        "format": entry.format,
+        "base_model": entry.base_model,
+        "file_size_mb": file_size_mb(entry.file_size),
+        "default": entry.default,
+        "loaded": key in loaded,
+        "compatible": entry.compatible,
+        "incompatible_reason": entry.reason,
     }

@@ -21,7 +21,8 @@ from server.contract import (
 )
 from server.jobs.limits import retry_after
 from server.jobs.queue import JobQueue
-from server.jobs.specs import queue_key
+from server.jobs.specs import model_key, queue_key, resolve_request
+from server.library.checkpoints import ModelCatalog
 from server.library.loras import LoraCatalog
 from server.store import Store, ledger
 from server.store.accounts import User
@@ -47,6 +48,7 @@ class Admission:
         self,
         store: Store,
         catalog: LoraCatalog,
+        models: ModelCatalog,
         queue: JobQueue,
         settings: Settings,
         measured_speed: Callable[[], float | None] = lambda: None,
@@ -55,6 +57,7 @@ class Admission:
         device, the estimate until the first job has completed (None: not known yet)."""
         self.store = store
         self.catalog = catalog
+        self.models = models
         self.queue = queue
         self.settings = settings
         self.measured_speed = measured_speed
@@ -71,7 +74,9 @@ class Admission:
             )
         check_limits(request.loras, options.num_images, self.settings.max_loras)
         check_lengths(request.prompt, settings.negative_prompt, self.settings.max_prompt_chars)
-        loras = self.catalog.resolve(request.loras)
+        model, loras = resolve_request(self.models, self.catalog, request)
+        # Stored by title (name and hash): the job renders that file, wherever it moves.
+        settings.model = None if model.default else model.title
         seed_fixed = settings.seed != -1
         seed = settings.seed if seed_fixed else secrets.randbelow(MAX_SEED + 1)
         units = work_units(settings.width, settings.height, settings.steps, options.num_images)
@@ -93,7 +98,9 @@ class Admission:
             cost,
             admit,
         )
-        self.queue.put(generation_id, units, user.id, queue_key(request, loras))
+        self.queue.put(
+            generation_id, units, user.id, queue_key(request, loras, model), model_key(model)
+        )
         row = self.store.generation_by_id(generation_id)
         assert row is not None
         return row

@@ -53,3 +53,13 @@ def gave_up_error(attempts: int) -> dict[str, Any]:
         f"The server stopped {attempts} times while rendering this job; gave up",
         {"reason": "crashed", "attempts": attempts},
     )
+
+
+def model_load_error(model: Any, reason: str) -> dict[str, Any]:
+    """A model that would not load (truncated, wrong keys): the job fails, the server and
+    every other model carry on."""
+    return error_object(
+        ErrorCode.PROVIDER_ERROR,
+        f"The model {model.title} could not be loaded",
+        {"reason": "model_load_failed", "model": model.title, "detail": reason[:200]},
+    )

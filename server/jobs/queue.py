@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Container, Hashable
 from dataclasses import dataclass, field
 
 
@@ -42,6 +42,7 @@ class Entry:
     units: float
     user_id: int
     key: Hashable = None  # jobs with the same key may render as one batch; None: never
+    model: str | None = None  # the model it needs (None: the default model)
 
 
 class JobQueue:
@@ -65,21 +66,39 @@ class JobQueue:
         # Bumped on every change anyone may be watching for (event streams look at it).
         self.version = 0
         self._previews: set[int] = set()  # generations whose event streams want previews
+        # job -> when a job for a loaded model first started before it (see take)
+        self._passed_over: dict[int, float] = {}
 
     def put(
-        self, generation_id: int, units: float, user_id: int = 0, key: Hashable = None
+        self,
+        generation_id: int,
+        units: float,
+        user_id: int = 0,
+        key: Hashable = None,
+        model: str | None = None,
     ) -> None:
         with self._cond:
             self._lanes.setdefault(user_id, deque()).append(
-                Entry(generation_id, units, user_id, key)
+                Entry(generation_id, units, user_id, key, model)
             )
             self._order = None
             self.version += 1
             self._cond.notify_all()
 
-    def take(self, timeout: float | None = None, max_batch: int = 1) -> list[Progress]:
+    def take(
+        self,
+        timeout: float | None = None,
+        max_batch: int = 1,
+        loaded: Container[str | None] | None = None,
+        switch_wait: float = 0.0,
+    ) -> list[Progress]:
         """Block until jobs are available and start the next batch (at most `max_batch`
-        jobs); an empty list on timeout, while paused or once closed."""
+        jobs); an empty list on timeout, while paused or once closed.
+
+        `loaded` holds the models the renderer has loaded (None: the default model). When
+        the next job needs a model switch, the first job in the fair order that needs no
+        switch goes first instead, but only while the passed-over job's extra wait stays
+        under `switch_wait` seconds: switching does not thrash, and nobody waits long."""
         with self._cond:
             ready = self._cond.wait_for(
                 lambda: (self._lanes and not self._paused) or self._closed, timeout
@@ -87,13 +106,15 @@ class JobQueue:
             if not ready or self._closed:
                 return []
             order = self._fair_order()
-            batch = [order[0]]
-            for entry in order[1:max_batch]:
+            start = self._first_to_start(order, loaded, switch_wait)
+            batch = [order[start]]
+            for entry in order[start + 1 : start + max_batch]:
                 if entry.key is None or entry.key != batch[0].key:
                     break
                 batch.append(entry)
             for entry in batch:
-                self._lanes[entry.user_id].popleft()
+                self._lanes[entry.user_id].remove(entry)
+                self._passed_over.pop(entry.generation_id, None)
                 self._taken += 1
                 self._last_served[entry.user_id] = self._taken
             self._lanes = {user: lane for user, lane in self._lanes.items() if lane}
@@ -112,6 +133,25 @@ class JobQueue:
             self._previews -= {e.generation_id for e in batch}
             self.version += 1
             return list(self.running)
+
+    def _first_to_start(
+        self, order: list[Entry], loaded: Container[str | None] | None, switch_wait: float
+    ) -> int:
+        """Index in `order` of the job to start (see take)."""
+        head = order[0]
+        if loaded is None or switch_wait <= 0 or head.model in loaded:
+            return 0
+        now = time.monotonic()
+        since = self._passed_over.get(head.generation_id, now)
+        if now - since >= switch_wait:
+            return 0
+        # Only the users' first jobs: each user's jobs still start in the order they came.
+        heads = len(self._lanes)
+        for index, entry in enumerate(order[:heads]):
+            if entry.model in loaded:
+                self._passed_over[head.generation_id] = since
+                return index
+        return 0
 
     def done(self) -> None:
         with self._cond:
@@ -139,6 +179,7 @@ class JobQueue:
                 for entry in lane:
                     if entry.generation_id == generation_id:
                         lane.remove(entry)
+                        self._passed_over.pop(generation_id, None)
                         self._lanes = {u: q for u, q in self._lanes.items() if q}
                         self._order = None
                         return "removed"

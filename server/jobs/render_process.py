@@ -54,6 +54,8 @@ class ProcessRenderer:
         self.plan: Any = None
         self.lora_fit: Callable[[Any], str | None] | None = None
         self._memory: int | None = None
+        self.loaded_models: list[str] = []  # as the child last reported them
+        self._default_key: str | None = None
         self._context = multiprocessing.get_context("spawn")
         self._stop = self._context.Event()
         self._latents_wanted = self._context.Event()
@@ -131,6 +133,10 @@ class ProcessRenderer:
 
     def measure_speed(self, *args: Any) -> float:
         return self._call(("measure_speed", *args))
+
+    def model_key(self, model: None) -> str | None:
+        """The key the child holds the default model under (for loaded_models)."""
+        return self._default_key
 
     def free_memory(self) -> None:
         self._call(("free_memory",))
@@ -214,6 +220,8 @@ class ProcessRenderer:
                 result, stats = payload
                 self.adapters.hits, self.adapters.misses = stats["hits"], stats["misses"]
                 self._memory = stats["memory"]
+                self.loaded_models = stats["models"]
+                self._default_key = stats["default_model"]
                 return result
             elif kind == "error":
                 raise payload[0]
@@ -282,6 +290,8 @@ def stats(renderer: Any) -> dict[str, Any]:
         "hits": getattr(adapters, "hits", 0),
         "misses": getattr(adapters, "misses", 0),
         "memory": getattr(renderer, "device_memory_bytes", lambda: None)(),
+        "models": list(getattr(renderer, "loaded_models", ())),
+        "default_model": renderer.model_key(None) if hasattr(renderer, "model_key") else None,
     }
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from pipelines.spec import GenerationSpec
 from server.contract import ErrorCode, ImageGenerationRequest, credits_for, error_object
 from server.jobs.queue import Progress
+from server.library.checkpoints import ModelEntry
 from server.library.loras import ResolvedLora
 from server.metrics import Metrics
 from server.store import Store
@@ -34,16 +35,16 @@ class Task:
     request: ImageGenerationRequest
     spec: GenerationSpec
     loras: list[ResolvedLora]
+    model: ModelEntry
 
 
 class ResultWriter:
     def __init__(
-        self, store: Store, vault: Vault, model: str, url_ttl_seconds: float, metrics: Metrics
+        self, store: Store, vault: Vault, url_ttl_seconds: float, metrics: Metrics
     ) -> None:
         self.metrics = metrics
         self.store = store
         self.vault = vault
-        self.model = model
         self.url_ttl_seconds = url_ttl_seconds
 
     def record(self, task: Task, images: list[Image.Image], seconds: float) -> None:
@@ -59,7 +60,7 @@ class ResultWriter:
                         options.format,
                         options.quality,
                         options.save_to_vault,
-                        a1111_parameters(spec, seed, self.model),
+                        a1111_parameters(spec, seed, task.model.name, task.model.hash),
                     )
                 )
         except OSError as exc:
@@ -86,6 +87,8 @@ class ResultWriter:
                 files.thumb_name,
                 options.save_to_vault,
                 per_image_ms,
+                task.model.name,
+                task.model.hash,
             )
             for idx, (files, seed, image) in enumerate(
                 zip(written, spec.seeds, images, strict=True)
@@ -162,13 +165,17 @@ def show_previews(
         offset += spec.num_images
 
 
-def a1111_parameters(spec: GenerationSpec, seed: int, model: str) -> str:
+def a1111_parameters(
+    spec: GenerationSpec, seed: int, model: str, model_hash: str | None = None
+) -> str:
     """AUTOMATIC1111's infotext, so its PNG Info tab can read our images back."""
     lines = [spec.prompt]
     if spec.negative_prompt:
         lines.append(f"Negative prompt: {spec.negative_prompt}")
+    hashed = f"Model hash: {model_hash}, " if model_hash else ""
     lines.append(
         f"Steps: {spec.steps}, Sampler: {spec.sampler}, CFG scale: {spec.cfg_scale:g}, "
-        f"Seed: {seed}, Size: {spec.width}x{spec.height}, Model: {model}, Generator: Darkroom"
+        f"Seed: {seed}, Size: {spec.width}x{spec.height}, {hashed}Model: {model}, "
+        "Generator: Darkroom"
     )
     return "\n".join(lines)

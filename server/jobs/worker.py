@@ -16,7 +16,7 @@ from dataclasses import replace
 from PIL import Image
 
 from pipelines.loras import LoraLoadError
-from pipelines.spec import GenerationSpec, Renderer, RenderInterrupted
+from pipelines.spec import GenerationSpec, ModelLoadError, Renderer, RenderInterrupted
 from server.config import Settings
 from server.contract import ApiError, ErrorCode, ImageGenerationRequest, error_object
 from server.jobs.failures import (
@@ -24,13 +24,15 @@ from server.jobs.failures import (
     cancelled_error,
     gave_up_error,
     is_out_of_memory,
+    model_load_error,
     provider_error,
     timeout_error,
 )
 from server.jobs.queue import JobQueue, Progress
 from server.jobs.render_process import RENDER_NICENESS
 from server.jobs.results import Previews, ResultWriter, Task
-from server.jobs.specs import build_spec, enqueue_stored
+from server.jobs.specs import build_spec, enqueue_stored, resolve_request
+from server.library.checkpoints import ModelCatalog
 from server.library.loras import LoraCatalog
 from server.metrics import Metrics
 from server.store import Store
@@ -70,6 +72,7 @@ class Worker:
         vault: Vault,
         queue: JobQueue,
         catalog: LoraCatalog,
+        models: ModelCatalog,
         settings: Settings,
         metrics: Metrics,
     ) -> None:
@@ -78,10 +81,9 @@ class Worker:
         self.vault = vault
         self.queue = queue
         self.catalog = catalog
+        self.models = models
         self.settings = settings
-        self.results = ResultWriter(
-            store, vault, renderer.model, settings.url_ttl_hours * 3600, metrics
-        )
+        self.results = ResultWriter(store, vault, settings.url_ttl_hours * 3600, metrics)
         self.state = "loading"
         self.load_error: str | None = None
         self.restarts = 0
@@ -141,12 +143,18 @@ class Worker:
             log.info("compiling: warm-up renders at %s", self.settings.warmup_sizes)
             warmup(self.settings.warmup)
         self._measure_speed()
-        # Loading may have written files (the tiny model brings its LoRAs): list them too.
+        # Loading may have written files (the tiny model and its LoRAs): list them too.
+        self.models.refresh()
         self.catalog.refresh(check=getattr(self.renderer, "lora_compatibility", None))
         self.state, self.load_error = "ready", None
         log.info("model %s ready on %s", self.renderer.model, self.renderer.device)
         while True:
-            batch = self.queue.take(timeout=IDLE_SECONDS, max_batch=self.max_batch)
+            batch = self.queue.take(
+                timeout=IDLE_SECONDS,
+                max_batch=self.max_batch,
+                loaded=self.loaded_models(),
+                switch_wait=self.settings.switch_wait,
+            )
             if not batch:
                 if self.queue.closed:
                     return
@@ -167,6 +175,14 @@ class Worker:
                 if self.stuck_job in ids:
                     self.stuck_job = None
                 self.queue.done()
+
+    def loaded_models(self) -> set[str | None]:
+        """The models the renderer holds, as the queue names them (None: the default)."""
+        held = getattr(self.renderer, "loaded_models", None)
+        if held is None:
+            return {None}
+        default = self.renderer.model_key(None)  # type: ignore[attr-defined]
+        return {None if key == default else key for key in held}
 
     def _measure_speed(self) -> None:
         """One short timed render on this device, so that estimates are in its order of
@@ -231,7 +247,7 @@ class Worker:
                     self.store.fail(generation_id, gave_up_error(row["attempts"]))
                 else:
                     self.store.requeue(generation_id)
-                    enqueue_stored(self.queue, self.catalog, row)
+                    enqueue_stored(self.queue, self.models, self.catalog, row)
         self._thread = self._spawn()
         self._thread.start()
 
@@ -253,6 +269,11 @@ class Worker:
             error = self.catalog.load_failed(exc.key, exc.reason)
             for task in tasks:
                 self.store.fail(task.job.generation_id, error)
+            return
+        except ModelLoadError as exc:
+            log.error("jobs %s: %s", names, exc)
+            for task in tasks:
+                self.store.fail(task.job.generation_id, model_load_error(task.model, exc.reason))
             return
         except Exception as exc:
             log.exception("jobs %s: generation failed", names)
@@ -287,15 +308,15 @@ class Worker:
             return None
         request = ImageGenerationRequest.model_validate_json(row["request_json"])
         try:
-            loras = self.catalog.resolve(request.loras)
+            model, loras = resolve_request(self.models, self.catalog, request)
         except ApiError as exc:
             self.store.fail(job.generation_id, error_object(exc.code, exc.message, exc.details))
             return None
-        spec = build_spec(request, row["seed"], loras)
+        spec = build_spec(request, row["seed"], loras, model)
         if not self.store.mark_processing(job.generation_id):
             return None
         job.total_steps = spec.steps
-        return Task(job, row, request, spec, loras)
+        return Task(job, row, request, spec, loras, model)
 
     def _render(self, specs: list[GenerationSpec], jobs: list[Progress]) -> list[list[Image.Image]]:
         def on_step(step: int, total: int) -> None:

@@ -67,6 +67,7 @@ class LoraQuery(BaseModel):
 
 class LoraCatalog:
     def __init__(self, store: Store, loras_dir: Path) -> None:
+        """`loras_dir`: server.library.layout.lora_dir of the models folder."""
         self.store = store
         self.loras_dir = loras_dir
         self._lock = threading.Lock()
@@ -176,8 +177,10 @@ class LoraCatalog:
             unique.append({**row, "meta_json": json.dumps(meta)})
         return unique
 
-    def _judge(self, entries: list[dict[str, Any]]) -> dict[str, str | None]:
-        check = self._check
+    def _judge(
+        self, entries: list[dict[str, Any]], check: Check | None = None
+    ) -> dict[str, str | None]:
+        check = check or self._check
         if check is None:
             return {}
         model_key = getattr(check, "model_key", None)
@@ -216,10 +219,14 @@ class LoraCatalog:
                 listed.append(entry)
         return listed
 
-    def resolve(self, refs: list[LoraRef]) -> list[ResolvedLora]:
+    def resolve(self, refs: list[LoraRef], check: Check | None = None) -> list[ResolvedLora]:
         """Map requested ids to files, or raise INVALID_LORA naming the unknown ones and
-        why the unusable ones cannot be used."""
+        why the unusable ones cannot be used. `check` judges fit against another model
+        than the default one (the model the request will run on)."""
         rows = {row["id"]: row for row in self.available(LoraQuery(include_incompatible=True))}
+        if check is not None and refs:
+            wanted = {ref.id: rows[ref.id] for ref in refs if ref.id in rows}
+            rows = {**rows, **self._refit(wanted, check)}
         missing = [ref.id for ref in refs if ref.id not in rows]
         unusable = [
             {"id": ref.id, "reason": rows[ref.id]["reason"]}
@@ -235,6 +242,16 @@ class LoraCatalog:
             )
             for ref in refs
         ]
+
+    def _refit(self, rows: dict[int, dict[str, Any]], check: Check) -> dict[int, dict[str, Any]]:
+        """The rows with their fit judged by `check` (verdicts cached per model)."""
+        with self._lock:
+            verdicts = self._judge(list(rows.values()), check)
+        refit = {}
+        for lora_id, row in rows.items():
+            reason = row["meta"]["problem"] or verdicts.get(row["sha256"])
+            refit[lora_id] = {**row, "compatible": reason is None, "reason": reason}
+        return refit
 
     def load_failed(self, sha256: str, reason: str) -> dict[str, Any]:
         """The error a job gets when its LoRA would not load after all. The LoRA is then

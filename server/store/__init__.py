@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from server.store.generations import GenerationQueries
 from server.store.loras import LoraQueries
+from server.store.models import ModelQueries
 from server.store.presets import PresetQueries
 
 
-class Store(GenerationQueries, LoraQueries, PresetQueries):
+class Store(GenerationQueries, LoraQueries, ModelQueries, PresetQueries):
     """The database: open it with `Store(path)`; it migrates itself."""

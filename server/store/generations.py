@@ -26,6 +26,8 @@ class NewImage:
     thumb_name: str
     in_vault: bool
     generation_time_ms: int
+    model: str | None = None
+    model_hash: str | None = None
 
 
 
@@ -151,8 +153,8 @@ class GenerationQueries(Database):
                 return False
             db.executemany(
                 "INSERT INTO images (generation_id, idx, token, seed, width, height, format,"
-                " file_name, thumb_name, in_vault, generation_time_ms, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " file_name, thumb_name, in_vault, generation_time_ms, created_at, model,"
+                " model_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         generation_id,
@@ -167,6 +169,8 @@ class GenerationQueries(Database):
                         int(i.in_vault),
                         i.generation_time_ms,
                         now,
+                        i.model,
+                        i.model_hash,
                     )
                     for i in images
                 ],

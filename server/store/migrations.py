@@ -131,6 +131,24 @@ MIGRATIONS: list[str] = [
     DROP TABLE presets;
     ALTER TABLE presets_by_user RENAME TO presets;
     """,
+    # The model library: checkpoints by content hash (hashing is cached by path, size and
+    # mtime), and which model rendered each image.
+    """
+    CREATE TABLE models (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        sha256 TEXT NOT NULL UNIQUE,
+        path TEXT NOT NULL,
+        name TEXT NOT NULL,
+        file_size INTEGER NOT NULL,
+        file_mtime REAL NOT NULL,
+        format TEXT NOT NULL,
+        base_model TEXT NOT NULL,
+        reason TEXT,
+        available INTEGER NOT NULL DEFAULT 1
+    );
+    ALTER TABLE images ADD COLUMN model TEXT;
+    ALTER TABLE images ADD COLUMN model_hash TEXT;
+    """,
 ]
 
 
