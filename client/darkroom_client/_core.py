@@ -192,7 +192,7 @@ def build_request(
     if not isinstance(body.get("prompt"), str):
         raise ValidationError(
             "a prompt is required",
-            details={"fields": [{"field": "prompt", "message": "required"}]},
+            details={"fields": {"prompt": "required"}},
         )
     return body
 

@@ -57,10 +57,10 @@ class ValidationError(DarkroomError):
     code = "VALIDATION_ERROR"
 
     @property
-    def fields(self) -> list[dict[str, Any]]:
-        """Each bad field and why: `[{"field": "settings.steps", "message": ...}, ...]`."""
+    def fields(self) -> dict[str, str]:
+        """Each bad field and why, as the server names them: `{"settings.steps": "..."}`."""
         fields = self.details.get("fields") if isinstance(self.details, dict) else None
-        return list(fields or [])
+        return dict(fields) if isinstance(fields, dict) else {}
 
 
 class Unauthorized(DarkroomError):
