@@ -597,7 +597,7 @@ def cmd_grid(args: argparse.Namespace, client: Client) -> int:
     bar.close()
     layout = []
     for z, z_value in enumerate(z_values):
-        sheet_name = "grid.png" if not z_name else f"grid-{_slug(_label(z_name, z_value))}.png"
+        sheet_name = "grid.png" if not z_name else f"grid-{_slug(f'{z_name}-{z_value}')}.png"
         info = contact_sheet(
             [
                 [out / results[(z, y, x)] for x in range(len(x_values))]

@@ -271,7 +271,8 @@ def test_503_and_429_with_retry_after_are_waited_out() -> None:
     seen: list[float] = []
     answers = [busy(503, "SERVICE_UNAVAILABLE"), busy(429, "LIMIT_EXCEEDED"), accepted()]
     http = httpx.Client(transport=scripted(answers, seen))
-    generation = Client("http://darkroom.test", http=http).submit("a fox")
+    with Client("http://darkroom.test", http=http) as client:
+        generation = client.submit("a fox")
     assert generation.request_id == "r1" and len(seen) == 3
     assert seen[1] - seen[0] >= 0.2 and seen[2] - seen[1] >= 0.2
 
@@ -280,8 +281,9 @@ def test_retries_are_bounded() -> None:
     seen: list[float] = []
     answers = [busy(503, "SERVICE_UNAVAILABLE", "0") for _ in range(3)]
     http = httpx.Client(transport=scripted(answers, seen))
-    with pytest.raises(ServiceUnavailable) as gave_up:
-        Client("http://darkroom.test", http=http, max_retries=2).submit("a fox")
+    client = Client("http://darkroom.test", http=http, max_retries=2)
+    with client, pytest.raises(ServiceUnavailable) as gave_up:
+        client.submit("a fox")
     assert len(seen) == 3 and gave_up.value.status_code == 503
 
 
@@ -302,8 +304,9 @@ def test_an_error_without_retry_after_is_raised_at_once() -> None:
     answers = [busy(429, "LIMIT_EXCEEDED"), accepted()]
     del answers[0].headers["Retry-After"]
     http = httpx.Client(transport=scripted(answers, seen))
-    with pytest.raises(LimitExceeded):
-        Client("http://darkroom.test", http=http).submit("a fox")
+    client = Client("http://darkroom.test", http=http)
+    with client, pytest.raises(LimitExceeded):
+        client.submit("a fox")
     assert len(seen) == 1
 
 
@@ -315,13 +318,13 @@ def test_unknown_codes_and_non_contract_answers_are_still_darkroom_errors() -> N
         httpx.Response(502, text="bad gateway"),
     ]
     http = httpx.Client(transport=scripted(answers, []))
-    client = Client("http://darkroom.test", http=http)
-    with pytest.raises(DarkroomError) as teapot:
-        client.account()
-    assert teapot.value.code == "TEAPOT" and teapot.value.status_code == 418
-    with pytest.raises(DarkroomError) as gateway:
-        client.account()
-    assert gateway.value.status_code == 502
+    with Client("http://darkroom.test", http=http) as client:
+        with pytest.raises(DarkroomError) as teapot:
+            client.account()
+        assert teapot.value.code == "TEAPOT" and teapot.value.status_code == 418
+        with pytest.raises(DarkroomError) as gateway:
+            client.account()
+        assert gateway.value.status_code == 502
 
 
 def test_a_token_is_not_sent_to_another_host() -> None:
@@ -332,8 +335,8 @@ def test_a_token_is_not_sent_to_another_host() -> None:
         return httpx.Response(200, content=b"image")
 
     http = httpx.Client(transport=httpx.MockTransport(handler))
-    client = Client("http://darkroom.test", "secret", http=http)
-    client._run(client.fetch_op("http://darkroom.test/files/a.png"))
-    client._run(client.fetch_op("http://cdn.test/a.png"))
+    with Client("http://darkroom.test", "secret", http=http) as client:
+        client._run(client.fetch_op("http://darkroom.test/files/a.png"))
+        client._run(client.fetch_op("http://cdn.test/a.png"))
     assert sent[0].headers["authorization"] == "Bearer secret"
     assert "authorization" not in sent[1].headers
