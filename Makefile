@@ -13,19 +13,20 @@ ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml client/pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned, so resolving the rest never pulls another (multi-GB) build
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install --quiet -e '.[test]' torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -e ./client torch==$(TORCH_VERSION)
 	touch $@
 
 serve: install
 	$(BIN)/darkroom serve $(ARGS)
 
 lint: install
-	$(BIN)/ruff check server pipelines scripts tests
+	$(BIN)/ruff check server pipelines scripts tests client
 
 test: install lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(ARGS)

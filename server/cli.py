@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("tiny-model", help="write the tiny random SDXL model and LoRAs")
     tiny.add_argument("--models-dir", type=Path, required=True)
     tiny.add_argument("--loras", type=int, default=2, help="how many tiny LoRAs (default 2)")
+    try:  # generate, batch, grid, reproduce: the client package's commands (client/)
+        from darkroom_client.cli import add_commands
+    except ImportError:
+        pass
+    else:
+        add_commands(commands)
     return parser
 
 
@@ -108,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "tiny-model":
         return tiny_model(args.models_dir, args.loras)
+    if args.command in ("generate", "batch", "grid", "reproduce"):
+        from darkroom_client.cli import run
+
+        return run(args)
     if args.command in ("users", "credits"):
         from server.accounts_cli import run_account_command
 

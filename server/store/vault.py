@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from PIL import ExifTags, Image
 from PIL.PngImagePlugin import PngInfo
 
 THUMBNAIL_SIZE = 256
@@ -105,8 +105,23 @@ def encode(image: Image.Image, fmt: str, quality: int, parameters: str) -> bytes
             buffer, "PNG", pnginfo=info, compress_level=max(0, min(9, (100 - quality) // 10))
         )
     else:
-        image.convert("RGB").save(buffer, PIL_FORMATS[fmt], quality=quality)
+        image.convert("RGB").save(
+            buffer, PIL_FORMATS[fmt], quality=quality, exif=infotext_exif(parameters)
+        )
     return buffer.getvalue()
+
+
+def infotext_exif(parameters: str) -> Image.Exif:
+    """The infotext as EXIF UserComment, as AUTOMATIC1111 writes it into JPEG and WebP
+    (piexif's `UserComment.dump(text, encoding="unicode")`: the `UNICODE\\0` prefix, then
+    UTF-16 in the big-endian byte order of piexif's TIFF header), so its PNG Info tab and
+    `darkroom reproduce` read it back."""
+    exif = Image.Exif()
+    exif.endian = ">"
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = (
+        b"UNICODE\0" + parameters.encode("utf-16-be")
+    )
+    return exif
 
 
 def thumbnail(image: Image.Image) -> bytes:

@@ -1,0 +1,152 @@
+"""Generation parameters embedded in images, in AUTOMATIC1111's infotext format:
+
+    <prompt>
+    Negative prompt: <negative prompt>
+    Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 42, Size: 512x512, ...
+
+PNG carries it as the `parameters` text chunk, JPEG and WebP as EXIF UserComment
+(`UNICODE\\0` + UTF-16, or `ASCII\\0\\0\\0` + text), as AUTOMATIC1111 and Darkroom write it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageChops, ImageStat
+
+EXIF_IFD = 0x8769
+USER_COMMENT = 0x9286
+# AUTOMATIC1111's own pattern for `Key: value` pairs (a value may be a JSON string).
+PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([-0-9.]+))?[^>]*>")
+FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp"}
+
+
+def read_parameters(source: str | Path | bytes | Image.Image) -> str | None:
+    """The infotext embedded in an image file, or None."""
+    image = _open(source)
+    text = image.info.get("parameters")
+    if isinstance(text, str) and text:
+        return text
+    comment = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+    if comment:
+        return decode_user_comment(comment)
+    return None
+
+
+def decode_user_comment(data: bytes | str) -> str:
+    if isinstance(data, str):
+        return data
+    prefix, body = data[:8], data[8:]
+    if prefix == b"UNICODE\0":
+        # piexif (AUTOMATIC1111) writes big-endian; guess from the first ASCII character.
+        little = len(body) >= 2 and body[0] != 0 and body[1] == 0
+        return body.decode("utf-16-le" if little else "utf-16-be", errors="replace")
+    if prefix in (b"ASCII\0\0\0", b"\0" * 8):
+        return body.decode("utf-8", errors="replace").rstrip("\0")
+    return data.decode("utf-8", errors="replace").rstrip("\0")
+
+
+def parse_infotext(text: str) -> dict[str, Any]:
+    """{"prompt", "negative_prompt", "params": {key: value}} as AUTOMATIC1111 parses it."""
+    lines = text.strip().split("\n")
+    last = lines[-1] if lines else ""
+    if len(PARAM.findall(last)) < 3:
+        last = ""
+    else:
+        lines = lines[:-1]
+    prompt: list[str] = []
+    negative: list[str] = []
+    in_negative = False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:") :].strip()
+        (negative if in_negative else prompt).append(line)
+    params: dict[str, str] = {}
+    for key, value in PARAM.findall(last):
+        value = value.strip()
+        if value.startswith('"') and value.endswith('"'):
+            with contextlib.suppress(ValueError):
+                value = json.loads(value)
+        params[key.strip()] = value
+    return {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative), "params": params}
+
+
+def settings_from_infotext(text: str) -> dict[str, Any]:
+    """Keyword settings for `Client.generate` (plus `lora_tags`: the `<lora:NAME:W>` tags
+    AUTOMATIC1111 keeps in its prompt, taken out of it, for the caller to resolve)."""
+    parsed = parse_infotext(text)
+    params = parsed["params"]
+    prompt = parsed["prompt"]
+    tags = [(name, float(weight) if weight else 1.0) for name, weight in LORA_TAG.findall(prompt)]
+    if tags:
+        prompt = re.sub(r"\s*,?\s*" + LORA_TAG.pattern, "", prompt).strip(" ,")
+    settings: dict[str, Any] = {"prompt": prompt}
+    if parsed["negative_prompt"]:
+        settings["negative_prompt"] = parsed["negative_prompt"]
+    if "Steps" in params:
+        settings["steps"] = int(params["Steps"])
+    if "CFG scale" in params:
+        cfg = float(params["CFG scale"])
+        settings["cfg"] = int(cfg) if cfg.is_integer() else cfg
+    if "Seed" in params:
+        settings["seed"] = int(params["Seed"])
+    if "Size" in params:
+        width, _, height = params["Size"].partition("x")
+        settings["width"], settings["height"] = int(width), int(height)
+    sampler = params.get("Sampler")
+    if sampler:
+        schedule = params.get("Schedule type", "")
+        if schedule.lower() == "karras" and "karras" not in sampler.lower():
+            sampler = f"{sampler} Karras"
+        settings["sampler"] = sampler
+    if params.get("Model"):
+        settings["model"] = params["Model"]
+    settings["lora_tags"] = tags
+    return settings
+
+
+def image_format(source: str | Path | bytes | Image.Image) -> str:
+    return FORMATS.get(_open(source).format or "", "png")
+
+
+def jpeg_quality(source: str | Path | bytes | Image.Image) -> int | None:
+    """The quality a libjpeg-encoded JPEG was saved with (its quantization tables match
+    the standard tables at that quality), or None."""
+    image = _open(source)
+    tables = getattr(image, "quantization", None)
+    if image.format != "JPEG" or not tables:
+        return None
+    probe = Image.new("RGB", (8, 8))
+    for quality in range(100, 0, -1):
+        buffer = io.BytesIO()
+        probe.save(buffer, "JPEG", quality=quality)
+        if Image.open(buffer).quantization == tables:
+            return quality
+    return None
+
+
+def _open(source: str | Path | bytes | Image.Image) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, bytes):
+        return Image.open(io.BytesIO(source))
+    return Image.open(source)
+
+
+def compare(a: Image.Image, b: Image.Image) -> dict[str, Any]:
+    """Identical pixels, or how far apart: max absolute difference and PSNR (dB)."""
+    a, b = a.convert("RGB"), b.convert("RGB")
+    if a.size != b.size:
+        return {"identical": False, "size": [a.size, b.size], "max_abs_diff": None, "psnr": None}
+    diff = ImageChops.difference(a, b)
+    max_diff = max(high for _, high in diff.getextrema())
+    mse = sum(rms**2 for rms in ImageStat.Stat(diff).rms) / 3
+    psnr = math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+    return {"identical": max_diff == 0, "max_abs_diff": max_diff, "psnr": psnr}
