@@ -40,6 +40,13 @@ class Preloaded:
     def load(self) -> None:
         pass
 
+    @property
+    def loaded_models(self) -> list[str]:
+        return self._renderer.loaded_models
+
+    def model_key(self, model: object) -> str:
+        return self._renderer.model_key(model)  # type: ignore[arg-type]
+
     def render(self, spec, on_step=None, should_stop=None, on_latents=None):  # type: ignore[no-untyped-def]
         return self._renderer.render(spec, on_step, should_stop, on_latents)
 
