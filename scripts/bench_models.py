@@ -42,7 +42,7 @@ def main() -> int:
         build_tiny_model(models_dir, loras=0)
         a, b = args.model_a, args.model_b
         if a is None or b is None:
-            sys.path.insert(0, str(ROOT / "tests" / "pipelines"))
+            sys.path.insert(0, str(ROOT / "tests"))
             from checkpoint_builders import build_tiny_xl, to_single_file
 
             folder = build_tiny_xl(models_dir / "tiny-xl-blocks")
