@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from pipelines.spec import GenerationSpec
 from server.contract import ErrorCode, ImageGenerationRequest, credits_for, error_object
+from server.jobs import infotext
 from server.jobs.queue import Progress
+from server.library import checkpoints
 from server.library.loras import ResolvedLora
 from server.metrics import Metrics
 from server.store import Store
@@ -38,13 +42,32 @@ class Task:
 
 class ResultWriter:
     def __init__(
-        self, store: Store, vault: Vault, model: str, url_ttl_seconds: float, metrics: Metrics
+        self,
+        store: Store,
+        vault: Vault,
+        model: str,
+        url_ttl_seconds: float,
+        metrics: Metrics,
+        models_dir: Path = Path("models"),
     ) -> None:
         self.metrics = metrics
         self.store = store
         self.vault = vault
         self.model = model
         self.url_ttl_seconds = url_ttl_seconds
+        self.models_dir = models_dir
+
+    def infotext(self, task: Task, seed: int) -> str:
+        """AUTOMATIC1111's `parameters` text of one image (server/jobs/infotext.py)."""
+        model = checkpoints.describe(self.model, self.models_dir)
+        return infotext.for_generation(
+            json.loads(task.row["request_json"]),
+            task.spec,
+            seed,
+            model.model_name,
+            model.sha256,
+            [(lora.path, lora.sha256) for lora in task.loras],
+        )
 
     def record(self, task: Task, images: list[Image.Image], seconds: float) -> None:
         row, request, spec, loras = task.row, task.request, task.spec, task.loras
@@ -59,7 +82,7 @@ class ResultWriter:
                         options.format,
                         options.quality,
                         options.save_to_vault,
-                        a1111_parameters(spec, seed, self.model),
+                        self.infotext(task, seed),
                     )
                 )
         except OSError as exc:
@@ -160,15 +183,3 @@ def show_previews(
             job.preview = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
             job.preview_step = step
         offset += spec.num_images
-
-
-def a1111_parameters(spec: GenerationSpec, seed: int, model: str) -> str:
-    """AUTOMATIC1111's infotext, so its PNG Info tab can read our images back."""
-    lines = [spec.prompt]
-    if spec.negative_prompt:
-        lines.append(f"Negative prompt: {spec.negative_prompt}")
-    lines.append(
-        f"Steps: {spec.steps}, Sampler: {spec.sampler}, CFG scale: {spec.cfg_scale:g}, "
-        f"Seed: {seed}, Size: {spec.width}x{spec.height}, Model: {model}, Generator: Darkroom"
-    )
-    return "\n".join(lines)

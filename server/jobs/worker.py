@@ -80,7 +80,8 @@ class Worker:
         self.catalog = catalog
         self.settings = settings
         self.results = ResultWriter(
-            store, vault, renderer.model, settings.url_ttl_hours * 3600, metrics
+            store, vault, renderer.model, settings.url_ttl_hours * 3600, metrics,
+            settings.models_dir,
         )
         self.state = "loading"
         self.load_error: str | None = None

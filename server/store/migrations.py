@@ -131,6 +131,17 @@ MIGRATIONS: list[str] = [
     DROP TABLE presets;
     ALTER TABLE presets_by_user RENAME TO presets;
     """,
+    # Per-user options of AUTOMATIC1111's API (issue 15), one JSON value per name: today
+    # `sd_model_checkpoint`, the title of the checkpoint the user chose as their default.
+    """
+    CREATE TABLE user_options (
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        name TEXT NOT NULL,
+        value_json TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (user_id, name)
+    );
+    """,
 ]
 
 
