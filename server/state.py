@@ -7,6 +7,7 @@ cli.py serves it.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -24,6 +25,7 @@ from server.jobs.queue import JobQueue
 from server.jobs.render_process import ProcessRenderer
 from server.jobs.specs import enqueue_stored
 from server.jobs.worker import Worker
+from server.library import checkpoints
 from server.library.loras import LoraCatalog
 from server.metrics import Metrics
 from server.store import Store
@@ -112,6 +114,13 @@ def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) 
     )
     admission = Admission(store, catalog, queue, settings, worker.measured_speed)
     worker.start()
+    # The model's SHA-256 (infotexts, /sdapi/v1/sd-models), hashed while the model loads.
+    threading.Thread(
+        target=checkpoints.warm,
+        args=(worker.renderer.model, settings.models_dir),
+        name="darkroom-checkpoint-hash",
+        daemon=True,
+    ).start()
     accounts = Accounts(store)
     state = AppState(
         settings,

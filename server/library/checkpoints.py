@@ -75,6 +75,14 @@ def describe(model: str, models_dir: Path) -> Checkpoint:
     return Checkpoint(f"{label} [{short}]", name, short, sha256, filename)
 
 
+def warm(model: str, models_dir: Path) -> None:
+    """Hash the model ahead of its first use (run in a thread at start-up)."""
+    try:
+        describe(model, models_dir)
+    except OSError as exc:
+        log.warning("could not hash the model %s: %s", model, exc)
+
+
 def listed(model: str, models_dir: Path) -> list[Checkpoint]:
     """Every checkpoint a user may choose (today: the loaded one)."""
     return [describe(model, models_dir)]
