@@ -174,3 +174,45 @@ def test_interrupt_stops_only_the_callers_txt2img(
     assert client.get("/sdapi/v1/progress", headers=basic(alice)).json()["state"]["job_count"] == 0
     item = client.get("/generations/history", headers=bearer(alice)).json()["items"][0]
     assert item["error"]["code"] == "CANCELLED" and item["credits_used"] == 0
+
+
+def test_infotext_reads_back_as_a1111_parses_it() -> None:
+    from server.jobs import infotext
+
+    text = infotext.build(
+        prompt="a fox, <lora:ink:0.5>",
+        negative_prompt="blurry",
+        steps=20,
+        sampler="DPM++ 2M",
+        schedule="Automatic",
+        cfg_scale=7,
+        seed=1,
+        width=512,
+        height=768,
+        model_hash="0123456789abcdef",
+        model_name="sdxl: base",
+        lora_hashes=[("ink", "a" * 64)],
+    )
+    assert text.splitlines()[2] == (
+        "Steps: 20, Sampler: DPM++ 2M, Schedule type: Automatic, CFG scale: 7.0, Seed: 1, "
+        'Size: 512x768, Model hash: 0123456789, Model: "sdxl: base", '
+        f'Lora hashes: "ink: {"a" * 12}", Version: {infotext.VERSION}'
+    )
+    parsed = infotext.parse(text)
+    assert parsed["Prompt"] == "a fox, <lora:ink:0.5>" and parsed["Negative prompt"] == "blurry"
+    assert parsed["Model"] == "sdxl: base" and parsed["Lora hashes"] == f"ink: {'a' * 12}"
+    assert (parsed["Size-1"], parsed["Size-2"]) == ("512", "768")
+
+
+def test_lora_tag_forms(client: TestClient) -> None:
+    for prompt in (
+        "a fox <lora:tiny-lora-0:te=0.5:unet=0.5>",
+        "a fox <lyco:tiny-lora-0:0.5:0.5>",
+        "a fox <lora:tiny-lora-0:0.25> <lora:tiny-lora-0:0.25>",  # weights add up
+    ):
+        response = client.post(TXT, json={**BODY, "prompt": prompt})
+        assert response.status_code == 200, response.text
+        text = json.loads(response.json()["info"])["infotexts"][0]
+        assert text.startswith(prompt + "\n") and "Lora hashes: " in text
+    loras = client.get("/generations/history").json()["items"]
+    assert all(item["loras"][0]["weight"] == 0.5 for item in loras)
