@@ -16,6 +16,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount
 
 from pipelines.spec import Renderer
+from server.api.a1111.routes import A1111_ROUTES
 from server.api.errors import EXCEPTION_HANDLERS
 from server.api.logs import RequestLog
 from server.api.metrics import StateCollector
@@ -41,7 +42,8 @@ def create_app(settings: Settings, renderer: Renderer | None = None) -> Starlett
             app.state.darkroom.close()
 
     return Starlette(
-        routes=[*ROUTES, Mount(CONTRACT_PREFIX, routes=ROUTES)],
+        # AUTOMATIC1111's API at the root only (server/api/a1111/).
+        routes=[*ROUTES, *A1111_ROUTES, Mount(CONTRACT_PREFIX, routes=ROUTES)],
         lifespan=lifespan,
         middleware=[Middleware(RequestLog, metrics=metrics)],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -7,6 +7,9 @@ setup.
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 from server.contract import ApiError, ErrorCode
 from server.store.accounts import Accounts, User, is_loopback
 
@@ -23,8 +26,10 @@ class Authenticator:
     def user(self, authorization: str | None, forwarded: bool) -> User:
         # A valid token means users exist, so no open mode: the token is checked first and
         # the open-mode query runs only for requests without one (one query per request).
-        scheme, _, token = (authorization or "").partition(" ")
-        user = self.accounts.by_token(token.strip()) if scheme.lower() == "bearer" else None
+        user = None
+        token = api_token(authorization)
+        if token:
+            user = self.accounts.by_token(token)
         if user is not None:
             return user
         if self.open_mode(forwarded):
@@ -38,6 +43,22 @@ class Authenticator:
         if not self.open_mode_allowed or (forwarded and not self.insecure_no_auth):
             return False
         return not self.accounts.has_users()
+
+
+def api_token(authorization: str | None) -> str | None:
+    """The token of `Bearer <token>`, or the password of HTTP Basic (AUTOMATIC1111's
+    clients know only `--api-auth user:password`; the user name is not checked)."""
+    scheme, _, credential = (authorization or "").partition(" ")
+    credential = credential.strip()
+    if scheme.lower() == "bearer":
+        return credential or None
+    if scheme.lower() == "basic" and credential:
+        try:
+            decoded = base64.b64decode(credential, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
+    return None
 
 
 def unauthorized(message: str, error: str | None) -> ApiError:

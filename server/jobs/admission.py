@@ -64,7 +64,11 @@ class Admission:
         # (read at, seconds per work unit overall, and by image size in pixels)
         self._rates: tuple[float, float, dict[int, float]] | None = None
 
-    def submit(self, request: ImageGenerationRequest, user: User) -> dict:
+    def submit(
+        self, request: ImageGenerationRequest, user: User, extra: dict | None = None
+    ) -> dict:
+        """`extra`: keys stored beside the request (txt2img keeps what its client sent under
+        `a1111`, for the infotext); the request itself is what renders."""
         options, settings = request.options, request.settings
         if options.provider != "auto":
             raise ApiError(
@@ -90,7 +94,7 @@ class Admission:
         generation_id = self.store.insert_generation(
             uuid.uuid4().hex,
             request.prompt,
-            request.model_dump(mode="json"),
+            {**request.model_dump(mode="json"), **(extra or {})},
             seed,
             seed_fixed,
             units,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from PIL import Image
 
 from pipelines.spec import GenerationSpec
 from server.contract import ErrorCode, ImageGenerationRequest, credits_for, error_object
+from server.jobs import infotext
 from server.jobs.queue import Progress
 from server.library.checkpoints import ModelEntry
 from server.library.loras import ResolvedLora
@@ -47,6 +49,17 @@ class ResultWriter:
         self.vault = vault
         self.url_ttl_seconds = url_ttl_seconds
 
+    def infotext(self, task: Task, seed: int) -> str:
+        """AUTOMATIC1111's `parameters` text of one image (server/jobs/infotext.py)."""
+        return infotext.for_generation(
+            json.loads(task.row["request_json"]),
+            task.spec,
+            seed,
+            task.model.name,
+            task.model.sha256,
+            [(lora.path, lora.sha256) for lora in task.loras],
+        )
+
     def record(self, task: Task, images: list[Image.Image], seconds: float) -> None:
         row, request, spec, loras = task.row, task.request, task.spec, task.loras
         options = request.options
@@ -60,7 +73,7 @@ class ResultWriter:
                         options.format,
                         options.quality,
                         options.save_to_vault,
-                        a1111_parameters(spec, seed, task.model.name, task.model.hash),
+                        self.infotext(task, seed),
                     )
                 )
         except OSError as exc:
@@ -163,19 +176,3 @@ def show_previews(
             job.preview = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
             job.preview_step = step
         offset += spec.num_images
-
-
-def a1111_parameters(
-    spec: GenerationSpec, seed: int, model: str, model_hash: str | None = None
-) -> str:
-    """AUTOMATIC1111's infotext, so its PNG Info tab can read our images back."""
-    lines = [spec.prompt]
-    if spec.negative_prompt:
-        lines.append(f"Negative prompt: {spec.negative_prompt}")
-    hashed = f"Model hash: {model_hash}, " if model_hash else ""
-    lines.append(
-        f"Steps: {spec.steps}, Sampler: {spec.sampler}, CFG scale: {spec.cfg_scale:g}, "
-        f"Seed: {seed}, Size: {spec.width}x{spec.height}, {hashed}Model: {model}, "
-        "Generator: Darkroom"
-    )
-    return "\n".join(lines)

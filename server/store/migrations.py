@@ -149,6 +149,17 @@ MIGRATIONS: list[str] = [
     ALTER TABLE images ADD COLUMN model TEXT;
     ALTER TABLE images ADD COLUMN model_hash TEXT;
     """,
+    # Per-user options of AUTOMATIC1111's API (issue 15), one JSON value per name: today
+    # `sd_model_checkpoint`, the title of the checkpoint the user chose as their default.
+    """
+    CREATE TABLE user_options (
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        name TEXT NOT NULL,
+        value_json TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (user_id, name)
+    );
+    """,
 ]
 
 

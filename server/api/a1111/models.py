@@ -1,0 +1,153 @@
+"""AUTOMATIC1111 1.10's txt2img request (modules/api/models.py,
+StableDiffusionTxt2ImgProcessingAPI): its fields and defaults, parsed as FastAPI does (lax:
+"20" is 20), unknown fields ignored and null meaning the default (JavaScript clients send
+both). What Darkroom cannot honour is refused by `refusals`; what clients send as no-ops
+(`enable_hr: false`, `restore_faces: false`, empty `alwayson_scripts`) passes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from server.api.a1111.errors import Invalid, from_validation
+
+
+class Txt2ImgRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] = Field(default_factory=list)
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: str | None = None
+    sampler_index: str = "Euler"
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50
+    cfg_scale: float = 7.0
+    # A1111 says 512; Darkroom defaults to the model's native size (1024 for SDXL).
+    width: int | None = None
+    height: int | None = None
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: float | None = None
+    denoising_strength: float | None = None
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    override_settings: dict[str, Any] = Field(default_factory=dict)
+    override_settings_restore_afterwards: bool = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    disable_extra_networks: bool = False
+    comments: dict[str, Any] | None = None
+    enable_hr: bool = False
+    firstphase_width: int = 0
+    firstphase_height: int = 0
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    force_task_id: str | None = None
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    infotext: str | None = None
+    # SD.Next's spelling of CLIP skip (SillyTavern sends both).
+    clip_skip: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+    @property
+    def sampler(self) -> str:
+        return self.sampler_name or self.sampler_index
+
+    @property
+    def num_images(self) -> int:
+        return self.batch_size * self.n_iter
+
+
+def parse(data: dict[str, Any]) -> Txt2ImgRequest:
+    try:
+        request = Txt2ImgRequest.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+    problems = refusals(request)
+    if problems:
+        raise Invalid(*problems)
+    return request
+
+
+# Values that change nothing (A1111's defaults, or what clients send meaning "off").
+_NO_OP: dict[str, tuple[Any, ...]] = {
+    "eta": (None, 1.0),
+    "s_min_uncond": (None, 0.0),
+    "s_churn": (None, 0.0),
+    "s_tmin": (None, 0.0),
+    "s_tmax": (None, 0.0, float("inf")),
+    "s_noise": (None, 1.0),
+    "subseed_strength": (0.0,),
+    "tiling": (None, False),
+    "restore_faces": (None, False),
+    "enable_hr": (False,),
+}
+_WHY = {
+    "enable_hr": "hires fix is not supported",
+    "restore_faces": "face restoration is not supported",
+    "tiling": "tiling is not supported",
+    "subseed_strength": "variation seeds are not supported",
+    "eta": "only eta 1 (A1111's default) is supported",
+}
+_NO_VAE = (None, "", "Automatic", "None")
+
+
+def refusals(request: Txt2ImgRequest) -> list[tuple[str, str]]:
+    """(field, why) for each thing asked that Darkroom cannot do as AUTOMATIC1111 would."""
+    problems = [
+        (field, _WHY.get(field, f"only {allowed[-1]!r} is supported (got {value!r})"))
+        for field, allowed in _NO_OP.items()
+        if (value := getattr(request, field)) not in allowed
+    ]
+    if request.styles:
+        problems.append(("styles", "prompt styles are not supported"))
+    if request.script_name:
+        problems.append(("script_name", f"script {request.script_name!r} is not available"))
+    if request.alwayson_scripts:
+        names = ", ".join(sorted(request.alwayson_scripts))
+        problems.append(("alwayson_scripts", f"scripts not available: {names}"))
+    if request.seed_resize_from_w > 0 or request.seed_resize_from_h > 0:
+        problems.append(("seed_resize_from_w", "seed resize is not supported"))
+    if request.refiner_checkpoint not in (None, "", "None"):
+        problems.append(("refiner_checkpoint", "a refiner is not supported"))
+    overrides = request.override_settings
+    clip_skip = overrides.get("CLIP_stop_at_last_layers") or 1
+    if not isinstance(clip_skip, (int, float)) or max(clip_skip, request.clip_skip or 1) > 1:
+        problems.append(("clip_skip", "CLIP skip other than 1 is not supported"))
+    if overrides.get("sd_vae") not in _NO_VAE:
+        problems.append(("override_settings.sd_vae", "only the model's own VAE is available"))
+    if request.batch_size < 1 or request.n_iter < 1:
+        problems.append(("batch_size", "batch_size and n_iter must be at least 1"))
+    return problems
