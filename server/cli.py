@@ -17,6 +17,11 @@ import uvicorn
 
 from server.config import Settings
 
+DATABASE_HELP = (
+    "postgresql://user@host/db for nodes sharing one database (or DARKROOM_DATABASE_URL);"
+    " default: SQLite in the data dir"
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="darkroom", description=__doc__)
@@ -31,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: SDXL base on CUDA, tiny elsewhere)",
     )
     serve.add_argument("--data-dir", type=Path, help="database and vault (default ./data)")
+    serve.add_argument("--database", dest="database_url", help=DATABASE_HELP)
     serve.add_argument("--models-dir", type=Path, help="checkpoints/ and loras/ (default ./models)")
     serve.add_argument("--public-url", help="base of the absolute URLs handed to clients")
     serve.add_argument("--device", choices=["cuda", "mps", "cpu"], help="default: auto")
@@ -83,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     for group in (user_commands, credit_commands):
         for sub in group.choices.values():
             sub.add_argument("--data-dir", type=Path, help="default ./data or DARKROOM_DATA_DIR")
+            sub.add_argument("--database", help=DATABASE_HELP)
 
     tiny = commands.add_parser("tiny-model", help="write the tiny random SDXL model and LoRAs")
     tiny.add_argument("--models-dir", type=Path, required=True)
@@ -150,7 +157,7 @@ def exposure_refusal(settings: Settings) -> str | None:
 
     if settings.insecure_no_auth or is_loopback(settings.host):
         return None
-    store = Store(settings.database_path)
+    store = Store(settings.database)
     try:
         if Accounts(store).has_users():
             return None

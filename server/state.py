@@ -97,7 +97,7 @@ def sdxl_renderer(model: str, models_dir: Path, **options: Any) -> Renderer:
 
 
 def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) -> AppState:
-    store = Store(settings.database_path)
+    store = Store(settings.database)
     vault = Vault.open(settings.vault_dir)
     removed = vault.remove_orphans(store.referenced_files())
     if removed:
