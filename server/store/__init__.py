@@ -7,9 +7,10 @@ in its transactions. vault.py keeps the image files the rows point to.
 from __future__ import annotations
 
 from server.store.generations import GenerationQueries
+from server.store.keys import KeyQueries
 from server.store.loras import LoraQueries
 from server.store.presets import PresetQueries
 
 
-class Store(GenerationQueries, LoraQueries, PresetQueries):
-    """The database: open it with `Store(path)`; it migrates itself."""
+class Store(GenerationQueries, LoraQueries, PresetQueries, KeyQueries):
+    """The database: open it with `Store(path or postgresql URL)`; it migrates itself."""

@@ -139,6 +139,14 @@ MIGRATIONS: list[str] = [
     DROP TABLE presets;
     ALTER TABLE presets_by_user RENAME TO presets;
     """,
+    # Secrets every node shares: the key that signs image links (was vault/signing.key).
+    """
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 
 
