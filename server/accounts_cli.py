@@ -16,7 +16,11 @@ from server.store.accounts import AccountError, Accounts
 
 def run_account_command(args: argparse.Namespace) -> int:
     settings = Settings.load({"data_dir": args.data_dir, "database_url": args.database})
-    store = Store(settings.database)
+    try:
+        store = Store(settings.database)
+    except ConnectionError as exc:
+        print(f"darkroom: {exc}", file=sys.stderr)
+        return 1
     try:
         return _dispatch(Accounts(store), args)
     except AccountError as exc:

@@ -91,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--data-dir", type=Path, help="default ./data or DARKROOM_DATA_DIR")
             sub.add_argument("--database", help=DATABASE_HELP)
 
+    db = commands.add_parser("db", help="migrate or copy the database")
+    db_commands = db.add_subparsers(dest="action", required=True)
+    migrate = db_commands.add_parser("migrate", help="bring the database to this version")
+    migrate.add_argument("--data-dir", type=Path, help="default ./data or DARKROOM_DATA_DIR")
+    migrate.add_argument("--database", help=DATABASE_HELP)
+    copy = db_commands.add_parser(
+        "copy", help="copy every row into a new, empty database (verified by counts, ledgers)"
+    )
+    copy.add_argument(
+        "--from", dest="source", required=True, help="sqlite:PATH (a darkroom.sqlite3) or a URL"
+    )
+    copy.add_argument("--to", dest="target", required=True, help="postgresql://... (empty)")
+
     tiny = commands.add_parser("tiny-model", help="write the tiny random SDXL model and LoRAs")
     tiny.add_argument("--models-dir", type=Path, required=True)
     tiny.add_argument("--loras", type=int, default=2, help="how many tiny LoRAs (default 2)")
@@ -101,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "tiny-model":
         return tiny_model(args.models_dir, args.loras)
+    if args.command == "db":
+        from server.db_cli import run_db_command
+
+        return run_db_command(args)
     if args.command in ("users", "credits"):
         from server.accounts_cli import run_account_command
 

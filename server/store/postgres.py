@@ -97,7 +97,8 @@ class PostgresEngine:
             open=True,
         )
         with self.transaction() as db:
-            if migrate(db, POSTGRESQL):
+            self.migrated = migrate(db, POSTGRESQL)  # scripts run by this open
+            if self.migrated:
                 sync_identities(db)
 
     def close(self) -> None:
@@ -128,6 +129,26 @@ class PostgresEngine:
                 " current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name"
             ).fetchall()
         return [row[0] for row in rows]
+
+    def foreign_keys(self) -> dict[str, set[str]]:
+        """table -> the tables its foreign keys point to."""
+        found: dict[str, set[str]] = {table: set() for table in self.tables()}
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT tc.table_name, ccu.table_name FROM information_schema.table_constraints"
+                " tc JOIN information_schema.constraint_column_usage ccu"
+                " ON ccu.constraint_name = tc.constraint_name"
+                " AND ccu.constraint_schema = tc.constraint_schema"
+                " WHERE tc.constraint_type = 'FOREIGN KEY'"
+                " AND tc.table_schema = current_schema()"
+            ).fetchall()
+        for table, target in rows:
+            if target != table:
+                found.setdefault(table, set()).add(target)
+        return found
+
+    def after_copy(self, db: PgConnection) -> None:
+        sync_identities(db)
 
 
 def sync_identities(db: PgConnection) -> None:

@@ -29,7 +29,7 @@ class SqliteEngine:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
         with self.transaction() as db:
-            migrate(db, SQLITE)
+            self.migrated = migrate(db, SQLITE)  # scripts run by this open
 
     def close(self) -> None:
         with self._lock:
@@ -62,3 +62,15 @@ class SqliteEngine:
                 " AND name NOT LIKE 'sqlite_%' ORDER BY name"
             ).fetchall()
         return [row[0] for row in rows]
+
+    def foreign_keys(self) -> dict[str, set[str]]:
+        """table -> the tables its foreign keys point to."""
+        found: dict[str, set[str]] = {}
+        with self._lock:
+            for table in self.tables():
+                rows = self._db.execute(f"PRAGMA foreign_key_list({table})").fetchall()
+                found[table] = {row["table"] for row in rows} - {table}
+        return found
+
+    def after_copy(self, db: sqlite3.Connection) -> None:
+        """Nothing to do: SQLite's ids follow the largest one."""
