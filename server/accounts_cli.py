@@ -1,7 +1,7 @@
 """`darkroom users ...` and `darkroom credits ...`: account commands for the operator.
 
-They work on the data dir directly, also while the server runs (SQLite WAL): a new token
-is valid at once, a revoked one refused at once.
+They work on the database directly (the data dir's SQLite file, or --database), also
+while the server runs: a new token is valid at once, a revoked one refused at once.
 """
 
 from __future__ import annotations
@@ -15,8 +15,12 @@ from server.store.accounts import AccountError, Accounts
 
 
 def run_account_command(args: argparse.Namespace) -> int:
-    settings = Settings.load({"data_dir": args.data_dir})
-    store = Store(settings.database_path)
+    settings = Settings.load({"data_dir": args.data_dir, "database_url": args.database})
+    try:
+        store = Store(settings.database)
+    except ConnectionError as exc:
+        print(f"darkroom: {exc}", file=sys.stderr)
+        return 1
     try:
         return _dispatch(Accounts(store), args)
     except AccountError as exc:

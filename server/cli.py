@@ -17,6 +17,11 @@ import uvicorn
 
 from server.config import Settings
 
+DATABASE_HELP = (
+    "postgresql://user@host/db for nodes sharing one database (or DARKROOM_DATABASE_URL);"
+    " default: SQLite in the data dir"
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="darkroom", description=__doc__)
@@ -31,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: SDXL base on CUDA, tiny elsewhere)",
     )
     serve.add_argument("--data-dir", type=Path, help="database and vault (default ./data)")
+    serve.add_argument("--database", dest="database_url", help=DATABASE_HELP)
     serve.add_argument(
         "--models-dir",
         type=Path,
@@ -97,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     for group in (user_commands, credit_commands):
         for sub in group.choices.values():
             sub.add_argument("--data-dir", type=Path, help="default ./data or DARKROOM_DATA_DIR")
+            sub.add_argument("--database", help=DATABASE_HELP)
+
+    db = commands.add_parser("db", help="migrate or copy the database")
+    db_commands = db.add_subparsers(dest="action", required=True)
+    migrate = db_commands.add_parser("migrate", help="bring the database to this version")
+    migrate.add_argument("--data-dir", type=Path, help="default ./data or DARKROOM_DATA_DIR")
+    migrate.add_argument("--database", help=DATABASE_HELP)
+    copy = db_commands.add_parser(
+        "copy", help="copy every row into a new, empty database (verified by counts, ledgers)"
+    )
+    copy.add_argument(
+        "--from", dest="source", required=True, help="sqlite:PATH (a darkroom.sqlite3) or a URL"
+    )
+    copy.add_argument("--to", dest="target", required=True, help="postgresql://... (empty)")
 
     tiny = commands.add_parser("tiny-model", help="write the tiny random SDXL model and LoRAs")
     tiny.add_argument("--models-dir", type=Path, required=True)
@@ -118,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         from darkroom_client.cli import run
 
         return run(args)
+    if args.command == "db":
+        from server.db_cli import run_db_command
+
+        return run_db_command(args)
     if args.command in ("users", "credits"):
         from server.accounts_cli import run_account_command
 
@@ -174,7 +198,7 @@ def exposure_refusal(settings: Settings) -> str | None:
 
     if settings.insecure_no_auth or is_loopback(settings.host):
         return None
-    store = Store(settings.database_path)
+    store = Store(settings.database)
     try:
         if Accounts(store).has_users():
             return None

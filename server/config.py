@@ -21,6 +21,8 @@ class Settings:
     # None means: SDXL base on CUDA, the tiny model elsewhere (decided when the pipeline loads).
     model: str | None = None
     data_dir: Path = Path("data")
+    # postgresql://... for several nodes on one database; None: SQLite in the data dir.
+    database_url: str | None = None
     models_dir: Path = Path("models")
     # Base for the absolute URLs we hand out; None means the URL the request came in on.
     public_url: str | None = None
@@ -88,6 +90,11 @@ class Settings:
     @property
     def database_path(self) -> Path:
         return self.data_dir / "darkroom.sqlite3"
+
+    @property
+    def database(self) -> str | Path:
+        """What the store opens: the database URL, else the data dir's SQLite file."""
+        return self.database_url or self.database_path
 
     @property
     def vault_dir(self) -> Path:

@@ -101,8 +101,8 @@ def sdxl_renderer(model: str, models_dir: Path, **options: Any) -> Renderer:
 
 
 def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) -> AppState:
-    store = Store(settings.database_path)
-    vault = Vault.open(settings.vault_dir)
+    store = Store(settings.database)
+    vault = Vault.open(settings.vault_dir, store.signing_key)
     removed = vault.remove_orphans(store.referenced_files())
     if removed:
         log.info("removed %d orphaned file(s) from the vault", removed)

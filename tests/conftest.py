@@ -20,6 +20,10 @@ from pipelines.tiny import build_tiny_model  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.config import Settings  # noqa: E402
 
+# The PostgreSQL fixtures (each_engine): a module runs on both engines with
+# `def database_url(each_engine): return each_engine`.
+pytest_plugins = ["pgtest"]
+
 SMALL = {"width": 256, "height": 256, "steps": 10}
 
 
@@ -65,7 +69,16 @@ AppFactory = Callable[..., TestClient]
 
 
 @pytest.fixture
-def make_client(tmp_path: Path, models_dir: Path, tiny_renderer: Preloaded) -> Iterator[AppFactory]:
+def database_url() -> str | None:
+    """The database the apps use: None is SQLite in the data dir. tests/store and the
+    credit tests override it to run on PostgreSQL too (pgtest.py)."""
+    return None
+
+
+@pytest.fixture
+def make_client(
+    tmp_path: Path, models_dir: Path, tiny_renderer: Preloaded, database_url: str | None
+) -> Iterator[AppFactory]:
     """Start an app on a data dir (default: this test's); close it with `client.close()`
     or at the end of the test. A closed app's data dir can be reopened: that is a restart."""
     stack = ExitStack()
@@ -73,6 +86,7 @@ def make_client(tmp_path: Path, models_dir: Path, tiny_renderer: Preloaded) -> I
     def start(renderer: Renderer | None = None, wait: bool = True, **overrides: Any) -> TestClient:
         settings = Settings(
             data_dir=overrides.pop("data_dir", tmp_path / "data"),
+            database_url=overrides.pop("database_url", database_url),
             models_dir=overrides.pop("models_dir", models_dir),
             model="tiny",
             # Tests poll fast; the poll limit has tests of its own.

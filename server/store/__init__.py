@@ -7,10 +7,11 @@ in its transactions. vault.py keeps the image files the rows point to.
 from __future__ import annotations
 
 from server.store.generations import GenerationQueries
+from server.store.keys import KeyQueries
 from server.store.loras import LoraQueries
 from server.store.models import ModelQueries
 from server.store.presets import PresetQueries
 
 
-class Store(GenerationQueries, LoraQueries, ModelQueries, PresetQueries):
-    """The database: open it with `Store(path)`; it migrates itself."""
+class Store(GenerationQueries, LoraQueries, ModelQueries, PresetQueries, KeyQueries):
+    """The database: open it with `Store(path or postgresql URL)`; it migrates itself."""

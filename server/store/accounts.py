@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.store import Store, ledger
+from server.store.database import insert_id
 
 LOCAL_USER_ID = 1
 TOKEN_PREFIX = "drk"
@@ -56,9 +57,9 @@ class Accounts:
     def __init__(self, store: Store) -> None:
         self.store = store
         # Tokens already checked, kept while no other connection has written: `darkroom
-        # users` (add, token, revoke, credits) runs in its own process, and SQLite's
-        # data_version tells when it has. In this process only revoke() can invalidate a
-        # token, and it clears them itself.
+        # users` (add, token, revoke, credits) runs in its own process (or on another
+        # node), and the database's data_version tells when it has. In this process only
+        # revoke() can invalidate a token, and it clears them itself.
         self._checked: dict[str, User] = {}
         self._checked_at = -1
 
@@ -71,11 +72,12 @@ class Accounts:
         with self.store.transaction() as db:
             if db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
                 raise AccountError(f"user {name!r} already exists")
-            cursor = db.execute(
+            user_id = insert_id(
+                db,
                 "INSERT INTO users (name, unlimited, created_at) VALUES (?, ?, ?)",
                 (name, int(credits is None), time.time()),
             )
-            user = User(int(cursor.lastrowid or 0), name, credits is None)
+            user = User(user_id, name, credits is None)
             if credits:
                 ledger.grant(db, user.id, credits, "initial credits")
             token = self._issue(db, user.id)
@@ -93,8 +95,9 @@ class Accounts:
                 "UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
                 (time.time(), user.id),
             )
+            revoked = cursor.rowcount
         self._checked = {}
-        return cursor.rowcount
+        return revoked
 
     def add_credits(self, name: str, amount: float) -> ledger.Balance:
         user = self._user(name)
@@ -165,8 +168,9 @@ class Accounts:
     @staticmethod
     def _issue(db: Any, user_id: int) -> str:
         secret = secrets.token_urlsafe(32)
-        cursor = db.execute(
+        token_id = insert_id(
+            db,
             "INSERT INTO tokens (user_id, secret_sha256, created_at) VALUES (?, ?, ?)",
             (user_id, _digest(secret), time.time()),
         )
-        return f"{TOKEN_PREFIX}_{cursor.lastrowid}_{secret}"
+        return f"{TOKEN_PREFIX}_{token_id}_{secret}"

@@ -1,76 +1,116 @@
-"""The database connection: SQLite in WAL mode, one connection shared by the event loop and
-the worker threads, serialised by a lock (every statement is short, and SQLite serialises
-writers anyway). The query modules beside this one build on it; they are the only places
-that hold SQL.
+"""The database: SQLite (a file, the default) or PostgreSQL (a `postgresql://` URL, for
+several nodes), behind one interface. The query modules beside this one build on it; they
+are the only places that hold SQL, written once for both engines (dialect.py says how).
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from server.store.migrations import migrate
+from server.store.dialect import json_number, json_text
 
-# What a transaction hands the functions that run inside it (ledger, admission checks).
-Connection = sqlite3.Connection
+
+class Cursor(Protocol):
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """What a transaction hands the functions that run inside it (ledger, admission
+    checks): sqlite3's connection, or the PostgreSQL engine's wrapper of psycopg's."""
+
+    def execute(self, sql: str, args: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]], /) -> Any: ...
+
+
+class Engine(Protocol):
+    dialect: str
+    migrated: int  # migration scripts this open ran
+    errors: tuple[type[Exception], ...]
+
+    def transaction(self) -> AbstractContextManager[Connection]: ...
+
+    def reading(self) -> AbstractContextManager[Connection]: ...
+
+    def data_version(self) -> int: ...
+
+    def tables(self) -> list[str]: ...
+
+    def foreign_keys(self) -> dict[str, set[str]]: ...
+
+    def after_copy(self, db: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def is_postgres(target: str | Path) -> bool:
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
+def open_engine(target: str | Path) -> Engine:
+    """A `postgresql://` URL, or a SQLite file (a path, or `sqlite:PATH`)."""
+    if is_postgres(target):
+        from server.store.postgres import PostgresEngine
+
+        return PostgresEngine(str(target))
+    from server.store.sqlite import SqliteEngine
+
+    text = str(target)
+    return SqliteEngine(Path(text.removeprefix("sqlite:")))
 
 
 class Database:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: an acknowledged job survives power loss, not only a process crash.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        with self.transaction() as db:
-            migrate(db)
+    def __init__(self, target: str | Path) -> None:
+        self.engine = open_engine(target)
+        self.dialect = self.engine.dialect
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.engine.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """A write transaction: writers never interleave (on either engine)."""
+        return self.engine.transaction()
 
-    @contextmanager
-    def reading(self) -> Iterator[Connection]:
-        """The connection for several reads in a row (no write lock taken)."""
-        with self._lock:
-            yield self._db
+    def reading(self) -> AbstractContextManager[Connection]:
+        """A connection for several reads in a row (no write lock taken)."""
+        return self.engine.reading()
 
     def fetch_all(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        with self._lock:
-            return [dict(row) for row in self._db.execute(sql, args).fetchall()]
+        with self.engine.reading() as db:
+            return [dict(row) for row in db.execute(sql, args).fetchall()]
 
     def fetch_one(self, sql: str, args: Sequence[Any] = ()) -> dict[str, Any] | None:
         rows = self.fetch_all(sql, args)
         return rows[0] if rows else None
 
     def data_version(self) -> int:
-        """Changes whenever another connection (a `darkroom users` command) has committed."""
-        with self._lock:
-            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        """Changes whenever another connection (a `darkroom users` command, another node)
+        has committed."""
+        return self.engine.data_version()
 
     def writable(self) -> bool:
         try:
             with self.transaction() as db:
-                db.execute("PRAGMA user_version")
+                db.execute("SELECT 1").fetchall()
             return True
-        except sqlite3.Error:
+        except self.engine.errors:
             return False
+
+    def json_text(self, column: str, path: str) -> str:
+        return json_text(self.dialect, column, path)
+
+    def json_number(self, column: str, path: str) -> str:
+        return json_number(self.dialect, column, path)
+
+
+def insert_id(db: Connection, sql: str, args: Sequence[Any]) -> int:
+    """Run an INSERT and return the new row's id (RETURNING works on both engines)."""
+    return int(db.execute(f"{sql} RETURNING id", args).fetchall()[0][0])
+

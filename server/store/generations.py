@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import server.store.ledger as ledger
-from server.store.database import Connection, Database
+from server.store.database import Connection, Database, insert_id
 
 ACTIVE = ("pending", "processing")
 
@@ -30,7 +30,6 @@ class NewImage:
     model_hash: str | None = None
 
 
-
 class GenerationQueries(Database):
     def insert_generation(
         self,
@@ -49,7 +48,8 @@ class GenerationQueries(Database):
         with self.transaction() as db:
             if admit is not None:
                 admit(db)
-            cursor = db.execute(
+            generation_id = insert_id(
+                db,
                 "INSERT INTO generations (request_id, status, prompt, request_json, seed,"
                 " seed_fixed, work_units, user_id, cost, created_at)"
                 " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -65,7 +65,6 @@ class GenerationQueries(Database):
                     time.time(),
                 ),
             )
-            generation_id = int(cursor.lastrowid or 0)
             ledger.hold(db, user_id, generation_id, cost)
             return generation_id
 
@@ -131,7 +130,8 @@ class GenerationQueries(Database):
         """A job stopped by a graceful shutdown goes back to the queue; that try is not counted."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE generations SET status = 'pending', attempts = MAX(attempts - 1, 0)"
+                "UPDATE generations SET status = 'pending',"
+                " attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
                 " WHERE id = ? AND status = 'processing'",
                 (generation_id,),
             )
@@ -236,7 +236,7 @@ class GenerationQueries(Database):
         row = self.fetch_one(
             "SELECT SUM(render_seconds) AS seconds, SUM(work_units) AS units FROM ("
             " SELECT render_seconds, work_units FROM generations WHERE status = 'completed'"
-            " AND render_seconds IS NOT NULL ORDER BY id DESC LIMIT ?)",
+            " AND render_seconds IS NOT NULL ORDER BY id DESC LIMIT ?) AS recent",
             (recent,),
         )
         if not row or not row["units"]:
@@ -247,10 +247,11 @@ class GenerationQueries(Database):
         """Measured render speed per image size (width x height) over recent jobs."""
         rows = self.fetch_all(
             "SELECT pixels, SUM(render_seconds) AS seconds, SUM(work_units) AS units FROM ("
-            " SELECT json_extract(request_json, '$.settings.width')"
-            " * json_extract(request_json, '$.settings.height') AS pixels,"
+            f" SELECT {self.json_number('request_json', '$.settings.width')}"
+            f" * {self.json_number('request_json', '$.settings.height')} AS pixels,"
             " render_seconds, work_units FROM generations WHERE status = 'completed'"
-            " AND render_seconds IS NOT NULL ORDER BY id DESC LIMIT ?) GROUP BY pixels",
+            " AND render_seconds IS NOT NULL ORDER BY id DESC LIMIT ?) AS recent"
+            " GROUP BY pixels",
             (recent,),
         )
         return {
@@ -286,7 +287,7 @@ class GenerationQueries(Database):
     def finished_counts(self) -> list[dict[str, Any]]:
         """Finished generations by status and error code (the metrics' job counter)."""
         return self.fetch_all(
-            "SELECT status, COALESCE(json_extract(error_json, '$.code'), '') AS code,"
+            f"SELECT status, COALESCE({self.json_text('error_json', '$.code')}, '') AS code,"
             " COUNT(*) AS n FROM generations WHERE status IN ('completed', 'failed')"
             " GROUP BY status, code"
         )

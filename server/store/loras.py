@@ -30,8 +30,9 @@ class LoraQueries(Database):
     def save_lora_verdicts(self, model_key: str, verdicts: dict[str, str | None]) -> None:
         with self.transaction() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO lora_checks (sha256, model_key, reason, checked_at)"
-                " VALUES (?, ?, ?, ?)",
+                "INSERT INTO lora_checks (sha256, model_key, reason, checked_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (sha256, model_key) DO UPDATE"
+                " SET reason = excluded.reason, checked_at = excluded.checked_at",
                 [(sha256, model_key, reason, time.time()) for sha256, reason in verdicts.items()],
             )
 
@@ -42,9 +43,10 @@ class LoraQueries(Database):
             for lora in found:
                 db.execute(
                     "INSERT INTO loras (sha256, path, file_size, file_mtime, meta_json, available)"
-                    " VALUES (:sha256, :path, :file_size, :file_mtime, :meta_json, 1)"
+                    " VALUES (?, ?, ?, ?, ?, 1)"
                     " ON CONFLICT(sha256) DO UPDATE SET path = excluded.path,"
                     " file_size = excluded.file_size, file_mtime = excluded.file_mtime,"
                     " meta_json = excluded.meta_json, available = 1",
-                    lora,
+                    [lora[key] for key in ("sha256", "path", "file_size", "file_mtime",
+                                           "meta_json")],
                 )

@@ -1,10 +1,18 @@
-"""The database schema, one script per version (PRAGMA user_version). Append, never edit:
-a data dir created by an older Darkroom runs the scripts it has not seen yet."""
+"""The database schema, one script per version, for SQLite and PostgreSQL alike. Append,
+never edit: a database created by an older Darkroom runs the scripts it has not seen yet.
+
+Write a script in SQLite's spelling, within what dialect.py translates for PostgreSQL
+(its docstring lists it); the version is PRAGMA user_version on SQLite and the one row of
+`schema_version` on PostgreSQL.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from typing import Any
+
+from server.store.dialect import SQLITE, to_postgres
 
 MIGRATIONS: list[str] = [
     """
@@ -160,18 +168,43 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (user_id, name)
     );
     """,
+    # Secrets every node shares: the key that signs image links (was vault/signing.key).
+    """
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 
 
-def migrate(db: sqlite3.Connection) -> None:
+def migrate(db: Any, dialect: str) -> int:
     """Run the scripts this database has not seen, inside the caller's write transaction:
-    the version is read there too, so two processes opening a new data dir at once (the
-    server and `darkroom users add`) migrate it once."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
+    the version is read there too, so two processes opening a new database at once (the
+    server and `darkroom users add`, or several nodes) migrate it once. On PostgreSQL the
+    caller holds an advisory lock as well (a new database has no table to lock yet).
+    Returns how many scripts ran."""
+    version = _version(db, dialect)
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         for statement in _statements(script):
-            db.execute(statement)
-        db.execute(f"PRAGMA user_version={number}")
+            db.execute(statement if dialect == SQLITE else to_postgres(statement))
+        if dialect == SQLITE:
+            db.execute(f"PRAGMA user_version={number}")
+        else:
+            db.execute("UPDATE schema_version SET version = ?", (number,))
+    return len(MIGRATIONS) - version
+
+
+def _version(db: Any, dialect: str) -> int:
+    if dialect == SQLITE:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+    row = db.execute("SELECT version FROM schema_version").fetchone()
+    if row is None:
+        db.execute("INSERT INTO schema_version (version) VALUES (0)")
+        return 0
+    return int(row[0])
 
 
 def _statements(script: str) -> Iterator[str]:

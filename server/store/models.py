@@ -7,6 +7,10 @@ from typing import Any
 
 from server.store.database import Database
 
+MODEL_COLUMNS = (
+    "sha256", "path", "name", "file_size", "file_mtime", "format", "base_model", "reason"
+)
+
 
 class ModelQueries(Database):
     def models(self, available_only: bool = True) -> list[dict[str, Any]]:
@@ -23,12 +27,10 @@ class ModelQueries(Database):
             for model in found:
                 db.execute(
                     "INSERT INTO models (sha256, path, name, file_size, file_mtime, format,"
-                    " base_model, reason, available)"
-                    " VALUES (:sha256, :path, :name, :file_size, :file_mtime, :format,"
-                    " :base_model, :reason, 1)"
+                    " base_model, reason, available) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)"
                     " ON CONFLICT(sha256) DO UPDATE SET path = excluded.path,"
                     " name = excluded.name, file_size = excluded.file_size,"
                     " file_mtime = excluded.file_mtime, format = excluded.format,"
                     " base_model = excluded.base_model, reason = excluded.reason, available = 1",
-                    model,
+                    [model[key] for key in MODEL_COLUMNS],
                 )

@@ -14,6 +14,7 @@ import io
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +43,16 @@ class Vault:
             (root / area).mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def open(cls, root: Path) -> Vault:
-        """Open the vault, creating its signing secret on first use."""
+    def open(cls, root: Path, shared_key: Callable[[bytes | None], bytes] | None = None) -> Vault:
+        """Open the vault. `shared_key` (the store's signing_key) gives the key every node
+        signs links with, made from this vault's own signing.key where one exists from
+        before; without it the key is that file, created on first use."""
         root.mkdir(parents=True, exist_ok=True)
         key_path = root / "signing.key"
-        if not key_path.exists():
+        legacy = key_path.read_bytes() if key_path.exists() else None
+        if shared_key is not None:
+            return cls(root, shared_key(legacy))
+        if legacy is None:
             _write_atomic(key_path, secrets.token_bytes(32), mode=0o600)
         return cls(root, key_path.read_bytes())
 

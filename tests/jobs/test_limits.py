@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,8 +16,15 @@ from processes import ServerProcess
 from server.cli import main
 from server.contract import credits_for
 from server.jobs.limits import PollLimits, RateLimiter
+from server.store import Store
 
 COST = credits_for(SMALL["width"], SMALL["height"], SMALL["steps"], 1)
+
+
+@pytest.fixture
+def database_url(each_engine: str | None) -> str | None:
+    """The credit and limit tests run on SQLite and on PostgreSQL."""
+    return each_engine
 
 
 def add_user(capsys: pytest.CaptureFixture[str], data_dir: Path, name: str, *flags: str) -> dict:
@@ -77,13 +83,18 @@ def test_running_job_holds_credits_until_cancelled(
     assert credits(client, alice)["balance"] == pytest.approx(2 * COST)
 
 
-def test_ledger_is_append_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ledger_is_append_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], database_url: str | None
+) -> None:
     add_user(capsys, tmp_path, "alice", "--credits", "5")
-    db = sqlite3.connect(tmp_path / "darkroom.sqlite3")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        db.execute("UPDATE ledger SET amount = 500")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        db.execute("DELETE FROM ledger")
+    store = Store(database_url or tmp_path / "darkroom.sqlite3")
+    try:
+        for statement in ("UPDATE ledger SET amount = 500", "DELETE FROM ledger"):
+            refused = pytest.raises(store.engine.errors, match="append-only")
+            with refused, store.transaction() as db:
+                db.execute(statement)
+    finally:
+        store.close()
 
 
 def test_concurrent_submits_accept_exactly_what_the_balance_covers(

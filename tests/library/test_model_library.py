@@ -17,6 +17,12 @@ from checkpoint_builders import build_tiny_xl, to_single_file
 from conftest import AppFactory, generate, pixels, render, wait_done
 
 
+@pytest.fixture
+def database_url(each_engine: str | None) -> str | None:
+    """Every test here runs on SQLite and on PostgreSQL."""
+    return each_engine
+
+
 @pytest.fixture(scope="module")
 def xl(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """tiny-xl-blocks (SDXL's block layout at tiny widths) as a folder and a single file,

@@ -19,6 +19,12 @@ from server.store import Store
 from server.store.migrations import MIGRATIONS
 
 
+@pytest.fixture
+def database_url(each_engine: str | None) -> str | None:
+    """Every test here that opens a database runs on SQLite and on PostgreSQL."""
+    return each_engine
+
+
 def add_user(capsys: pytest.CaptureFixture[str], data_dir: Path, name: str, *flags: str) -> str:
     assert main(["users", "add", name, "--data-dir", str(data_dir), *flags]) == 0
     return capsys.readouterr().out.strip().splitlines()[-1]
@@ -111,12 +117,18 @@ def test_tokens_rotate_and_revoke_at_once(
 
 
 def test_tokens_are_stored_only_as_hashes(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], database_url: str | None
 ) -> None:
     token = add_user(capsys, tmp_path, "alice")
     secret = token.split("_", 2)[2]
-    dump = "\n".join(sqlite3.connect(tmp_path / "darkroom.sqlite3").iterdump())
-    assert secret not in dump
+    store = Store(database_url or tmp_path / "darkroom.sqlite3")
+    try:
+        dump = "\n".join(
+            repr(store.fetch_all(f"SELECT * FROM {table}")) for table in store.engine.tables()
+        )
+    finally:
+        store.close()
+    assert "alice" in dump and secret not in dump
 
 
 def test_open_mode_only_on_loopback_unless_insecure(
@@ -202,7 +214,10 @@ def test_upgrade_gives_earlier_data_to_the_local_user(tmp_path: Path) -> None:
         assert db.execute("SELECT user_id, name FROM presets").fetchone() == (1, "kept")
 
 
-def test_two_commands_on_a_new_data_dir_migrate_it_once(tmp_path: Path) -> None:
+def test_two_commands_on_a_new_data_dir_migrate_it_once(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """Three processes open a new database at once (on PostgreSQL: three nodes starting)."""
     command = [sys.executable, "-m", "server.cli", "users", "add", "--data-dir", str(tmp_path)]
     runs = [
         subprocess.Popen([*command[:5], name, *command[5:]], stdout=subprocess.PIPE, text=True)
@@ -211,3 +226,9 @@ def test_two_commands_on_a_new_data_dir_migrate_it_once(tmp_path: Path) -> None:
     outputs = [run.communicate(timeout=60)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0, 0]
     assert all(output.strip().startswith("drk_") for output in outputs)
+    store = Store(database_url or tmp_path / "darkroom.sqlite3")
+    try:
+        names = [row["name"] for row in store.fetch_all("SELECT name FROM users ORDER BY id")]
+        assert names[0] == "local" and sorted(names[1:]) == ["ann", "ben", "cat"]
+    finally:
+        store.close()
