@@ -19,6 +19,7 @@ from server.api.health import health, health_live, health_ready
 from server.api.library import lora_thumbnail, loras_available, refresh_loras
 from server.api.metrics import metrics_endpoint
 from server.api.openapi import docs, docs_asset, openapi_json
+from server.api.webhooks import generation_detail
 
 
 class IdConvertor(Convertor[int]):
@@ -50,6 +51,7 @@ ROUTES = [
     Route("/account", account, methods=["GET"]),
     Route("/generations/{request_id}/cancel", cancel_generation, methods=["POST"]),
     Route("/generations/{request_id}", cancel_generation, methods=["DELETE"]),
+    Route("/generations/{request_id}", generation_detail, methods=["GET"]),
     Route("/health", health, methods=["GET"]),
     Route("/health/live", health_live, methods=["GET"]),
     Route("/health/ready", health_ready, methods=["GET"]),

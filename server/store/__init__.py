@@ -9,7 +9,8 @@ from __future__ import annotations
 from server.store.generations import GenerationQueries
 from server.store.loras import LoraQueries
 from server.store.presets import PresetQueries
+from server.store.webhooks import WebhookQueries
 
 
-class Store(GenerationQueries, LoraQueries, PresetQueries):
+class Store(GenerationQueries, LoraQueries, PresetQueries, WebhookQueries):
     """The database: open it with `Store(path)`; it migrates itself."""
