@@ -142,7 +142,9 @@ class GenerationOptions(_Strict):
     quality: JsonInt = Field(95, ge=0, le=100)
     save_to_vault: bool = True
     # Additive: POST the final status object here, signed (server/jobs/webhooks.py).
-    webhook_url: str | None = Field(None, max_length=2048)
+    webhook_url: str | None = Field(
+        None, max_length=2048, json_schema_extra={"format": "uri", "pattern": "^https?://"}
+    )
 
     @field_validator("webhook_url")
     @classmethod
