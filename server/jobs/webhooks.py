@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -153,18 +154,35 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float,
         return Attempt(error=f"{host} does not resolve: {exc}")
     kind = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
     connection = kind(host, port, address, timeout)
+    # The socket timeout bounds each read; this bounds the whole attempt (a receiver that
+    # answers a byte at a time is cut off too).
+    cut = threading.Event()
+    watchdog = threading.Timer(timeout, _cut_off, (connection, cut))
+    watchdog.start()
+    timed_out = Attempt(error=f"timed out after {timeout:g}s")
     try:
         connection.request("POST", path, body=body, headers=headers)
         response = connection.getresponse()
         response.read(65536)
+        if cut.is_set():  # what was read ends where the connection was cut
+            return timed_out
         retry_after = parse_retry_after(response.getheader("Retry-After"), time.time())
         return Attempt(status=response.status, retry_after=retry_after)
-    except TimeoutError:
-        return Attempt(error=f"timed out after {timeout:g}s")
     except (OSError, http.client.HTTPException) as exc:
+        if isinstance(exc, TimeoutError) or cut.is_set():
+            return timed_out
         return Attempt(error=f"{type(exc).__name__}: {exc}"[:500])
     finally:
+        watchdog.cancel()
         connection.close()
+
+
+def _cut_off(connection: http.client.HTTPConnection, cut: threading.Event) -> None:
+    cut.set()
+    sock = connection.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class WebhookSender:

@@ -5,6 +5,7 @@ again at delivery (a name that resolves elsewhere later, DNS rebinding, gains no
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -172,6 +173,33 @@ def test_network_errors_and_timeouts_are_retried(receiver: Receiver) -> None:
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/"
         attempt = webhooks.post(url, b"{}", {}, 0.3, allow_private=True)
     assert attempt.outcome == "retry" and "timed out" in (attempt.error or "")
+
+
+def test_a_receiver_that_drips_is_cut_off_at_the_timeout() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+
+        def drip() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                for _ in range(30):
+                    time.sleep(0.1)
+                    try:
+                        conn.sendall(b"X-Slow: 1\r\n")
+                    except OSError:
+                        return
+
+        thread = threading.Thread(target=drip)
+        thread.start()
+        started = time.monotonic()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/"
+        attempt = webhooks.post(url, b"{}", {}, 0.5, allow_private=True)
+        elapsed = time.monotonic() - started
+        thread.join()
+    assert attempt.outcome == "retry" and "timed out" in (attempt.error or ""), attempt
+    assert elapsed < 1.5
 
 
 @pytest.mark.parametrize(
