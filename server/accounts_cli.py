@@ -46,6 +46,11 @@ def _dispatch(accounts: Accounts, args: argparse.Namespace) -> int:
     elif command == ("users", "revoke"):
         count = accounts.revoke(args.name)
         print(f"revoked {count} token(s) of {args.name}")
+    elif command == ("users", "webhook-secret"):
+        secret = accounts.store.webhook_secret_of(args.name)
+        if secret is None:
+            raise AccountError(f"no user {args.name!r}")
+        print(secret)
     elif command == ("users", "list"):
         _print_users(accounts)
     elif command == ("credits", "add"):

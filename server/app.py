@@ -21,6 +21,7 @@ from server.api.errors import EXCEPTION_HANDLERS
 from server.api.logs import RequestLog
 from server.api.metrics import StateCollector
 from server.api.routes import ROUTES
+from server.api.webhooks import WebhookCollector
 from server.config import Settings
 from server.contract import CONTRACT_PREFIX
 from server.metrics import Metrics
@@ -36,6 +37,7 @@ def create_app(settings: Settings, renderer: Renderer | None = None) -> Starlett
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.darkroom = state = open_state(settings, renderer, metrics)
         metrics.watch(StateCollector(state))
+        metrics.watch(WebhookCollector(state.store))
         try:
             yield
         finally:

@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch.compile the UNet and VAE decoder at start-up (CUDA; slow to start)",
     )
+    serve.add_argument(
+        "--webhook-allow-private",
+        action="store_true",
+        default=None,
+        help="let webhooks go to loopback, private and link-local addresses (tests, LANs)",
+    )
     serve.add_argument("--warmup-sizes", help="WxH,... compiled before ready (1024x1024)")
     serve.add_argument(
         "--offload", action="store_true", default=None, help="model CPU offload (small GPUs)"
@@ -93,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     for action, text in (
         ("revoke", "revoke every token of a user"),
         ("token", "print a new token for a user (older ones stay valid)"),
+        ("webhook-secret", "print the user's webhook signing secret (whsec_...)"),
     ):
         user_commands.add_parser(action, help=text).add_argument("name")
     credits = commands.add_parser("credits", help="manage credits")

@@ -62,6 +62,11 @@ class Settings:
     max_queued: int = 1000  # pending generations, all users together (0: no bound)
     max_body_bytes: int = 64 * 1024
     max_prompt_chars: int = 2000
+    # Webhooks: private/loopback receivers allowed (tests, LANs); seconds per attempt; the
+    # retry schedule's scale (1: Standard Webhooks' 5 s ... 24 h; tests shrink it).
+    webhook_allow_private: bool = False
+    webhook_timeout: float = 10.0
+    webhook_retry_scale: float = 1.0
 
     @classmethod
     def load(

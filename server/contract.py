@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from pipelines.samplers import SAMPLER_NAMES, SAMPLER_SPELLINGS, canonical_sampler
+from server.jobs.ssrf import url_problem
 
 CONTRACT_PREFIX = "/api:_WUcacrv"
 MAX_SEED = 2**32 - 1
@@ -145,6 +146,18 @@ class GenerationOptions(_Strict):
     format: Literal["jpeg", "png", "webp"] = "jpeg"
     quality: JsonInt = Field(95, ge=0, le=100)
     save_to_vault: bool = True
+    # Additive: POST the final status object here, signed (server/jobs/webhooks.py).
+    webhook_url: str | None = Field(
+        None, max_length=2048, json_schema_extra={"format": "uri", "pattern": "^https?://"}
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        problem = url_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 def _unique_lora_ids(loras: list[LoraRef]) -> list[LoraRef]:

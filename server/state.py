@@ -15,6 +15,7 @@ from typing import Any
 from starlette.requests import Request
 
 from pipelines.spec import Renderer
+from server.api import views
 from server.api.auth import Authenticator
 from server.config import Settings
 from server.jobs.admission import Admission
@@ -23,6 +24,7 @@ from server.jobs.limits import PollLimits
 from server.jobs.queue import JobQueue
 from server.jobs.render_process import ProcessRenderer
 from server.jobs.specs import enqueue_stored
+from server.jobs.webhooks import RenderStatus, WebhookSender
 from server.jobs.worker import Worker
 from server.library.checkpoints import ModelCatalog
 from server.library.layout import lora_dir
@@ -50,6 +52,7 @@ class AppState:
     polls: PollLimits
     metrics: Metrics
     draining: bool = False
+    webhooks: WebhookSender | None = None
 
     def drain(self) -> bool:
         """Refuse new generations, let the running job finish (up to the drain timeout) and
@@ -60,6 +63,8 @@ class AppState:
 
     def close(self) -> None:
         self.worker.stop()
+        if self.webhooks is not None:
+            self.webhooks.stop()
         self.store.close()
 
 
@@ -119,7 +124,7 @@ def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) 
     admission = Admission(store, catalog, models, queue, settings, worker.measured_speed)
     worker.start()
     accounts = Accounts(store)
-    return AppState(
+    state = AppState(
         settings,
         store,
         vault,
@@ -133,3 +138,25 @@ def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) 
         PollLimits.from_settings(settings),
         metrics,
     )
+    state.webhooks = WebhookSender(
+        store,
+        webhook_status(state),
+        allow_private=settings.webhook_allow_private,
+        timeout=settings.webhook_timeout,
+        retry_scale=settings.webhook_retry_scale,
+    )
+    state.webhooks.start()
+    return state
+
+
+def webhook_status(state: AppState) -> RenderStatus:
+    """A webhook's body: the generation's status object, links under the stored base."""
+    ttl = state.settings.url_ttl_hours * 3600
+
+    def render(row: dict[str, Any], base: str) -> dict[str, Any]:
+        done = row["status"] == "completed"
+        images = state.store.images_of([row["id"]])[row["id"]] if done else []
+        links = views.Links(base, state.vault, ttl)
+        return views.generation(row, images, links, state.queue, state.admission)
+
+    return render

@@ -48,6 +48,7 @@ async def account(request: Request) -> Response:
             "open_mode": user.builtin,
             "credits": state.accounts.balance(user.id).as_json(),
             "active_generations": active,
+            "webhook_secret": state.store.webhook_secret(user.id),
             "limits": {
                 "concurrent_generations": state.settings.max_active_per_user,
                 "polls_per_second": state.settings.poll_rate,

@@ -16,6 +16,7 @@ from server.api.common import (
     user_of,
 )
 from server.api.events import stream_events
+from server.api.webhooks import check_webhook_url
 from server.contract import ApiError, ErrorCode, HistoryQuery, ImageGenerationRequest, parse
 from server.jobs.failures import cancelled_error
 from server.jobs.limits import retry_after
@@ -34,7 +35,8 @@ async def generate(request: Request) -> Response:
             {"Retry-After": str(round(state.settings.drain_timeout))},
         )
     body = parse(ImageGenerationRequest, await json_body(request))
-    row = state.admission.submit(body, user)
+    await check_webhook_url(request, body)
+    row = state.admission.submit(body, user, links_for(request).base)
     request.state.request_id = row["request_id"]
     return JSONResponse(generation_view(request, row), status_code=202)
 

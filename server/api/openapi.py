@@ -74,6 +74,11 @@ OPERATIONS = [
         (200, schemas.GenerationStatus, "The final status"), errors=(401, 404),
     ),
     Operation(
+        "get", f"/generations/{ID}", "A generation's status and its webhook delivery",
+        (200, schemas.GenerationDetail, "The status object plus webhook"),
+        errors=(401, 404, 429),
+    ),
+    Operation(
         "get", "/generations/history", "Your generations, newest first",
         (200, schemas.HistoryPage, "One page"), query=HistoryQuery, errors=(400, 401),
     ),

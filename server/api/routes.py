@@ -4,6 +4,8 @@ operator's (health, metrics, OpenAPI, image files)."""
 from __future__ import annotations
 
 from starlette.convertors import Convertor, register_url_convertor
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from server.api.account import account, list_presets, save_preset
@@ -25,6 +27,7 @@ from server.api.library import (
 )
 from server.api.metrics import metrics_endpoint
 from server.api.openapi import docs, docs_asset, openapi_json
+from server.api.webhooks import generation_detail
 
 
 class IdConvertor(Convertor[int]):
@@ -42,6 +45,14 @@ class IdConvertor(Convertor[int]):
 
 register_url_convertor("id", IdConvertor())
 
+
+async def generation_resource(request: Request) -> Response:
+    """/generations/{id}: GET its status and webhook, DELETE cancels it (one route, so a
+    405 lists both methods in Allow)."""
+    if request.method == "DELETE":
+        return await cancel_generation(request)
+    return await generation_detail(request)
+
 ROUTES = [
     # Matched in order: the contract's polls (once a second per generation) first.
     Route("/generations/{request_id}/status", generation_status, methods=["GET"]),
@@ -57,7 +68,7 @@ ROUTES = [
     Route("/presets", list_presets, methods=["GET"]),
     Route("/account", account, methods=["GET"]),
     Route("/generations/{request_id}/cancel", cancel_generation, methods=["POST"]),
-    Route("/generations/{request_id}", cancel_generation, methods=["DELETE"]),
+    Route("/generations/{request_id}", generation_resource, methods=["GET", "DELETE"]),
     Route("/health", health, methods=["GET"]),
     Route("/health/live", health_live, methods=["GET"]),
     Route("/health/ready", health_ready, methods=["GET"]),

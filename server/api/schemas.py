@@ -30,6 +30,19 @@ class GenerationStatus(ImageGenerationResponse):
     preview_step: int | None = None
 
 
+class WebhookDelivery(BaseModel):
+    url: str
+    state: str = Field(description="waiting, pending, delivered, failed or gave_up")
+    attempts: int
+    last_status: int | None
+    next_attempt_at: str | None
+    last_error: str | None
+
+
+class GenerationDetail(GenerationStatus):
+    webhook: WebhookDelivery | None = Field(None, description="null without options.webhook_url")
+
+
 class HistoryItem(GenerationStatus):
     prompt: str
     settings: dict[str, Any]
@@ -99,6 +112,7 @@ class Account(BaseModel):
     credits: Credits
     active_generations: int
     limits: dict[str, float]
+    webhook_secret: str | None = Field(None, description="signs webhooks (Standard Webhooks)")
 
 
 class Health(BaseModel):

@@ -24,7 +24,7 @@ from server.jobs.queue import JobQueue
 from server.jobs.specs import model_key, queue_key, resolve_request
 from server.library.checkpoints import ModelCatalog
 from server.library.loras import LoraCatalog
-from server.store import Store, ledger
+from server.store import Store, ledger, webhooks
 from server.store.accounts import User
 from server.store.database import Connection
 
@@ -65,10 +65,16 @@ class Admission:
         self._rates: tuple[float, float, dict[int, float]] | None = None
 
     def submit(
-        self, request: ImageGenerationRequest, user: User, extra: dict | None = None
+        self,
+        request: ImageGenerationRequest,
+        user: User,
+        extra: dict | None = None,
+        webhook_base: str = "",
     ) -> dict:
         """`extra`: keys stored beside the request (txt2img keeps what its client sent under
-        `a1111`, for the infotext); the request itself is what renders."""
+        `a1111`, for the infotext); the request itself is what renders. `webhook_base`: the
+        base URL the status object's links are rendered under when `options.webhook_url`
+        is delivered (the one the request arrived on)."""
         options, settings = request.options, request.settings
         if options.provider != "auto":
             raise ApiError(
@@ -85,14 +91,17 @@ class Admission:
         seed = settings.seed if seed_fixed else secrets.randbelow(MAX_SEED + 1)
         units = work_units(settings.width, settings.height, settings.steps, options.num_images)
         cost = credits_for(settings.width, settings.height, settings.steps, options.num_images)
+        request_id = uuid.uuid4().hex
 
         def admit(db: Connection) -> None:
             self._check_user_limit(db, user)
             self._check_credits(db, user, cost)
             self._check_queue_bound(db)
+            if options.webhook_url:
+                webhooks.register(db, request_id, user.id, options.webhook_url, webhook_base)
 
         generation_id = self.store.insert_generation(
-            uuid.uuid4().hex,
+            request_id,
             request.prompt,
             {**request.model_dump(mode="json"), **(extra or {})},
             seed,

@@ -11,7 +11,10 @@ from server.store.keys import KeyQueries
 from server.store.loras import LoraQueries
 from server.store.models import ModelQueries
 from server.store.presets import PresetQueries
+from server.store.webhooks import WebhookQueries
 
 
-class Store(GenerationQueries, LoraQueries, ModelQueries, PresetQueries, KeyQueries):
+class Store(
+    GenerationQueries, LoraQueries, ModelQueries, PresetQueries, KeyQueries, WebhookQueries
+):
     """The database: open it with `Store(path or postgresql URL)`; it migrates itself."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import server.store.ledger as ledger
+import server.store.webhooks as webhooks
 from server.store.database import Connection, Database, insert_id
 
 ACTIVE = ("pending", "processing")
@@ -186,6 +187,7 @@ class GenerationQueries(Database):
                 (credits_used, now, render_seconds, generation_id),
             )
             ledger.settle(db, generation_id, credits_used)
+            webhooks.arm(db, generation_id)
         return True
 
     def fail(self, generation_id: int, error: dict[str, Any]) -> bool:
@@ -204,6 +206,7 @@ class GenerationQueries(Database):
         if cursor.rowcount != 1:
             return False
         ledger.settle(db, generation_id, None)
+        webhooks.arm(db, generation_id)
         return True
 
     def history(

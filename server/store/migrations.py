@@ -176,6 +176,33 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # Webhooks: one delivery per generation that asked for one, written at submit
+    # ('waiting') and armed ('pending') in the transaction that ends the generation; each
+    # user's signing secret (created on first need).
+    """
+    CREATE TABLE webhook_deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id TEXT NOT NULL UNIQUE,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        url TEXT NOT NULL,
+        base_url TEXT NOT NULL,
+        webhook_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        ended_at REAL,
+        next_attempt_at REAL,
+        last_attempt_at REAL,
+        last_status INTEGER,
+        last_error TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries(state, next_attempt_at);
+    CREATE TABLE webhook_secrets (
+        user_id INTEGER PRIMARY KEY REFERENCES users(id),
+        secret TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 
 
