@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,26 +14,29 @@ import torch
 from pipelines.lora_fit import LoraFit
 from pipelines.lora_hotswap import HotswapAdapters
 from pipelines.loras import AdapterCache
+from pipelines.model_files import (
+    TINY,
+    check_weights,
+    configs_of,
+    estimate_bytes,
+    load_pipeline,
+    meta_fit,
+    own_weights,
+    pipeline_bytes,
+    short_reason,
+)
 from pipelines.placement import pad_per_image_linears, unscale, use_sdpa
 from pipelines.progress import StepProgress
 from pipelines.samplers import canonical_sampler, make_scheduler
-from pipelines.sdxl_configs import RANDOM_SDXL
 from pipelines.spec import GenerationSpec, ModelLoadError, ModelSpec, RenderInterrupted, batch_key
-from pipelines.tiny import ensure_tiny_model
 from pipelines.tuning import plan_for
 
 if TYPE_CHECKING:
     from PIL import Image
 
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
-TINY = "tiny"
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 # On CUDA, by default, models stay loaded while their parameters fit in this share of memory.
 CUDA_MEMORY_SHARE = 0.85
-# A model whose size cannot be read before loading (a hub id) is assumed to be SDXL's size.
-SDXL_PARAMETERS = 3_500_000_000
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-MISSING_WEIGHTS = "weights missing from the file: not all of SDXL's tensors are in it"
 
 _DTYPE_ALIASES = {
     "float32": "float32",
@@ -217,10 +219,10 @@ class SDXLRenderer:
             return self._models[key].fit
         if key not in self._meta_fits:
             source = (model or self.default_model).source
-            configs = self._configs_of(source)
+            configs = configs_of(source, self.models_dir)
             if configs is None:
                 return self._ensure_loaded(model or self.default_model).fit
-            self._meta_fits[key] = _meta_fit(configs)
+            self._meta_fits[key] = meta_fit(configs)
         return self._meta_fits[key]
 
     def unload_loras(self) -> None:
@@ -248,14 +250,14 @@ class SDXLRenderer:
         if model.key in self._models:
             return self._models[model.key]
         try:
-            self._make_room(self._estimate_bytes(model.source))
+            self._make_room(estimate_bytes(model.source, self.models_dir, self.dtype))
             entry = self._load(model)
         except ModelLoadError as exc:
             self.free_memory()
             raise ModelLoadError(model.key, exc.reason) from exc
         except Exception as exc:
             self.free_memory()
-            raise ModelLoadError(model.key, _short_reason(exc)) from exc
+            raise ModelLoadError(model.key, short_reason(exc)) from exc
         self._models[model.key] = entry
         self._meta_fits.pop(model.key, None)
         self.loads += 1
@@ -296,24 +298,6 @@ class SDXLRenderer:
         total = torch.cuda.get_device_properties(torch.device(self.device)).total_memory
         return int(total * CUDA_MEMORY_SHARE)
 
-    def _estimate_bytes(self, source: str) -> int:
-        """A model's size on the device before it is loaded: its parameters (read from the
-        safetensors headers) at the renderer's dtype."""
-        from pipelines.lora_files import LoraFileError, read_header
-
-        per = _DTYPE_BYTES.get(self.dtype, 4)
-        local = None if source in (TINY, RANDOM_SDXL) else self._local_path(source)
-        if local is None:
-            return (0 if source == TINY else SDXL_PARAMETERS) * per
-        files = [local] if local.is_file() else sorted(local.glob("*/*.safetensors"))
-        count = 0
-        for file in files:
-            try:
-                count += sum(_numel(shape) for shape in read_header(file).shapes.values())
-            except (LoraFileError, OSError):
-                continue
-        return count * per
-
     def _load(self, model: ModelSpec) -> LoadedModel:
         torch.set_num_threads(self.plan.cpu_threads)
         from diffusers.utils import logging as diffusers_logging
@@ -323,10 +307,12 @@ class SDXLRenderer:
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
 
-        pipe = self._from_source(model.source)
-        _check_weights(model.key, pipe)
+        pipe = load_pipeline(
+            model.source, self.models_dir, self.device, self.dtype, self.plan.offload
+        )
+        check_weights(model.key, pipe)
         if self.device == "cpu":
-            _own_weights(pipe)
+            own_weights(pipe)
         pipe.set_progress_bar_config(disable=True)
         self._place(pipe)
         # Before any adapter wraps a layer: the shapes LoRA files are checked against.
@@ -339,7 +325,7 @@ class SDXLRenderer:
         return LoadedModel(
             key=model.key, source=model.source, pipe=pipe, fit=fit,
             adapters=self._new_adapters(), base_scheduler_config=pipe.scheduler.config,
-            size_bytes=_pipeline_bytes(pipe),
+            size_bytes=pipeline_bytes(pipe),
         )  # fmt: skip
 
     def warmup(self, sizes: Iterable[tuple[int, int]], images: Iterable[int] = (1, 2)) -> None:
@@ -495,191 +481,3 @@ class SDXLRenderer:
         if hasattr(scheduler, "set_noise_seeds"):
             scheduler.set_noise_seeds(seeds)
         return scheduler
-
-    def _from_source(self, source: str) -> Any:
-        from diffusers import StableDiffusionXLPipeline
-
-        dtype = _dtype_kwargs(getattr(torch, self.dtype))
-        if source == TINY:
-            folder = ensure_tiny_model(self.models_dir)
-            return StableDiffusionXLPipeline.from_pretrained(folder, **dtype)
-        if source == RANDOM_SDXL:
-            from pipelines.sdxl_configs import build_random_sdxl
-
-            # Made where it will run: 2.6e9 parameters are not worth a trip through the CPU.
-            place = "cpu" if self.plan.offload else self.device
-            return build_random_sdxl(getattr(torch, self.dtype), place)
-        local = self._local_path(source)
-        if local is None and (source.lower().endswith(SINGLE_FILE_SUFFIXES) or "/" in source[:1]):
-            raise ModelLoadError(source, "no such file or folder")
-        if local is not None and local.is_dir():
-            return StableDiffusionXLPipeline.from_pretrained(local, local_files_only=True, **dtype)
-        if local is not None:
-            return _from_single_file(local, dtype)
-        if self.device.startswith("cuda") and self.dtype != "float32":
-            try:
-                return StableDiffusionXLPipeline.from_pretrained(source, variant="fp16", **dtype)
-            except (OSError, ValueError):
-                pass  # the repo has no fp16 variant: load its default weights
-        return StableDiffusionXLPipeline.from_pretrained(source, **dtype)
-
-    def _configs_of(self, source: str) -> dict[str, dict[str, Any]] | None:
-        """The unet/text_encoder/text_encoder_2 configs of a local model, None for others."""
-        if source == RANDOM_SDXL:
-            from pipelines.sdxl_configs import SDXL_BASE_CONFIGS
-
-            return SDXL_BASE_CONFIGS
-        folder = ensure_tiny_model(self.models_dir) if source == TINY else None
-        local = folder or self._local_path(source)
-        if local is None:
-            return None
-        return local_configs(local, source)
-
-    def _local_path(self, source: str | None = None) -> Path | None:
-        """The local folder or checkpoint file `source` (default: the default model) names,
-        as given or under checkpoints/."""
-        source = self.model if source is None else source
-        given = Path(source).expanduser()
-        for candidate in (given, self.models_dir / "checkpoints" / source):
-            if candidate.is_dir():
-                return candidate
-            if candidate.is_file():
-                if candidate.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-                    raise ValueError(f"model file {candidate} is not a .safetensors or .ckpt file")
-                return candidate
-        return None
-
-
-def _from_single_file(path: Path, dtype: dict[str, torch.dtype]) -> Any:
-    """A single-file SDXL checkpoint, loaded with no network: its component configs are
-    inferred from its header (SDXL base 1.0's where shapes do not tell) and laid out with
-    CLIP's tokenizers in a temporary folder that diffusers reads as the hub repo."""
-    from diffusers import StableDiffusionXLPipeline
-
-    from pipelines.checkpoint_files import (
-        CheckpointError,
-        classify_checkpoint,
-        sdxl_configs_from_header,
-        write_config_folder,
-    )
-    from pipelines.lora_files import LoraFileError, read_header
-
-    name = str(path)
-    # Only the header is read (a pickle checkpoint not even that) until it is known to be SDXL.
-    info = classify_checkpoint(path)
-    if not info.compatible:
-        raise ModelLoadError(name, info.reason or "not an SDXL checkpoint")
-    try:
-        header = read_header(path)
-    except (LoraFileError, OSError) as exc:
-        raise ModelLoadError(name, str(exc)) from None
-    try:
-        configs = sdxl_configs_from_header(header)
-    except CheckpointError as exc:
-        raise ModelLoadError(name, str(exc)) from None
-    with tempfile.TemporaryDirectory(prefix="darkroom-sdxl-config-") as folder:
-        write_config_folder(configs, Path(folder))
-        try:
-            return StableDiffusionXLPipeline.from_single_file(
-                name, config=folder, local_files_only=True, **dtype
-            )
-        except NotImplementedError as exc:
-            if "meta tensor" not in str(exc):
-                raise
-            # diffusers left a weight the file lacks on the meta device, then moved it.
-            raise ModelLoadError(name, MISSING_WEIGHTS) from None
-
-
-def _check_weights(key: str, pipe: Any) -> None:
-    """diffusers leaves a weight the file lacks on the meta device, silently."""
-    for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
-        model = getattr(pipe, component, None)
-        if model is None:
-            raise ModelLoadError(key, f"it has no {component}")
-        for name, param in model.named_parameters():
-            if param.device.type == "meta":
-                raise ModelLoadError(key, f"{MISSING_WEIGHTS} ({component}.{name})")
-
-
-def _own_weights(pipe: Any) -> None:
-    """Give every weight a fresh allocation of its own. A folder's weights are views of the
-    memory-mapped files, a single file's are converted copies: the same numbers at other
-    addresses, and CPU kernels pick code paths by alignment, so the two would differ in
-    the last bits. Fresh copies make a model's pixels independent of how it was loaded."""
-    with torch.no_grad():
-        for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
-            model = getattr(pipe, component, None)
-            for tensor in (*model.parameters(), *model.buffers()) if model is not None else ():
-                tensor.data = tensor.data.clone(memory_format=torch.contiguous_format)
-
-
-def _pipeline_bytes(pipe: Any) -> int:
-    total = 0
-    for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
-        model = getattr(pipe, component, None)
-        if model is not None:
-            total += sum(p.numel() * p.element_size() for p in model.parameters())
-    return total
-
-
-def local_configs(local: Path, name: str) -> dict[str, dict[str, Any]]:
-    """The component configs of a local checkpoint: a single file's inferred from its
-    header, a diffusers folder's read from its config.json files (ModelLoadError if not)."""
-    import json
-
-    from pipelines.checkpoint_files import CheckpointError, sdxl_configs_from_header
-    from pipelines.lora_files import LoraFileError, read_header
-
-    if local.is_file():
-        try:
-            return sdxl_configs_from_header(read_header(local))
-        except (LoraFileError, CheckpointError, OSError) as exc:
-            raise ModelLoadError(name, str(exc)) from None
-    try:
-        return {
-            part: json.loads((local / part / "config.json").read_text(encoding="utf-8"))
-            for part in ("unet", "vae", "text_encoder", "text_encoder_2")
-        }
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(name, f"unreadable config: {exc}") from None
-
-
-def checkpoint_lora_fit(local: Path) -> LoraFit:
-    """LoRA fit against a local checkpoint that need not be loaded (see _meta_fit)."""
-    return _meta_fit(local_configs(local, str(local)))
-
-
-def _meta_fit(configs: dict[str, dict[str, Any]]) -> LoraFit:
-    """A LoraFit from configs alone: the networks built on the meta device, no weights."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
-
-    from pipelines.sdxl_configs import SCHEDULER, empty_models
-
-    pipe = StableDiffusionXLPipeline(
-        **empty_models(configs), tokenizer=None, tokenizer_2=None,
-        scheduler=EulerDiscreteScheduler.from_config(SCHEDULER), add_watermarker=False,
-    )  # fmt: skip
-    return LoraFit(pipe)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
-
-
-def _short_reason(exc: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    text = text if len(text) <= 200 else text[:197] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    from diffusers.utils import deprecation_utils
-
-    # Recent diffusers renamed torch_dtype to dtype (0.42 warns on the old name);
-    # older releases only know torch_dtype.
-    if hasattr(deprecation_utils, "_resolve_dtype"):
-        return {"dtype": dtype}
-    return {"torch_dtype": dtype}

@@ -140,7 +140,7 @@ class ModelCatalog:
         assert entry.sha256 is not None
         check = self._checks.get(entry.sha256)
         if check is None:
-            from pipelines.sdxl import checkpoint_lora_fit
+            from pipelines.model_files import checkpoint_lora_fit
 
             try:
                 check = checkpoint_lora_fit(Path(entry.path))

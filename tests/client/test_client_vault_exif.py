@@ -9,7 +9,7 @@ from PIL import ExifTags, Image
 
 from client_fixtures import CLIENT_DIR  # noqa: F401  (puts darkroom_client on sys.path)
 from darkroom_client.infotext import parse_infotext, read_parameters
-from server.vault import encode
+from server.store.vault import encode
 
 TEXT = (
     "a lighthouse, naïve ☃\nNegative prompt: fog\nSteps: 10, Sampler: euler, CFG scale: 7, "

@@ -18,6 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from checkpoint_builders import build_tiny_xl, to_single_file
+from pipelines.model_files import estimate_bytes
 from pipelines.sdxl import SDXLRenderer
 from pipelines.spec import GenerationSpec, LoraSpec, ModelLoadError, ModelSpec, batch_key
 from pipelines.tiny import tiny_model_dir
@@ -124,10 +125,10 @@ def test_a_memory_budget_evicts_by_size(
     renderer = SDXLRenderer("tiny", models_dir, models_loaded=3)
     renderer.load()
     tiny_bytes = renderer._models["tiny"].size_bytes
-    assert renderer._estimate_bytes(xl["file"].source) > tiny_bytes
+    assert estimate_bytes(xl["file"].source, models_dir, renderer.dtype) > tiny_bytes
     # As on CUDA with no --models-loaded: no count, a byte budget for one model of each.
     renderer.models_loaded = None
-    budget = tiny_bytes + renderer._estimate_bytes(xl["file"].source) + 1000
+    budget = tiny_bytes + estimate_bytes(xl["file"].source, models_dir, renderer.dtype) + 1000
     monkeypatch.setattr(renderer, "_memory_budget", lambda: budget)
     small = replace(SPEC, steps=2, seeds=(1,))
     renderer.render(replace(small, model=xl["file"]))

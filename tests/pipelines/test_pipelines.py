@@ -88,7 +88,7 @@ def clean(renderer: SDXLRenderer, baseline: Image.Image) -> Iterator[SDXLRendere
 def test_names_and_specs_import_without_torch() -> None:
     code = (
         "import sys, pipelines, pipelines.samplers, pipelines.spec, pipelines.loras\n"
-        "import pipelines.lora_files, server.catalog\n"
+        "import pipelines.lora_files, server.library.loras\n"
         "print([m for m in ('torch', 'diffusers', 'transformers', 'peft') if m in sys.modules])"
     )
     result = subprocess.run(

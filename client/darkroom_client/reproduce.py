@@ -1,0 +1,69 @@
+"""`darkroom reproduce IMAGE`: render an image's embedded parameters again and compare."""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+from darkroom_client.client import Client
+from darkroom_client.commands import (
+    Bar,
+    resolve_loras,
+    write_atomic,
+)
+from darkroom_client.errors import ValidationError
+
+
+def cmd_reproduce(args: argparse.Namespace, client: Client) -> int:
+    from PIL import Image
+
+    from darkroom_client.infotext import (
+        compare,
+        image_format,
+        jpeg_quality,
+        read_parameters,
+        settings_from_infotext,
+    )
+
+    data = args.image.read_bytes()
+    text = read_parameters(data)
+    if not text:
+        raise ValidationError(f"{args.image} holds no generation parameters")
+    settings = settings_from_infotext(text)
+    prompt = settings.pop("prompt")
+    tags = settings.pop("lora_tags")
+    if tags:
+        settings["loras"] = resolve_loras(client, tags)
+    if args.model:
+        settings["model"] = args.model
+    fmt = image_format(data)
+    settings["format"] = fmt
+    quality = args.quality if args.quality is not None else jpeg_quality(data)
+    if quality is not None:
+        settings["quality"] = quality
+    settings["num_images"] = 1
+    bar = Bar("reproduce", not args.no_progress)
+    try:
+        generation = client.generate(prompt, on_progress=bar.progress, **settings)
+        bar.download(1)
+        rendered = generation.images[0].bytes()
+        bar.advance()
+    finally:
+        bar.close()
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_atomic(args.out / generation.images[0].file_name(generation.request_id), rendered)
+    result = compare(Image.open(io.BytesIO(data)), Image.open(io.BytesIO(rendered)))
+    result["request_id"] = generation.request_id
+    if result["identical"]:
+        print(f"identical: {args.image} rendered again pixel for pixel ({generation.request_id})")
+        return 0
+    if result["max_abs_diff"] is None:
+        print(f"different: sizes differ {result['size']}")
+    else:
+        psnr = result["psnr"]
+        print(
+            f"different: max abs diff {result['max_abs_diff']}, PSNR {psnr:.2f} dB "
+            f"({generation.request_id})"
+        )
+    return 1
