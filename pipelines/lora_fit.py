@@ -109,7 +109,7 @@ class LoraFit:
             )
             parts = self._split(state)
         except Exception as exc:
-            return f"{hint}diffusers cannot convert its layer names ({_short(exc)})"
+            return f"{hint}diffusers cannot convert its layer names ({short_reason(exc)})"
         return self._judge(parts, hint)
 
     def _split(self, state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -199,7 +199,7 @@ def _meta_state_dict(path: Path, header: LoraHeader) -> dict[str, torch.Tensor]:
     with path.open("rb") as file:
         for name, shape in header.shapes.items():
             dtype = _DTYPES.get(header.dtypes[name], torch.float32)
-            if _numel(shape) == 1 and header.dtypes[name] in _DTYPES:
+            if numel(shape) == 1 and header.dtypes[name] in _DTYPES:
                 start, stop = header.spans[name]
                 file.seek(start)
                 raw = bytearray(file.read(stop - start))
@@ -209,14 +209,15 @@ def _meta_state_dict(path: Path, header: LoraHeader) -> dict[str, torch.Tensor]:
     return state
 
 
-def _numel(shape: tuple[int, ...]) -> int:
+def numel(shape: tuple[int, ...]) -> int:
     count = 1
     for size in shape:
         count *= size
     return count
 
 
-def _short(exc: Exception) -> str:
+def short_reason(exc: BaseException, limit: int = 160) -> str:
+    """An exception as one line for a client: its type and message, at most `limit` long."""
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    text = text if len(text) <= 160 else text[:157] + "..."
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from pipelines.lora_fit import LoraFit
+from pipelines.lora_fit import LoraFit, numel
 from pipelines.sdxl_configs import RANDOM_SDXL
 from pipelines.spec import ModelLoadError
 from pipelines.tiny import ensure_tiny_model
@@ -92,7 +92,7 @@ def estimate_bytes(source: str, models_dir: Path, dtype_name: str) -> int:
     count = 0
     for file in files:
         try:
-            count += sum(_numel(shape) for shape in read_header(file).shapes.values())
+            count += sum(numel(shape) for shape in read_header(file).shapes.values())
         except (LoraFileError, OSError):
             continue
     return count * per
@@ -208,19 +208,6 @@ def meta_fit(configs: dict[str, dict[str, Any]]) -> LoraFit:
         scheduler=EulerDiscreteScheduler.from_config(SCHEDULER), add_watermarker=False,
     )  # fmt: skip
     return LoraFit(pipe)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
-
-
-def short_reason(exc: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    text = text if len(text) <= 200 else text[:197] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipelines.lora_fit import LoraFit
+from pipelines.lora_fit import LoraFit, short_reason
 from pipelines.lora_hotswap import HotswapAdapters
 from pipelines.loras import AdapterCache
 from pipelines.model_files import (
@@ -23,7 +23,6 @@ from pipelines.model_files import (
     meta_fit,
     own_weights,
     pipeline_bytes,
-    short_reason,
 )
 from pipelines.placement import pad_per_image_linears, unscale, use_sdpa
 from pipelines.progress import StepProgress
@@ -257,7 +256,7 @@ class SDXLRenderer:
             raise ModelLoadError(model.key, exc.reason) from exc
         except Exception as exc:
             self.free_memory()
-            raise ModelLoadError(model.key, short_reason(exc)) from exc
+            raise ModelLoadError(model.key, short_reason(exc, 200)) from exc
         self._models[model.key] = entry
         self._meta_fits.pop(model.key, None)
         self.loads += 1

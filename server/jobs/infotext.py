@@ -113,11 +113,13 @@ def for_generation(
     seed: int,
     model_name: str | None,
     model_hash: str | None,
-    loras: Sequence[tuple[Path, str]],
+    loras: Sequence[tuple[Path, str, float]],
 ) -> str:
     """The infotext of one image of a stored generation. A txt2img request keeps what its
     client sent under `a1111` (the prompt with its LoRA tags, A1111's sampler names);
-    `loras`: (file, sha256) of the LoRAs a contract request named by id."""
+    `loras`: (file, sha256, weight) of the LoRAs a contract request named by id, written
+    as A1111 prompt tags after the prompt (so `darkroom reproduce` and A1111 apply them
+    again) and as `Lora hashes`."""
     a1111 = stored_request.get("a1111")
     if a1111:
         return build(
@@ -136,8 +138,9 @@ def for_generation(
             notes=a1111.get("notes") or None,
         )
     sampler, schedule = display_sampler(spec.sampler)
+    tags = "".join(f" <lora:{path.stem}:{weight:g}>" for path, _, weight in loras)
     return build(
-        prompt=spec.prompt,
+        prompt=spec.prompt + tags,
         negative_prompt=spec.negative_prompt,
         steps=spec.steps,
         sampler=sampler,
@@ -148,7 +151,7 @@ def for_generation(
         height=spec.height,
         model_hash=model_hash,
         model_name=model_name,
-        lora_hashes=[(path.stem, digest) for path, digest in loras],
+        lora_hashes=[(path.stem, digest) for path, digest, _ in loras],
     )
 
 

@@ -57,7 +57,7 @@ class ResultWriter:
             seed,
             task.model.name,
             task.model.sha256,
-            [(lora.path, lora.sha256) for lora in task.loras],
+            [(lora.path, lora.sha256, lora.weight) for lora in task.loras],
         )
 
     def record(self, task: Task, images: list[Image.Image], seconds: float) -> None:

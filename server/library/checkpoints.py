@@ -22,6 +22,7 @@ from pipelines.checkpoint_files import classify_checkpoint
 from pipelines.spec import ModelSpec
 from server.contract import ApiError, ErrorCode
 from server.library.layout import checkpoint_dirs
+from server.library.loras import file_sha256
 from server.store import Store
 
 log = logging.getLogger("darkroom.catalog")
@@ -275,20 +276,12 @@ def _size_and_mtime(path: Path) -> tuple[int, float]:
     return sum(s.st_size for s in stats), max((s.st_mtime for s in stats), default=0.0)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _content_hash(path: Path) -> str:
     """A file's SHA-256; a folder's: SHA-256 over `relative path NUL file hash` lines."""
     if path.is_file():
-        return _file_sha256(path)
+        return file_sha256(path)
     digest = hashlib.sha256()
     for weights in _weight_files(path):
         relative = weights.relative_to(path).as_posix()
-        digest.update(f"{relative}\0{_file_sha256(weights)}\n".encode())
+        digest.update(f"{relative}\0{file_sha256(weights)}\n".encode())
     return digest.hexdigest()

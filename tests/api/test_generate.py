@@ -196,3 +196,11 @@ def test_estimated_time_is_learned_per_image_size(
         body = generate(client, settings={"width": size, "height": size})
         assert 0.2 < body["estimated_time"] < 0.4, body
         wait_done(client, body["request_id"])
+
+
+def test_an_images_parameters_name_its_loras_as_a1111_prompt_tags(client: TestClient) -> None:
+    """So that AUTOMATIC1111 and `darkroom reproduce` apply the same LoRAs again."""
+    body = render(client, "a red fox", loras=[{"id": 1, "weight": 0.5}])
+    text = fetch_image(client, body["images"][0]["url"]).info["parameters"]
+    assert text.startswith("a red fox <lora:tiny-lora-0:0.5>\n")
+    assert 'Lora hashes: "tiny-lora-0: ' in text
