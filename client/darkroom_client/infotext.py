@@ -102,12 +102,17 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
         settings["width"], settings["height"] = int(width), int(height)
     sampler = params.get("Sampler")
     if sampler:
+        # Darkroom's API names a schedule in the sampler ("DPM++ 2M Karras"); uniform (and
+        # normal, the same sigmas) is what a bare name means there.
         schedule = params.get("Schedule type", "")
-        if schedule.lower() == "karras" and "karras" not in sampler.lower():
-            sampler = f"{sampler} Karras"
+        plain = ("", "automatic", "uniform", "normal")
+        if schedule.lower() not in plain and schedule.lower() not in sampler.lower():
+            sampler = f"{sampler} {schedule}"
         settings["sampler"] = sampler
     if params.get("Model"):
         settings["model"] = params["Model"]
+    if params.get("Model hash"):
+        settings["model_hash"] = params["Model hash"]
     settings["lora_tags"] = tags
     return settings
 

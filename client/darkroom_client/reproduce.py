@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 
 from darkroom_client.client import Client
 from darkroom_client.commands import (
@@ -34,8 +35,8 @@ def cmd_reproduce(args: argparse.Namespace, client: Client) -> int:
     tags = settings.pop("lora_tags")
     if tags:
         settings["loras"] = resolve_loras(client, tags)
-    if args.model:
-        settings["model"] = args.model
+    recorded = settings.pop("model", None), settings.pop("model_hash", None)
+    settings["model"] = args.model or matching_model(client, *recorded)
     fmt = image_format(data)
     settings["format"] = fmt
     quality = args.quality if args.quality is not None else jpeg_quality(data)
@@ -67,3 +68,23 @@ def cmd_reproduce(args: argparse.Namespace, client: Client) -> int:
             f"({generation.request_id})"
         )
     return 1
+
+
+def matching_model(client: Client, name: str | None, short_hash: str | None) -> str | None:
+    """The server's model the image names: by its hash first (names differ between
+    boxes), then by name; None (the server's default) with a warning if it has neither."""
+    if not name and not short_hash:
+        return None
+    models = client.models()
+    for entry in models:
+        if short_hash and (entry.get("hash") or "").startswith(short_hash[:10]):
+            return entry["title"]
+    for entry in models:
+        if name in (entry.get("name"), entry.get("title")):
+            return entry["title"]
+    print(
+        f"darkroom: warning: this server has no model {name or ''} [{short_hash or '?'}];"
+        " rendering with its default model",
+        file=sys.stderr,
+    )
+    return None

@@ -86,10 +86,10 @@ def extra_params(
 
 @cache
 def _display_names() -> dict[str, tuple[str, str]]:
-    """Darkroom's canonical sampler -> (A1111 sampler, schedule label as A1111 writes it):
-    "Automatic" when it is the sampler's default schedule, as get_sampler_and_scheduler
-    reports it."""
-    labels = {s["name"]: s["label"] for s in a1111_schedulers()}
+    """Darkroom's canonical sampler -> (A1111 sampler, schedule label). The schedule is
+    always named (Karras, Uniform, ...), never "Automatic": the text then means the same
+    to AUTOMATIC1111 and to Darkroom's own API, where "DPM++ 2M" alone has no Karras."""
+    labels = {s["name"]: s["label"] for s in a1111_schedulers() if s["name"] != "automatic"}
     names: dict[str, tuple[str, str]] = {}
     for sampler in a1111_samplers():
         for schedule in labels:

@@ -206,6 +206,19 @@ def test_reproduce_renders_identical_pixels(server: LiveServer, tmp_path: Path, 
     assert "identical" in result.stdout
 
 
+def test_reproduce_applies_the_loras_an_image_names(server: LiveServer, tmp_path: Path) -> None:
+    with Client(server.url, server.tokens["alice"]) as client:
+        generation = client.generate(
+            "a castle", **SMALL, seed=23, format="png", loras=[(1, 0.5)]
+        )
+        (path,) = generation.save(tmp_path)
+    with Image.open(path) as image:
+        assert "<lora:tiny-lora-0:0.5>" in image.info["parameters"]
+    result = darkroom(server, "reproduce", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "identical" in result.stdout
+
+
 def test_reproduce_reports_how_far_a_tampered_image_is(server: LiveServer, tmp_path: Path) -> None:
     with Client(server.url, server.tokens["alice"]) as client:
         (path,) = client.generate("a castle", **SMALL, seed=22, format="png").save(tmp_path)
