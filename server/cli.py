@@ -83,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="let webhooks go to loopback, private and link-local addresses (tests, LANs)",
     )
+    serve.add_argument(
+        "--overflow-after",
+        type=float,
+        help="provider auto: send a job to a remote provider when its local wait is"
+        " estimated above this many seconds (45 suits the contract's client; 0: off)",
+    )
+    serve.add_argument(
+        "--overflow-to", help="remote providers auto overflows to, in order (fal,rundiffusion)"
+    )
     serve.add_argument("--warmup-sizes", help="WxH,... compiled before ready (1024x1024)")
     serve.add_argument(
         "--offload", action="store_true", default=None, help="model CPU offload (small GPUs)"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,23 @@ class Settings:
     webhook_allow_private: bool = False
     webhook_timeout: float = 10.0
     webhook_retry_scale: float = 1.0
+    # Remote providers (server/providers/). fal: FAL_KEY (fal's own variable) enables it.
+    fal_key: str = field(default="", repr=False)
+    fal_url: str = "https://queue.fal.run"
+    fal_app: str = "fal-ai/fast-sdxl"
+    # Any server speaking AUTOMATIC1111's API; auth "user:password" (HTTP Basic).
+    rundiffusion_url: str = ""
+    rundiffusion_auth: str = field(default="", repr=False)
+    # provider "auto": overflow to the first configured of overflow_to when the local wait
+    # is estimated above overflow_after seconds (0: only when no local device is in service).
+    overflow_after: float = 0.0
+    overflow_to: str = "fal,rundiffusion"
+    # Seconds between a remote job's status polls; per HTTP request; retries of a 429,
+    # 502-504 or network error (backoff from remote_retry_base seconds, doubling).
+    remote_poll: float = 1.0
+    remote_timeout: float = 30.0
+    remote_retries: int = 4
+    remote_retry_base: float = 0.5
 
     @classmethod
     def load(
@@ -82,6 +99,8 @@ class Settings:
                 raw = environ.get(ENV_PREFIX + f.name.upper()) or None
             if raw is not None:
                 values[f.name] = _convert(f.name, raw, cls.__dataclass_fields__[f.name].default)
+        if "fal_key" not in values and environ.get("FAL_KEY"):
+            values["fal_key"] = environ["FAL_KEY"]
         return cls(**values)
 
     @property

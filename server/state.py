@@ -30,6 +30,7 @@ from server.library.checkpoints import ModelCatalog
 from server.library.layout import lora_dir
 from server.library.loras import LoraCatalog
 from server.metrics import Metrics
+from server.providers.router import Providers
 from server.store import Store
 from server.store.accounts import Accounts
 from server.store.vault import Vault
@@ -53,6 +54,7 @@ class AppState:
     metrics: Metrics
     draining: bool = False
     webhooks: WebhookSender | None = None
+    providers: Providers | None = None
 
     def drain(self) -> bool:
         """Refuse new generations, let the running job finish (up to the drain timeout) and
@@ -62,6 +64,8 @@ class AppState:
         return self.worker.drain(self.settings.drain_timeout)
 
     def close(self) -> None:
+        if self.providers is not None:
+            self.providers.close()
         self.worker.stop()
         if self.webhooks is not None:
             self.webhooks.stop()
@@ -118,10 +122,14 @@ def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) 
     models = ModelCatalog(store, settings.models_dir, renderer.model)
     models.refresh()
     queue = JobQueue()
-    for row in store.recover(settings.max_attempts, gave_up_error(settings.max_attempts)):
-        enqueue_stored(queue, models, catalog, row)
+    recovered = store.recover(settings.max_attempts, gave_up_error(settings.max_attempts))
     worker = Worker(renderer, store, vault, queue, catalog, models, settings, metrics)
+    providers = Providers(store, vault, settings, metrics, partial(local_in_service, worker))
+    for row in recovered:
+        if not providers.dispatch(row):  # a remote job resumes where it was
+            enqueue_stored(queue, models, catalog, row)
     admission = Admission(store, catalog, models, queue, settings, worker.measured_speed)
+    admission.router = providers
     worker.start()
     accounts = Accounts(store)
     state = AppState(
@@ -137,6 +145,7 @@ def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) 
         Authenticator(accounts, settings.host, settings.insecure_no_auth),
         PollLimits.from_settings(settings),
         metrics,
+        providers=providers,
     )
     state.webhooks = WebhookSender(
         store,
@@ -147,6 +156,11 @@ def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) 
     )
     state.webhooks.start()
     return state
+
+
+def local_in_service(worker: Worker) -> bool:
+    """Whether this server's own device can take work (provider auto overflows if not)."""
+    return worker.state == "ready" and worker.alive and worker.stuck_job is None
 
 
 def webhook_status(state: AppState) -> RenderStatus:

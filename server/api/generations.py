@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -36,6 +37,8 @@ async def generate(request: Request) -> Response:
         )
     body = parse(ImageGenerationRequest, await json_body(request))
     await check_webhook_url(request, body)
+    if state.providers is not None:  # a remote's LoRA list, fetched off the event loop
+        await run_in_threadpool(state.providers.prefetch, body)
     row = state.admission.submit(body, user, webhook_base=links_for(request).base)
     request.state.request_id = row["request_id"]
     return JSONResponse(generation_view(request, row), status_code=202)
@@ -111,6 +114,8 @@ async def cancel_generation(request: Request) -> Response:
     # A running job stops at its next step (or, in a batch, is dropped when it ends); it is
     # failed now, so the answer is final and nothing it produces is recorded or charged.
     state.queue.cancel(row["id"])
+    if state.providers is not None:  # a remote job: its runner passes the cancel on
+        state.providers.cancel(row["id"])
     cancelled = state.store.fail(row["id"], cancelled_error())
     row = state.store.generation_by_id(row["id"])
     body = generation_view(request, row)

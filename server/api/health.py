@@ -43,6 +43,9 @@ async def health(request: Request) -> Response:
     }
     if worker.load_error:
         body["error"] = worker.load_error
+    if state.providers is not None:
+        local = {"state": worker.state, "in_service": state.providers.local_in_service()}
+        body["providers"] = state.providers.health(local)
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from starlette.requests import Request
 from starlette.responses import Response
 
+from server.providers.metrics import provider_metrics
 from server.state import AppState, state_of
 
 
@@ -45,6 +46,8 @@ class StateCollector:
             yield _counter("darkroom_lora_cache_hits", "LoRAs found loaded", adapters.hits)
             yield _counter("darkroom_lora_cache_misses", "LoRAs loaded from disk",
                            adapters.misses)
+        if state.providers is not None:
+            yield from provider_metrics(state)
         memory = getattr(state.worker.renderer, "device_memory_bytes", None)
         in_use = memory() if callable(memory) else None
         if in_use is not None:

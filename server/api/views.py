@@ -51,7 +51,9 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def image_info(image: dict[str, Any], request: dict[str, Any], links: Links) -> ImageInfo:
+def image_info(
+    image: dict[str, Any], request: dict[str, Any], links: Links, provider: str = PROVIDER_NAME
+) -> ImageInfo:
     name = f"{image['token']}.{EXTENSIONS[image['format']]}"
     thumb = f"{image['token']}.thumb.webp"
     if image["in_vault"]:
@@ -72,7 +74,7 @@ def image_info(image: dict[str, Any], request: dict[str, Any], links: Links) -> 
             width=image["width"],
             height=image["height"],
             generation_time=image["generation_time_ms"],
-            provider=PROVIDER_NAME,
+            provider=provider,
             format=image["format"],
             sampler=settings["sampler"],
             steps=settings["steps"],
@@ -101,7 +103,21 @@ def generation(
     extra: dict[str, Any] = {}
     request = json.loads(row["request_json"])
     pixels = request["settings"]["width"] * request["settings"]["height"]
-    if status == "pending":
+    router = getattr(admission, "router", None)
+    remote = router.progress_of(row["id"]) if router is not None else None
+    if remote is not None and status in ("pending", "processing"):
+        # A remote job: its place in the remote's queue, its steps as the remote reports.
+        total = remote.total_steps or request["settings"]["steps"]
+        done = remote.step / total if status == "processing" else 0.0
+        fields["poll_url"] = links.status(row["request_id"])
+        fields["estimated_time"] = round(
+            admission.estimate_seconds(row["work_units"] * (1 - done), pixels), 2
+        )
+        if status == "pending":
+            extra["queue_position"] = remote.queue_position
+        else:
+            extra.update(progress=round(done, 4), step=remote.step, total_steps=total)
+    elif status == "pending":
         place = queue.position(row["id"])
         if place is None:  # just taken by the worker, or not queued yet
             ahead = 0.0 if queue.progress_of(row["id"]) else queue.work_ahead_of_new_job()
@@ -124,7 +140,8 @@ def generation(
         )
         extra.update(progress=round(done, 4), step=step, total_steps=total)
     elif status == "completed":
-        fields["images"] = [image_info(image, request, links) for image in images]
+        provider = row.get("provider") or PROVIDER_NAME
+        fields["images"] = [image_info(image, request, links, provider) for image in images]
     else:
         fields["error"] = ErrorInfo(**json.loads(row["error_json"] or "{}"))
     body = ImageGenerationResponse(**fields).model_dump(mode="json", exclude_unset=True)

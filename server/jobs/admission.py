@@ -8,10 +8,12 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from server.config import Settings
 from server.contract import (
     MAX_SEED,
+    PROVIDER_NAME,
     ApiError,
     ErrorCode,
     ImageGenerationRequest,
@@ -63,6 +65,8 @@ class Admission:
         self.measured_speed = measured_speed
         # (read at, seconds per work unit overall, and by image size in pixels)
         self._rates: tuple[float, float, dict[int, float]] | None = None
+        # server.providers.router.Providers, set by state.py (None: local rendering only).
+        self.router: Any = None
 
     def submit(
         self,
@@ -76,7 +80,7 @@ class Admission:
         base URL the status object's links are rendered under when `options.webhook_url`
         is delivered (the one the request arrived on)."""
         options, settings = request.options, request.settings
-        if options.provider != "auto":
+        if options.provider != "auto" and self.router is None:
             raise ApiError(
                 ErrorCode.PROVIDER_ERROR,
                 f"Provider {options.provider!r} is not configured on this server",
@@ -85,6 +89,9 @@ class Admission:
         check_limits(request.loras, options.num_images, self.settings.max_loras)
         check_lengths(request.prompt, settings.negative_prompt, self.settings.max_prompt_chars)
         model, loras = resolve_request(self.models, self.catalog, request)
+        provider = PROVIDER_NAME
+        if self.router is not None:
+            provider = self.router.choose(request, loras, self.local_wait)
         # Stored by title (name and hash): the job renders that file, wherever it moves.
         settings.model = None if model.default else model.title
         seed_fixed = settings.seed != -1
@@ -110,13 +117,19 @@ class Admission:
             user.id,
             cost,
             admit,
-        )
-        self.queue.put(
-            generation_id, units, user.id, queue_key(request, loras, model), model_key(model)
+            provider,
         )
         row = self.store.generation_by_id(generation_id)
         assert row is not None
+        if self.router is None or not self.router.dispatch(row):
+            self.queue.put(
+                generation_id, units, user.id, queue_key(request, loras, model), model_key(model)
+            )
         return row
+
+    def local_wait(self) -> float:
+        """Seconds a job submitted now would wait for this server's own devices."""
+        return self.estimate_seconds(self.queue.work_ahead_of_new_job())
 
     def _check_user_limit(self, db: Connection, user: User) -> None:
         limit = self.settings.max_active_per_user

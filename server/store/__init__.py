@@ -11,10 +11,17 @@ from server.store.keys import KeyQueries
 from server.store.loras import LoraQueries
 from server.store.models import ModelQueries
 from server.store.presets import PresetQueries
+from server.store.remote import RemoteQueries
 from server.store.webhooks import WebhookQueries
 
 
 class Store(
-    GenerationQueries, LoraQueries, ModelQueries, PresetQueries, KeyQueries, WebhookQueries
+    GenerationQueries,
+    LoraQueries,
+    ModelQueries,
+    PresetQueries,
+    KeyQueries,
+    WebhookQueries,
+    RemoteQueries,
 ):
     """The database: open it with `Store(path or postgresql URL)`; it migrates itself."""

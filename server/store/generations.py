@@ -13,6 +13,8 @@ import server.store.webhooks as webhooks
 from server.store.database import Connection, Database, insert_id
 
 ACTIVE = ("pending", "processing")
+# Rendered by this server's own pool (remote providers' times say nothing of its speed).
+LOCAL = "(provider IS NULL OR provider = 'darkroom')"
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class GenerationQueries(Database):
         user_id: int,
         cost: float,
         admit: Callable[[Connection], None] | None = None,
+        provider: str | None = None,
     ) -> int:
         """Record a pending generation and hold its cost, in one transaction; `admit` runs
         first inside it and may raise to refuse the request (nothing is then written)."""
@@ -52,8 +55,8 @@ class GenerationQueries(Database):
             generation_id = insert_id(
                 db,
                 "INSERT INTO generations (request_id, status, prompt, request_json, seed,"
-                " seed_fixed, work_units, user_id, cost, created_at)"
-                " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
+                " seed_fixed, work_units, user_id, cost, created_at, provider)"
+                " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     request_id,
                     prompt,
@@ -64,6 +67,7 @@ class GenerationQueries(Database):
                     user_id,
                     cost,
                     time.time(),
+                    provider,
                 ),
             )
             ledger.hold(db, user_id, generation_id, cost)
@@ -239,7 +243,7 @@ class GenerationQueries(Database):
         row = self.fetch_one(
             "SELECT SUM(render_seconds) AS seconds, SUM(work_units) AS units FROM ("
             " SELECT render_seconds, work_units FROM generations WHERE status = 'completed'"
-            " AND render_seconds IS NOT NULL ORDER BY id DESC LIMIT ?) AS recent",
+            f" AND render_seconds IS NOT NULL AND {LOCAL} ORDER BY id DESC LIMIT ?) AS recent",
             (recent,),
         )
         if not row or not row["units"]:
@@ -253,7 +257,7 @@ class GenerationQueries(Database):
             f" SELECT {self.json_number('request_json', '$.settings.width')}"
             f" * {self.json_number('request_json', '$.settings.height')} AS pixels,"
             " render_seconds, work_units FROM generations WHERE status = 'completed'"
-            " AND render_seconds IS NOT NULL ORDER BY id DESC LIMIT ?) AS recent"
+            f" AND render_seconds IS NOT NULL AND {LOCAL} ORDER BY id DESC LIMIT ?) AS recent"
             " GROUP BY pixels",
             (recent,),
         )

@@ -202,6 +202,12 @@ MIGRATIONS: list[str] = [
         secret TEXT NOT NULL,
         created_at REAL NOT NULL
     );
+    """,    # Providers (server/providers/): where each generation renders (NULL: this server's
+    # own pool, "darkroom"), and a remote job's handle (request id, status and cancel URLs)
+    # so that a restart resumes watching it rather than submitting it again.
+    """
+    ALTER TABLE generations ADD COLUMN provider TEXT;
+    ALTER TABLE generations ADD COLUMN remote_json TEXT;
     """,
 ]
 

@@ -1,0 +1,282 @@
+"""What every remote provider shares: the job it is handed, its result, its errors, an HTTP
+client that retries what is worth retrying, and the health it reports."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from server.contract import ErrorCode, ImageGenerationRequest, error_object
+from server.jobs.queue import Progress
+
+# Worth another try: the request was not taken (rate limit, gateway, overload).
+RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
+MAX_BACKOFF_SECONDS = 10.0
+
+
+class Stopped(Exception):
+    """The job was stopped here (cancelled, timed out, shutting down)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UpstreamError(Exception):
+    """The remote refused, failed or could not be reached: the job fails with
+    PROVIDER_ERROR and `details: {provider, upstream_status, upstream_detail, reason}`."""
+
+    def __init__(
+        self,
+        provider: str,
+        message: str,
+        status: int | None = None,
+        detail: Any = None,
+        reason: str = "upstream_error",
+        code: str = ErrorCode.PROVIDER_ERROR,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.message = message
+        self.status = status
+        self.detail = detail
+        self.reason = reason
+        self.code = code
+
+    def error(self) -> dict[str, Any]:
+        return error_object(
+            self.code,
+            self.message,
+            {
+                "provider": self.provider,
+                "upstream_status": self.status,
+                "upstream_detail": self.detail,
+                "reason": self.reason,
+            },
+        )
+
+    @property
+    def unreachable(self) -> bool:
+        return self.reason == "unreachable" or (self.status or 0) >= 500
+
+
+@dataclass
+class RemoteProgress(Progress):
+    """A remote job as the status poll sees it: the remote's queue place, its steps."""
+
+    provider: str = ""
+    queue_position: int | None = None
+
+
+@dataclass
+class RemoteResult:
+    images: list[Image.Image]
+    seeds: list[int]
+    model: str
+    model_hash: str | None = None
+
+
+@dataclass
+class RemoteJob:
+    """What a provider's `run` gets: the request as admitted (seed fixed), the LoRA rows it
+    names, the stored handle of an earlier submit (None: submit now), and callbacks."""
+
+    generation_id: int
+    request: ImageGenerationRequest
+    seed: int
+    loras: list[dict[str, Any]]  # catalog rows (meta parsed), one per request.loras entry
+    handle: dict[str, Any] | None
+    progress: RemoteProgress
+    deadline: float
+    save: Callable[[dict[str, Any]], None]
+    started: Callable[[], None]
+    poll_seconds: float = 1.0
+
+    def check(self) -> None:
+        """Raise Stopped when the job was stopped or ran past its deadline."""
+        if time.monotonic() > self.deadline:
+            self.progress.request_stop("timeout")
+        if self.progress.stop.is_set():
+            raise Stopped(self.progress.stop_reason or "cancelled")
+
+    def wait(self, seconds: float | None = None) -> None:
+        self.progress.stop.wait(self.poll_seconds if seconds is None else seconds)
+        self.check()
+
+    def queued(self, position: int | None) -> None:
+        self.progress.queue_position = position
+
+    def processing(self, step: int = 0, total: int = 0) -> None:
+        if self.progress.queue_position is not None or not self.progress.total_steps:
+            self.started()
+        self.progress.queue_position = None
+        self.progress.step = step
+        self.progress.total_steps = total or self.request.settings.steps
+
+
+@dataclass
+class Health:
+    """What /health says of a provider: last success, last error, jobs in flight."""
+
+    reachable: bool | None = None
+    last_ok_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def ok(self) -> None:
+        with self.lock:
+            self.reachable, self.last_ok_at = True, time.time()
+
+    def failed(self, exc: UpstreamError) -> None:
+        with self.lock:
+            if exc.unreachable:
+                self.reachable = False
+            self.last_error, self.last_error_at = exc.message, time.time()
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "reachable": self.reachable,
+            "last_ok_at": self.last_ok_at,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+        }
+
+
+class Http:
+    """httpx with bounded retries: 408/429/502/503/504 and network errors, backoff doubling
+    from `base` seconds (with jitter, honouring Retry-After up to the cap). A request that
+    is not idempotent is retried after a network error only when it surely never left
+    (the connection failed). Any other 4xx or 5xx raises UpstreamError at once."""
+
+    def __init__(
+        self,
+        provider: str,
+        health: Health,
+        timeout: float,
+        retries: int,
+        base: float,
+        headers: dict[str, str] | None = None,
+        auth: httpx.Auth | None = None,
+    ) -> None:
+        self.provider = provider
+        self.health = health
+        self.retries = retries
+        self.base = base
+        self.client = httpx.Client(timeout=timeout, headers=headers or {}, auth=auth)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        idempotent: bool = True,
+        timeout: float | None = None,
+        what: str = "request",
+    ) -> httpx.Response:
+        last: UpstreamError | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self._backoff(attempt, last))
+            try:
+                kwargs: dict[str, Any] = {"json": json} if json is not None else {}
+                if timeout is not None:
+                    kwargs["timeout"] = timeout
+                response = self.client.request(method, url, **kwargs)
+            except httpx.TransportError as exc:
+                last = UpstreamError(
+                    self.provider,
+                    f"{self.provider} could not be reached ({what}): {type(exc).__name__}",
+                    detail=str(exc) or type(exc).__name__,
+                    reason="unreachable",
+                )
+                if idempotent or isinstance(exc, httpx.ConnectError):
+                    continue
+                raise last from exc
+            if response.status_code in RETRY_STATUSES:
+                last = self._error(response, what)
+                last.retry_after = response.headers.get("retry-after")  # type: ignore[attr-defined]
+                continue
+            if response.status_code >= 400:
+                raise self._error(response, what)
+            return response
+        assert last is not None
+        raise last
+
+    def _backoff(self, attempt: int, last: UpstreamError | None) -> float:
+        delay = min(MAX_BACKOFF_SECONDS, self.base * 2 ** (attempt - 1))
+        hinted = getattr(last, "retry_after", None)
+        if hinted:
+            with contextlib.suppress(ValueError):
+                delay = min(MAX_BACKOFF_SECONDS, max(delay, float(hinted)))
+        return delay * (0.5 + random.random() / 2)
+
+    def _error(self, response: httpx.Response, what: str) -> UpstreamError:
+        try:
+            body = response.json()
+            detail = body.get("detail", body) if isinstance(body, dict) else body
+        except ValueError:
+            detail = response.text[:500]
+        return UpstreamError(
+            self.provider,
+            f"{self.provider} answered {response.status_code} to the {what}",
+            status=response.status_code,
+            detail=detail,
+        )
+
+    def image(self, url: str) -> Image.Image:
+        """Download and decode one result image (retried like any GET)."""
+        try:
+            response = self.request("GET", url, what="image download")
+            image = Image.open(io.BytesIO(response.content))
+            image.load()
+        except UpstreamError as exc:
+            exc.reason, exc.message = "download_failed", f"{exc.message} ({url})"
+            raise
+        except OSError as exc:
+            raise UpstreamError(
+                self.provider, f"{self.provider} sent an unreadable image", detail=str(exc),
+                reason="download_failed",
+            ) from exc
+        return image.convert("RGB") if image.mode not in ("RGB", "RGBA") else image
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RemoteProvider:
+    """A remote place to render. Subclasses: fal.FalProvider, rundiffusion.RunDiffusion."""
+
+    name = ""
+    serial = False  # one job at a time (AUTOMATIC1111 renders one call at a time anyway)
+
+    def __init__(self) -> None:
+        self.health = Health()
+
+    def describe(self) -> dict[str, Any]:
+        return {"configured": True, **self.health.view()}
+
+    def check(self, request: ImageGenerationRequest, loras: list[dict[str, Any]]) -> None:
+        """At submit: raise ApiError if this provider cannot render the request."""
+
+    def prefetch(self, request: ImageGenerationRequest) -> None:
+        """Before submit, off the event loop: fetch what `check` needs from the remote."""
+
+    def run(self, job: RemoteJob) -> RemoteResult:
+        raise NotImplementedError
+
+    def cancel(self, handle: dict[str, Any] | None) -> None:
+        """Pass a cancel on to the remote (best effort)."""
+
+    def close(self) -> None:
+        pass

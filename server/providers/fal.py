@@ -1,0 +1,181 @@
+"""fal.ai's queue API (/work/shared/notes/fal-queue-api.md, docs.fal.ai): submit to
+`{url}/{app}`, follow the status URL it returns (IN_QUEUE -> IN_PROGRESS -> COMPLETED), fetch
+the result, download its images. fast-sdxl takes no sampler; a request with LoRAs or
+another sampler goes to fal-ai/lora, which takes `scheduler` names."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from server.config import Settings
+from server.contract import MAX_SEED, ApiError, ErrorCode, ImageGenerationRequest
+from server.providers.base import (
+    Http,
+    RemoteJob,
+    RemoteProvider,
+    RemoteResult,
+    UpstreamError,
+)
+
+LORA_APP = "fal-ai/lora"
+LORA_APP_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+# fast-sdxl has no sampler field: it serves the contract's default sampler.
+PLAIN_SAMPLERS = frozenset({"euler"})
+# Darkroom's sampler names -> fal-ai/lora's `scheduler` values.
+SCHEDULERS = {
+    "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_2m_karras": "DPM++ 2M Karras",
+    "dpmpp_2m_sde": "DPM++ 2M SDE",
+    "dpmpp_2m_sde_karras": "DPM++ 2M SDE Karras",
+    "euler": "Euler",
+    "euler_a": "Euler A",
+    "ddim": "DDIM",
+}
+
+
+def lora_url(row: dict[str, Any]) -> str:
+    return str(row["meta"].get("url") or "").strip()
+
+
+class FalProvider(RemoteProvider):
+    name = "fal"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.url = settings.fal_url.rstrip("/")
+        self.app = settings.fal_app.strip("/")
+        self.http = Http(
+            self.name,
+            self.health,
+            settings.remote_timeout,
+            settings.remote_retries,
+            settings.remote_retry_base,
+            headers={"Authorization": f"Key {settings.fal_key}"},
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "url": self.url, "app": self.app}
+
+    def route(self, request: ImageGenerationRequest, loras: list[dict[str, Any]]) -> tuple:
+        """(app, scheduler or None) for a request; ApiError if fal cannot render it."""
+        sampler = request.settings.sampler
+        if not loras and sampler in PLAIN_SAMPLERS:
+            return self.app, None
+        scheduler = SCHEDULERS.get(sampler)
+        if scheduler is None:
+            raise ApiError(
+                ErrorCode.PROVIDER_ERROR,
+                f"fal has no sampler {sampler!r}; it offers: {', '.join(SCHEDULERS)}",
+                {"provider": self.name, "sampler": sampler, "available": list(SCHEDULERS)},
+            )
+        return LORA_APP, scheduler
+
+    def check(self, request: ImageGenerationRequest, loras: list[dict[str, Any]]) -> None:
+        missing = [row["id"] for row in loras if not lora_url(row)]
+        if missing:
+            reason = "fal needs a downloadable URL for it: set `url` in its sidecar .json"
+            raise ApiError(
+                ErrorCode.INVALID_LORA,
+                "; ".join(f"LoRA model with ID {i} cannot be used: {reason}" for i in missing),
+                {
+                    "invalid_ids": missing,
+                    "valid_ids": [row["id"] for row in loras if lora_url(row)],
+                    "incompatible": [{"id": i, "reason": reason} for i in missing],
+                    "provider": self.name,
+                },
+            )
+        self.route(request, loras)
+
+    def body(self, job: RemoteJob, scheduler: str | None) -> dict[str, Any]:
+        settings, options = job.request.settings, job.request.options
+        body: dict[str, Any] = {
+            "prompt": job.request.prompt,
+            "negative_prompt": settings.negative_prompt,
+            "image_size": {"width": settings.width, "height": settings.height},
+            "num_inference_steps": settings.steps,
+            "guidance_scale": settings.cfg_scale,
+            "seed": job.seed,
+            "num_images": options.num_images,
+        }
+        if scheduler is None:
+            body["format"] = "png"  # lossless; the vault encodes the requested format
+        else:
+            body.update(
+                model_name=LORA_APP_MODEL,
+                scheduler=scheduler,
+                image_format="png",
+                loras=[
+                    {"path": lora_url(row), "scale": ref.weight}
+                    for row, ref in zip(job.loras, job.request.loras, strict=True)
+                ],
+            )
+        return body
+
+    def run(self, job: RemoteJob) -> RemoteResult:
+        handle = job.handle
+        if not handle or not handle.get("request_id"):
+            handle = self._submit(job)
+        while True:
+            job.check()
+            status = self.http.request("GET", handle["status_url"], what="status poll").json()
+            state = status.get("status")
+            if state == "IN_QUEUE":
+                job.queued(status.get("queue_position"))
+            elif state == "IN_PROGRESS":
+                job.processing()
+            elif state == "COMPLETED":
+                if status.get("error"):
+                    raise UpstreamError(
+                        self.name,
+                        f"fal failed the request: {status['error']}",
+                        status=200,
+                        detail={"error": status["error"], "error_type": status.get("error_type")},
+                        reason=str(status.get("error_type") or "remote_failed"),
+                    )
+                break
+            else:
+                raise UpstreamError(
+                    self.name, f"fal answered an unknown status {state!r}", 200, status
+                )
+            job.wait()
+        job.processing()
+        result = self.http.request("GET", handle["response_url"], what="result").json()
+        images = [self.http.image(image["url"]) for image in result.get("images") or []]
+        if not images:
+            raise UpstreamError(self.name, "fal returned no images", 200, result, "no_images")
+        seed = int(result.get("seed", job.seed))
+        seeds = [(seed + i) % (MAX_SEED + 1) for i in range(len(images))]
+        return RemoteResult(images, seeds, handle.get("app") or self.app)
+
+    def _submit(self, job: RemoteJob) -> dict[str, Any]:
+        app, scheduler = self.route(job.request, job.loras)
+        answer = self.http.request(
+            "POST", f"{self.url}/{app}", json=self.body(job, scheduler), idempotent=False,
+            what="submit",
+        ).json()
+        request_id = answer["request_id"]
+        # Status, result and cancel live under owner/app (a sub-path is only for submit).
+        base = f"{self.url}/{'/'.join(app.split('/')[:2])}/requests/{request_id}"
+        handle = {
+            "provider": self.name,
+            "app": app,
+            "request_id": request_id,
+            "status_url": answer.get("status_url") or f"{base}/status",
+            "response_url": answer.get("response_url") or base,
+            "cancel_url": answer.get("cancel_url") or f"{base}/cancel",
+            "resumable": True,
+        }
+        job.save(handle)
+        job.queued(answer.get("queue_position"))
+        return handle
+
+    def cancel(self, handle: dict[str, Any] | None) -> None:
+        if not handle or not handle.get("cancel_url"):
+            return
+        # 400 ALREADY_COMPLETED, or gone: nothing more to stop.
+        with contextlib.suppress(UpstreamError):
+            self.http.request("PUT", handle["cancel_url"], what="cancel")
+
+    def close(self) -> None:
+        self.http.close()

@@ -1,0 +1,216 @@
+"""rundiffusion: any server speaking AUTOMATIC1111's API (/work/shared/notes/automatic1111-api.md)
+- a RunDiffusion session, Forge, SD.Next, another Darkroom. One blocking `txt2img` call
+per job (in a thread), `/sdapi/v1/progress` polled meanwhile, `/sdapi/v1/interrupt` to
+cancel. AUTOMATIC1111 has no request ids: a job cut short by a restart is submitted again
+(same seed and settings, so the same images), counted as a try."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import threading
+import time
+from functools import cache
+from pathlib import PurePath
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from pipelines.samplers import UnsupportedSampler, a1111_samplers, a1111_schedulers, resolve
+from server.config import Settings
+from server.contract import MAX_SEED, ApiError, ErrorCode, ImageGenerationRequest
+from server.providers.base import Http, RemoteJob, RemoteProvider, RemoteResult, UpstreamError
+
+LORA_LIST_SECONDS = 30.0
+
+
+@cache
+def a1111_names() -> dict[str, tuple[str, str]]:
+    """Darkroom's sampler name -> AUTOMATIC1111's (sampler_name, scheduler), built from
+    pipelines.samplers' own resolution, so the remote runs what Darkroom would."""
+    names: dict[str, tuple[str, str]] = {}
+    for sampler in a1111_samplers():
+        for schedule in ["automatic", *(s["name"] for s in a1111_schedulers())]:
+            try:
+                names.setdefault(resolve(sampler["name"], schedule), (sampler["name"], schedule))
+            except UnsupportedSampler:
+                continue
+    return names
+
+
+def lora_names(row: dict[str, Any]) -> list[str]:
+    """The names a remote may list this LoRA under: its file stem, then its display name."""
+    stem = PurePath(row["path"]).name.removesuffix(".safetensors")
+    return [name for name in (stem, row["meta"].get("name")) if name]
+
+
+class RunDiffusion(RemoteProvider):
+    name = "rundiffusion"
+    serial = True
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.url = settings.rundiffusion_url.rstrip("/")
+        user, _, password = settings.rundiffusion_auth.partition(":")
+        auth = httpx.BasicAuth(user, password) if settings.rundiffusion_auth else None
+        self.job_timeout = settings.job_timeout if settings.job_timeout > 0 else 24 * 3600.0
+        self.http = Http(
+            self.name,
+            self.health,
+            settings.remote_timeout,
+            settings.remote_retries,
+            settings.remote_retry_base,
+            auth=auth,
+        )
+        self._loras: tuple[float, set[str]] | None = None
+        self._lock = threading.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "url": self.url}
+
+    def remote_loras(self, fresh: bool = False) -> set[str]:
+        """The names (and aliases) the remote lists at /sdapi/v1/loras, kept 30 s."""
+        with self._lock:
+            if not fresh and self._loras and time.monotonic() - self._loras[0] < LORA_LIST_SECONDS:
+                return self._loras[1]
+        try:
+            listed = self.http.request("GET", f"{self.url}/sdapi/v1/loras", what="LoRA list")
+        except UpstreamError as exc:
+            self.health.failed(exc)
+            raise ApiError(
+                ErrorCode.PROVIDER_ERROR,
+                f"Could not list the LoRAs of the rundiffusion server: {exc.message}",
+                exc.error()["details"],
+                502,
+            ) from exc
+        self.health.ok()
+        names = {n for e in listed.json() for n in (e.get("name"), e.get("alias")) if n}
+        with self._lock:
+            self._loras = (time.monotonic(), names)
+        return names
+
+    def prefetch(self, request: ImageGenerationRequest) -> None:
+        if request.loras:
+            self.remote_loras()
+
+    def sampler(self, request: ImageGenerationRequest) -> tuple[str, str]:
+        found = a1111_names().get(request.settings.sampler)
+        if found is None:
+            raise ApiError(
+                ErrorCode.PROVIDER_ERROR,
+                f"sampler {request.settings.sampler!r} has no AUTOMATIC1111 equivalent",
+                {"provider": self.name, "sampler": request.settings.sampler,
+                 "available": sorted(a1111_names())},
+            )  # fmt: skip
+        return found
+
+    def check(self, request: ImageGenerationRequest, loras: list[dict[str, Any]]) -> None:
+        self.sampler(request)
+        if not loras:
+            return
+        listed = self.remote_loras()
+        missing = [row["id"] for row in loras if not set(lora_names(row)) & listed]
+        if missing:
+            reason = "the rundiffusion server does not list it at /sdapi/v1/loras"
+            raise ApiError(
+                ErrorCode.INVALID_LORA,
+                "; ".join(f"LoRA model with ID {i} cannot be used: {reason}" for i in missing),
+                {
+                    "invalid_ids": missing,
+                    "valid_ids": [row["id"] for row in loras if row["id"] not in missing],
+                    "incompatible": [{"id": i, "reason": reason} for i in missing],
+                    "provider": self.name,
+                },
+            )
+
+    def body(self, job: RemoteJob) -> dict[str, Any]:
+        request, settings = job.request, job.request.settings
+        listed = self.remote_loras() if job.loras else set()
+        tags = ""
+        for row, ref in zip(job.loras, request.loras, strict=True):
+            name = next((n for n in lora_names(row) if n in listed), lora_names(row)[0])
+            tags += f" <lora:{name}:{ref.weight:g}>"
+        sampler_name, scheduler = self.sampler(request)
+        return {
+            "prompt": request.prompt + tags,
+            "negative_prompt": settings.negative_prompt,
+            "steps": settings.steps,
+            "cfg_scale": settings.cfg_scale,
+            "width": settings.width,
+            "height": settings.height,
+            "sampler_name": sampler_name,
+            "scheduler": scheduler,
+            "seed": job.seed,
+            "batch_size": request.options.num_images,
+            "n_iter": 1,
+            "send_images": True,
+            "save_images": False,
+        }
+
+    def run(self, job: RemoteJob) -> RemoteResult:
+        body = self.body(job)
+        outcome: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                outcome["response"] = self.http.request(
+                    "POST", f"{self.url}/sdapi/v1/txt2img", json=body, idempotent=False,
+                    timeout=self.job_timeout + 60, what="txt2img",
+                )
+            except Exception as exc:  # handed to the job's thread
+                outcome["error"] = exc
+
+        job.processing()
+        caller = threading.Thread(target=call, name="darkroom-rundiffusion", daemon=True)
+        caller.start()
+        while caller.is_alive():
+            caller.join(job.poll_seconds)
+            if not caller.is_alive():
+                break
+            job.check()
+            self._progress(job)
+        if "error" in outcome:
+            raise outcome["error"]
+        job.check()
+        return self._result(job, outcome["response"].json())
+
+    def _progress(self, job: RemoteJob) -> None:
+        try:
+            answer = self.http.client.get(
+                f"{self.url}/sdapi/v1/progress", params={"skip_current_image": "true"}
+            ).json()
+        except (httpx.HTTPError, ValueError):
+            return
+        state = answer.get("state") or {}
+        step, total = state.get("sampling_step"), state.get("sampling_steps")
+        if isinstance(step, int) and isinstance(total, int) and total > 0:
+            job.processing(min(step, total), total)
+
+    def _result(self, job: RemoteJob, answer: dict[str, Any]) -> RemoteResult:
+        images = []
+        for data in answer.get("images") or []:
+            image = Image.open(io.BytesIO(base64.b64decode(data.split(",", 1)[-1])))
+            image.load()
+            images.append(image.convert("RGB"))
+        if not images:
+            raise UpstreamError(self.name, "the rundiffusion server returned no images", 200,
+                                None, "no_images")  # fmt: skip
+        try:
+            info = json.loads(answer.get("info") or "{}")
+        except ValueError:
+            info = {}
+        seeds = info.get("all_seeds") or [job.seed + i for i in range(len(images))]
+        seeds = [int(s) % (MAX_SEED + 1) for s in seeds][: len(images)]
+        seeds += [(seeds[-1] + 1 + i) % (MAX_SEED + 1) for i in range(len(images) - len(seeds))]
+        model = info.get("sd_model_name") or self.name
+        return RemoteResult(images, seeds, model, info.get("sd_model_hash"))
+
+    def cancel(self, handle: dict[str, Any] | None) -> None:
+        with contextlib.suppress(UpstreamError):
+            self.http.request("POST", f"{self.url}/sdapi/v1/interrupt", what="interrupt")
+
+    def close(self) -> None:
+        self.http.close()

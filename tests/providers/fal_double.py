@@ -1,0 +1,191 @@
+"""A test double of fal.ai's queue API, written from fal's public documentation (docs.fal.ai:
+model endpoints -> queue, inference API reference, errors) as gathered in
+/work/shared/notes/fal-queue-api.md. It is not fal: it renders flat PNGs whose colour
+depends on the seed, and its knobs script the failure modes Darkroom must survive.
+
+- `POST /{owner}/{app}`: submit; `{status: IN_QUEUE, request_id, response_url,
+  status_url, cancel_url, queue_position}`; 401 without `Authorization: Key <key>`;
+  422 `{detail: [{loc, msg, type}]}` for a missing prompt or when `reject_422` is set.
+- `GET /{owner}/{app}/requests/{id}/status`: 202 IN_QUEUE (`queue_position`) for
+  `queue_polls` polls, then 202 IN_PROGRESS until `release` is set, then 200 COMPLETED
+  (with `error`/`error_type` when `complete_error` is set).
+- `GET /{owner}/{app}/requests/{id}`: the result, `{images: [{url, content_type, width,
+  height}], seed, has_nsfw_concepts, prompt, timings}`.
+- `PUT /{owner}/{app}/requests/{id}/cancel`: 202 CANCELLATION_REQUESTED (recorded), 400
+  ALREADY_COMPLETED.
+- `GET /files/{id}/{n}.png`: the images (`image_status` answers otherwise).
+- `fail_next`: statuses the next requests get first (503, 502, ...), one each.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+from typing import Any
+
+import uvicorn
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from processes import free_port
+
+KEY = "test-key-123"
+
+
+def colour(seed: int) -> tuple[int, int, int]:
+    return (seed % 251, (seed // 251) % 241, 77)
+
+
+class FalDouble:
+    def __init__(self, key: str = KEY) -> None:
+        self.key = key
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.submits: list[dict[str, Any]] = []  # {app, body, request_id}
+        self.cancels: list[str] = []
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.fail_next: list[int] = []
+        self.reject_422 = False
+        self.queue_polls = 1
+        self.release = threading.Event()
+        self.release.set()
+        self.complete_error: str | None = None
+        self.image_status = 200
+        self.lock = threading.Lock()
+        app = Starlette(
+            routes=[
+                Route("/files/{rid}/{name}", self.file, methods=["GET"]),
+                Route("/{owner}/{app}", self.submit, methods=["POST"]),
+                Route("/{owner}/{app}/requests/{rid}/status", self.status, methods=["GET"]),
+                Route("/{owner}/{app}/requests/{rid}/cancel", self.cancel, methods=["PUT"]),
+                Route("/{owner}/{app}/requests/{rid}", self.result, methods=["GET"]),
+            ]
+        )
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off", ws="none"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> FalDouble:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the fal double did not start"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def _scripted(self, request: Request) -> Response | None:
+        if request.headers.get("authorization") != f"Key {self.key}":
+            return JSONResponse({"detail": "Unauthorized"}, 401)
+        with self.lock:
+            if self.fail_next:
+                code = self.fail_next.pop(0)
+                return JSONResponse(
+                    {"detail": "upstream trouble", "error_type": "runner_scheduling_failure"},
+                    code,
+                    headers={"X-Fal-Error-Type": "runner_scheduling_failure"},
+                )
+        return None
+
+    async def submit(self, request: Request) -> Response:
+        scripted = self._scripted(request)
+        if scripted is not None:
+            return scripted
+        body = await request.json()
+        app = f"{request.path_params['owner']}/{request.path_params['app']}"
+        if self.reject_422 or not body.get("prompt"):
+            return JSONResponse(
+                {"detail": [{"loc": ["body", "prompt"], "msg": "rejected", "type": "value_error"}]},
+                422,
+            )
+        rid = uuid.uuid4().hex
+        base = f"{self.url}/{app}/requests/{rid}"
+        with self.lock:
+            self.submits.append({"app": app, "body": body, "request_id": rid})
+            self.jobs[rid] = {"app": app, "body": body, "polls": 0, "cancelled": False}
+        return JSONResponse(
+            {
+                "status": "IN_QUEUE",
+                "request_id": rid,
+                "response_url": base,
+                "status_url": f"{base}/status",
+                "cancel_url": f"{base}/cancel",
+                "queue_position": 0,
+            }
+        )
+
+    async def status(self, request: Request) -> Response:
+        scripted = self._scripted(request)
+        if scripted is not None:
+            return scripted
+        job = self.jobs.get(request.path_params["rid"])
+        if job is None:
+            return JSONResponse({"detail": "Request not found"}, 404)
+        job["polls"] += 1
+        if job["polls"] <= self.queue_polls:
+            return JSONResponse({"status": "IN_QUEUE", "queue_position": 3}, 202)
+        if not self.release.is_set() or job["cancelled"]:
+            return JSONResponse({"status": "IN_PROGRESS", "logs": None}, 202)
+        answer: dict[str, Any] = {"status": "COMPLETED", "logs": None}
+        if self.complete_error:
+            answer.update(error=self.complete_error, error_type="runner_disconnected")
+        return JSONResponse(answer, 200)
+
+    async def result(self, request: Request) -> Response:
+        scripted = self._scripted(request)
+        if scripted is not None:
+            return scripted
+        rid = request.path_params["rid"]
+        job = self.jobs.get(rid)
+        if job is None:
+            return JSONResponse({"detail": "Request not found"}, 404)
+        body = job["body"]
+        size = body.get("image_size") or {"width": 1024, "height": 1024}
+        seed = int(body.get("seed") or 7)
+        images = [
+            {
+                "url": f"{self.url}/files/{rid}/{i}.png",
+                "content_type": "image/png",
+                "width": size["width"],
+                "height": size["height"],
+            }
+            for i in range(int(body.get("num_images") or 1))
+        ]
+        return JSONResponse(
+            {"images": images, "seed": seed, "has_nsfw_concepts": [False] * len(images),
+             "prompt": body["prompt"], "timings": {"inference": 0.01}}
+        )  # fmt: skip
+
+    async def cancel(self, request: Request) -> Response:
+        if request.headers.get("authorization") != f"Key {self.key}":
+            return JSONResponse({"detail": "Unauthorized"}, 401)
+        rid = request.path_params["rid"]
+        job = self.jobs.get(rid)
+        if job is None:
+            return JSONResponse({"detail": "Request not found"}, 404)
+        with self.lock:
+            self.cancels.append(rid)
+            job["cancelled"] = True
+        return JSONResponse({"status": "CANCELLATION_REQUESTED"}, 202)
+
+    async def file(self, request: Request) -> Response:
+        if self.image_status != 200:
+            return Response(b"gone", self.image_status)
+        job = self.jobs[request.path_params["rid"]]
+        index = int(request.path_params["name"].split(".")[0])
+        size = job["body"].get("image_size") or {"width": 1024, "height": 1024}
+        seed = int(job["body"].get("seed") or 7) + index
+        buffer = io.BytesIO()
+        Image.new("RGB", (size["width"], size["height"]), colour(seed)).save(buffer, "PNG")
+        return Response(buffer.getvalue(), media_type="image/png")
