@@ -7,7 +7,7 @@ cli.py serves it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from server.api import views
 from server.api.auth import Authenticator
 from server.config import Settings
 from server.jobs.admission import Admission
+from server.jobs.devices import DevicePool, device_names, device_settings
 from server.jobs.failures import gave_up_error
 from server.jobs.limits import PollLimits
 from server.jobs.queue import JobQueue
@@ -46,23 +47,26 @@ class AppState:
     catalog: LoraCatalog
     models: ModelCatalog
     admission: Admission
-    worker: Worker
+    worker: Worker | None
     accounts: Accounts
     auth: Authenticator
     polls: PollLimits
     metrics: Metrics
     draining: bool = False
     webhooks: WebhookSender | None = None
+    # Every device's worker (`worker` is the first; None with --devices none).
+    devices: DevicePool = field(default_factory=lambda: DevicePool([]))
 
     def drain(self) -> bool:
         """Refuse new generations, let the running job finish (up to the drain timeout) and
         keep the rest queued for the next start. True if nothing was cut short."""
         self.draining = True
         log.info("draining: waiting up to %gs for the running job", self.settings.drain_timeout)
-        return self.worker.drain(self.settings.drain_timeout)
+        return self.devices.drain(self.settings.drain_timeout)
 
     def close(self) -> None:
-        self.worker.stop()
+        self.devices.stop()
+        self.queue.close()
         if self.webhooks is not None:
             self.webhooks.stop()
         self.store.close()
@@ -72,13 +76,27 @@ def state_of(request: Request) -> AppState:
     return request.app.state.darkroom
 
 
-def default_renderer(settings: Settings) -> Renderer:
-    model = settings.model
-    if model is None:
-        from pipelines.sdxl import default_model
+def default_model_name(settings: Settings) -> str:
+    if settings.model is not None:
+        return settings.model
+    from pipelines.sdxl import default_model
 
-        model, reason = default_model()
-        log.info("model: %s (%s)", model, reason)
+    model, reason = default_model()
+    log.info("model: %s (%s)", model, reason)
+    return model
+
+
+def device_renderers(settings: Settings) -> list[Renderer]:
+    """One renderer (render process) per device of --devices."""
+    each = device_settings(settings)
+    if not each:
+        return []
+    model = default_model_name(settings)
+    return [default_renderer(replace(one, model=model)) for one in each]
+
+
+def default_renderer(settings: Settings) -> Renderer:
+    model = default_model_name(settings)
     make = partial(
         sdxl_renderer,
         model,
@@ -105,24 +123,37 @@ def sdxl_renderer(model: str, models_dir: Path, **options: Any) -> Renderer:
     return SDXLRenderer(model, models_dir, **options)
 
 
-def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) -> AppState:
+def open_state(
+    settings: Settings, renderer: Renderer | list[Renderer] | None, metrics: Metrics
+) -> AppState:
     store = Store(settings.database)
     vault = Vault.open(settings.vault_dir, store.signing_key)
     removed = vault.remove_orphans(store.referenced_files())
     if removed:
         log.info("removed %d orphaned file(s) from the vault", removed)
     # Started first: the render process imports torch while this one scans the folders.
-    renderer = renderer or default_renderer(settings)
+    if renderer is None:
+        renderers = device_renderers(settings)
+    else:
+        renderers = renderer if isinstance(renderer, list) else [renderer]
     catalog = LoraCatalog(store, lora_dir(settings.models_dir))
     catalog.refresh()
-    models = ModelCatalog(store, settings.models_dir, renderer.model)
+    default = renderers[0].model if renderers else default_model_name(settings)
+    models = ModelCatalog(store, settings.models_dir, default)
     models.refresh()
     queue = JobQueue()
     for row in store.recover(settings.max_attempts, gave_up_error(settings.max_attempts)):
         enqueue_stored(queue, models, catalog, row)
-    worker = Worker(renderer, store, vault, queue, catalog, models, settings, metrics)
-    admission = Admission(store, catalog, models, queue, settings, worker.measured_speed)
-    worker.start()
+    pool = DevicePool.build(
+        renderers,
+        device_names(settings) if renderer is None else [],
+        settings,
+        lambda one, health: Worker(
+            one, store, vault, queue, catalog, models, settings, metrics, health
+        ),
+    )
+    admission = Admission(store, catalog, models, queue, settings, pool.measured_speed)
+    pool.start()
     accounts = Accounts(store)
     state = AppState(
         settings,
@@ -132,11 +163,12 @@ def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) 
         catalog,
         models,
         admission,
-        worker,
+        pool.primary,
         accounts,
         Authenticator(accounts, settings.host, settings.insecure_no_auth),
         PollLimits.from_settings(settings),
         metrics,
+        devices=pool,
     )
     state.webhooks = WebhookSender(
         store,
