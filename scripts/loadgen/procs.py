@@ -163,6 +163,7 @@ def start_darkroom(args: argparse.Namespace, scratch: Path, name: str, *flags: s
         str(scratch / name),
         "--models-dir",
         str(args.models_dir),
+        *(("--devices", args.devices) if getattr(args, "devices", None) else ()),
         *flags,
     ]
     server = Process(name, command, server_env(args), scratch / f"{name}.log")

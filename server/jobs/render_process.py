@@ -35,6 +35,8 @@ log = logging.getLogger("darkroom.render")
 
 POLL_SECONDS = 0.05
 RENDER_NICENESS = 10  # the render process (and a render thread) yields the CPU to the server
+# Several devices' workers load at once, and diffusers' lazy imports are not thread-safe.
+_IMPORT_LOCK = threading.Lock()
 
 
 class RenderProcessDied(RuntimeError):
@@ -96,7 +98,8 @@ class ProcessRenderer:
             # The answer holds a LoraFit: import what it runs on while the child loads.
             from pipelines.lora_fit import import_dependencies
 
-            import_dependencies()
+            with _IMPORT_LOCK:
+                import_dependencies()
 
             info = self._wait(None, None, None)
             self.device, self.plan, self.lora_fit = info["device"], info["plan"], info["fit"]
