@@ -7,10 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
 from conftest import AppFactory, generate, wait_done
 from fakes import Fake, Solid
 from pipelines.devices import default_devices, device_labels, parse_devices
+from server.app import create_app
 from server.config import Settings
 from server.jobs.devices import device_settings
 
@@ -134,3 +136,19 @@ def test_cpu_threads_are_split_between_cpu_devices() -> None:
         8
     ]
     assert device_settings(Settings(devices="none")) == []
+
+
+def test_devices_none_is_an_api_only_node(tmp_path: Path, models_dir: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "data", models_dir=models_dir, model="tiny", devices="none"
+    )
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/health/ready")
+        assert ready.status_code == 200 and "device_in_service" not in ready.json()["checks"]
+        health = client.get("/health").json()
+        assert health["devices"] == [] and health["device"] == "none"
+        assert health["model"] == "tiny" and health["worker_alive"] is False
+        body = generate(client)
+        time.sleep(0.3)
+        assert client.get(body["poll_url"]).json()["status"] == "pending"  # no one renders
+        assert "darkroom_model_loaded 0.0" in client.get("/metrics").text
