@@ -23,7 +23,9 @@ Phases, each with its own server process (all on this machine, all on 127.0.0.1)
 
 The server itself renders in a child process at nice 10, gives torch cores-1 threads and
 sets OMP_WAIT_POLICY=PASSIVE; --server-env KEY=VALUE sets further environment variables
-for the darkroom servers, --model another model (random-sdxl: SDXL's shapes, on CUDA).
+for the darkroom servers, --model another model (random-sdxl: SDXL's shapes, on CUDA),
+--devices the render devices (`cpu,cpu`, `cuda:0,cuda:1`): the report's images/min is the
+scaling figure.
 
 The pieces live in scripts/loadgen/: procs (server processes, CPU meters, /proc thread
 report, tiny model, users), rawhttp (the HTTP client), closed_loop (the closed-loop
@@ -90,6 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--skip-closed-loop", action="store_true", help="only the ChatEnhanced phase")
     add("--server-env", action="append", default=[], metavar="KEY=VALUE")
     add("--model", default="tiny", help="the server's --model (random-sdxl: SDXL's shapes, CUDA)")
+    add("--devices", help="the server's --devices (cpu,cpu: two render processes)")
     add("--models-dir", type=Path, help="reuse a models dir (default: build the tiny model)")
     add("--keep", action="store_true", help="keep the scratch dir (logs, databases)")
     add("--out", type=Path, help="write the figures as JSON here")

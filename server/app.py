@@ -28,8 +28,11 @@ from server.metrics import Metrics
 from server.state import open_state
 
 
-def create_app(settings: Settings, renderer: Renderer | None = None) -> Starlette:
-    """The whole server, wired in one place. `renderer` replaces the SDXL pipeline (tests)."""
+def create_app(
+    settings: Settings, renderer: Renderer | list[Renderer] | None = None
+) -> Starlette:
+    """The whole server, wired in one place. `renderer` replaces the SDXL pipeline (tests);
+    a list of them is one device each, as --devices makes."""
 
     metrics = Metrics()
 

@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--public-url", help="base of the absolute URLs handed to clients")
     serve.add_argument("--device", choices=["cuda", "mps", "cpu"], help="default: auto")
+    serve.add_argument(
+        "--devices",
+        help="render devices, one render process each: cuda:0,cuda:1 / cpu,cpu / none "
+        "(default: every visible CUDA device, else one)",
+    )
     serve.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: auto")
     serve.add_argument("--max-loras", type=int, help="LoRAs per request (default 5)")
     serve.add_argument("--drain-timeout", type=float, help="seconds to finish a job on SIGTERM")

@@ -28,6 +28,12 @@ class Settings:
     public_url: str | None = None
     device: str | None = None
     dtype: str | None = None
+    # Render devices, one render process each: "cuda:0,cuda:1", "cpu,cpu", "none" (no local
+    # rendering); None: every visible CUDA device, else one (pipelines/devices.py). A device
+    # failing device_failures jobs in a row is out of service, retried after device_retry s.
+    devices: str | None = None
+    device_failures: int = 3
+    device_retry: float = 10.0
     max_loras: int = 5
     lora_cache_size: int = 8
     url_ttl_hours: float = 24.0

@@ -7,7 +7,7 @@ cli.py serves it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from server.api import views
 from server.api.auth import Authenticator
 from server.config import Settings
 from server.jobs.admission import Admission
+from server.jobs.devices import DevicePool, device_names, device_settings
 from server.jobs.failures import gave_up_error
 from server.jobs.limits import PollLimits
 from server.jobs.queue import JobQueue
@@ -47,7 +48,7 @@ class AppState:
     catalog: LoraCatalog
     models: ModelCatalog
     admission: Admission
-    worker: Worker
+    worker: Worker | None
     accounts: Accounts
     auth: Authenticator
     polls: PollLimits
@@ -55,18 +56,21 @@ class AppState:
     draining: bool = False
     webhooks: WebhookSender | None = None
     providers: Providers | None = None
+    # Every device's worker (`worker` is the first; None with --devices none).
+    devices: DevicePool = field(default_factory=lambda: DevicePool([]))
 
     def drain(self) -> bool:
         """Refuse new generations, let the running job finish (up to the drain timeout) and
         keep the rest queued for the next start. True if nothing was cut short."""
         self.draining = True
         log.info("draining: waiting up to %gs for the running job", self.settings.drain_timeout)
-        return self.worker.drain(self.settings.drain_timeout)
+        return self.devices.drain(self.settings.drain_timeout)
 
     def close(self) -> None:
         if self.providers is not None:
             self.providers.close()
-        self.worker.stop()
+        self.devices.stop()
+        self.queue.close()
         if self.webhooks is not None:
             self.webhooks.stop()
         self.store.close()
@@ -76,13 +80,27 @@ def state_of(request: Request) -> AppState:
     return request.app.state.darkroom
 
 
-def default_renderer(settings: Settings) -> Renderer:
-    model = settings.model
-    if model is None:
-        from pipelines.sdxl import default_model
+def default_model_name(settings: Settings) -> str:
+    if settings.model is not None:
+        return settings.model
+    from pipelines.sdxl import default_model
 
-        model, reason = default_model()
-        log.info("model: %s (%s)", model, reason)
+    model, reason = default_model()
+    log.info("model: %s (%s)", model, reason)
+    return model
+
+
+def device_renderers(settings: Settings) -> list[Renderer]:
+    """One renderer (render process) per device of --devices."""
+    each = device_settings(settings)
+    if not each:
+        return []
+    model = default_model_name(settings)
+    return [default_renderer(replace(one, model=model)) for one in each]
+
+
+def default_renderer(settings: Settings) -> Renderer:
+    model = default_model_name(settings)
     make = partial(
         sdxl_renderer,
         model,
@@ -109,28 +127,41 @@ def sdxl_renderer(model: str, models_dir: Path, **options: Any) -> Renderer:
     return SDXLRenderer(model, models_dir, **options)
 
 
-def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) -> AppState:
+def open_state(
+    settings: Settings, renderer: Renderer | list[Renderer] | None, metrics: Metrics
+) -> AppState:
     store = Store(settings.database)
     vault = Vault.open(settings.vault_dir, store.signing_key)
     removed = vault.remove_orphans(store.referenced_files())
     if removed:
         log.info("removed %d orphaned file(s) from the vault", removed)
     # Started first: the render process imports torch while this one scans the folders.
-    renderer = renderer or default_renderer(settings)
+    if renderer is None:
+        renderers = device_renderers(settings)
+    else:
+        renderers = renderer if isinstance(renderer, list) else [renderer]
     catalog = LoraCatalog(store, lora_dir(settings.models_dir))
     catalog.refresh()
-    models = ModelCatalog(store, settings.models_dir, renderer.model)
+    default = renderers[0].model if renderers else default_model_name(settings)
+    models = ModelCatalog(store, settings.models_dir, default)
     models.refresh()
     queue = JobQueue()
     recovered = store.recover(settings.max_attempts, gave_up_error(settings.max_attempts))
-    worker = Worker(renderer, store, vault, queue, catalog, models, settings, metrics)
-    providers = Providers(store, vault, settings, metrics, partial(local_in_service, worker))
+    pool = DevicePool.build(
+        renderers,
+        device_names(settings) if renderer is None else [],
+        settings,
+        lambda one, health: Worker(
+            one, store, vault, queue, catalog, models, settings, metrics, health
+        ),
+    )
+    providers = Providers(store, vault, settings, metrics, partial(local_in_service, pool))
     for row in recovered:
         if not providers.dispatch(row):  # a remote job resumes where it was
             enqueue_stored(queue, models, catalog, row)
-    admission = Admission(store, catalog, models, queue, settings, worker.measured_speed)
+    admission = Admission(store, catalog, models, queue, settings, pool.measured_speed)
     admission.router = providers
-    worker.start()
+    pool.start()
     accounts = Accounts(store)
     state = AppState(
         settings,
@@ -140,12 +171,13 @@ def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) 
         catalog,
         models,
         admission,
-        worker,
+        pool.primary,
         accounts,
         Authenticator(accounts, settings.host, settings.insecure_no_auth),
         PollLimits.from_settings(settings),
         metrics,
         providers=providers,
+        devices=pool,
     )
     state.webhooks = WebhookSender(
         store,
@@ -158,9 +190,13 @@ def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) 
     return state
 
 
-def local_in_service(worker: Worker) -> bool:
-    """Whether this server's own device can take work (provider auto overflows if not)."""
-    return worker.state == "ready" and worker.alive and worker.stuck_job is None
+def local_in_service(pool: DevicePool) -> bool:
+    """Whether one of this server's own devices can take work (provider auto overflows to
+    a remote if not)."""
+    return pool.any_usable() and any(
+        worker.state == "ready" and worker.alive and worker.stuck_job is None
+        for worker in pool.workers
+    )
 
 
 def webhook_status(state: AppState) -> RenderStatus:

@@ -28,8 +28,9 @@ def free_port() -> int:
 
 
 def darkroom_command() -> list[str]:
-    exe = Path(sys.executable).with_name("darkroom")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "server.cli"]
+    """This checkout's server (run with cwd=REPO), not whichever one the venv's `darkroom`
+    entry point was installed from (another worktree's, say)."""
+    return [sys.executable, "-m", "server.cli"]
 
 
 class Process:
@@ -163,6 +164,7 @@ def start_darkroom(args: argparse.Namespace, scratch: Path, name: str, *flags: s
         str(scratch / name),
         "--models-dir",
         str(args.models_dir),
+        *(("--devices", args.devices) if getattr(args, "devices", None) else ()),
         *flags,
     ]
     server = Process(name, command, server_env(args), scratch / f"{name}.log")

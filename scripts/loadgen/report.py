@@ -197,6 +197,7 @@ def print_report(figures: dict[str, Any], args: argparse.Namespace) -> None:
         f"{args.images} image(s), {args.format}; users {args.users or 'none (open mode)'}"
     )
     env = f"; server env: {', '.join(args.server_env)}" if args.server_env else ""
+    env += f"; devices: {getattr(args, 'devices', None) or 'default'}"
     print(f"   {machine['cpus']} CPUs, load average before {machine['loadavg_before']}{env}")
     if "closed_loop" in figures:
         print_closed_loop(figures["closed_loop"], args)

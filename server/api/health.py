@@ -1,4 +1,9 @@
-"""Health probes: /health for people, /health/live and /health/ready for orchestrators."""
+"""Health probes: /health for people, /health/live and /health/ready for orchestrators.
+
+With several devices (--devices), the server is ready while any device is in service;
+each device is listed under `devices`. With --devices none (an API-only node) there is
+nothing to render with, and readiness asks only for the database.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,17 @@ from server.state import AppState, state_of
 
 
 def readiness(state: AppState) -> dict[str, bool]:
-    worker = state.worker
+    workers = state.devices.workers
+    checks = {}
+    if workers:
+        checks = {
+            "model_loaded": any(worker.state == "ready" for worker in workers),
+            "worker_alive": any(worker.alive for worker in workers),
+            "worker_responsive": any(worker.stuck_job is None for worker in workers),
+            "device_in_service": state.devices.any_usable(),
+        }
     return {
-        "model_loaded": worker.state == "ready",
-        "worker_alive": worker.alive,
-        "worker_responsive": worker.stuck_job is None,
+        **checks,
         "database_writable": state.store.writable(),
         "accepting_jobs": not state.draining,
     }
@@ -22,29 +33,32 @@ def readiness(state: AppState) -> dict[str, bool]:
 async def health(request: Request) -> Response:
     """Summary for people: 200 when ready, else 503 with what is wrong."""
     state = state_of(request)
-    worker, checks = state.worker, readiness(state)
+    pool, worker, checks = state.devices, state.worker, readiness(state)
     ready = all(checks.values())
+    states = {pool.state_of(one) for one in pool.workers}
     if ready:
         status = "ok"
     elif state.draining:
         status = "draining"
-    elif worker.state in ("loading", "failed"):
-        status = worker.state
+    elif states and states <= {"loading", "failed"}:
+        status = "loading" if "loading" in states else "failed"
     else:
         status = "degraded"
     body = {
         "status": status,
-        "model": worker.renderer.model,
-        "device": worker.renderer.device,
+        "model": state.models.default_model if worker is None else worker.renderer.model,
+        "device": ",".join(str(one.renderer.device) for one in pool.workers) or "none",
         "queue_depth": state.queue.depth(),
-        "worker_alive": worker.alive,
-        "worker_restarts": worker.restarts,
+        "worker_alive": any(one.alive for one in pool.workers),
+        "worker_restarts": pool.restarts,
         "checks": checks,
+        "devices": pool.describe(),
     }
-    if worker.load_error:
-        body["error"] = worker.load_error
+    errors = [one.load_error for one in pool.workers if one.load_error]
+    if errors:
+        body["error"] = errors[0]
     if state.providers is not None:
-        local = {"state": worker.state, "in_service": state.providers.local_in_service()}
+        local = {"state": status, "in_service": state.providers.local_in_service()}
         body["providers"] = state.providers.health(local)
     return JSONResponse(body, status_code=200 if ready else 503)
 

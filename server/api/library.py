@@ -50,7 +50,7 @@ async def models_available(request: Request) -> Response:
     user_of(request)
     query = parse(ModelQuery, dict(request.query_params))
     state = state_of(request)
-    loaded = state.worker.loaded_models()
+    loaded = state.devices.loaded_models()
     entries = state.models.entries(include_incompatible=query.include_incompatible)
     return JSONResponse([views.model_entry(entry, loaded) for entry in entries])
 

@@ -28,10 +28,11 @@ class StateCollector:
         running = len(state.queue.running)
         yield _gauge("darkroom_queue_depth", "Pending generations", state.queue.depth() - running)
         yield _gauge("darkroom_running_jobs", "Generations rendering now", running)
-        yield _gauge("darkroom_model_loaded", "1 once the model is loaded",
-                     int(state.worker.state == "ready"))
+        workers = state.devices.workers
+        yield _gauge("darkroom_model_loaded", "1 once the model is loaded (on any device)",
+                     int(any(worker.state == "ready" for worker in workers)))
         yield _counter("darkroom_worker_restarts", "Worker threads restarted",
-                       state.worker.restarts)
+                       state.devices.restarts)
         jobs = CounterMetricFamily(
             "darkroom_jobs", "Finished generations by status and error code",
             labels=["status", "code"],
@@ -41,17 +42,47 @@ class StateCollector:
         yield jobs
         yield _counter("darkroom_images_generated", "Images generated",
                        state.store.image_count())
-        adapters = getattr(state.worker.renderer, "adapters", None)
-        if adapters is not None and hasattr(adapters, "hits"):
-            yield _counter("darkroom_lora_cache_hits", "LoRAs found loaded", adapters.hits)
+        caches = [getattr(worker.renderer, "adapters", None) for worker in workers]
+        caches = [adapters for adapters in caches if hasattr(adapters, "hits")]
+        if caches:
+            yield _counter("darkroom_lora_cache_hits", "LoRAs found loaded",
+                           sum(adapters.hits for adapters in caches))
             yield _counter("darkroom_lora_cache_misses", "LoRAs loaded from disk",
-                           adapters.misses)
+                           sum(adapters.misses for adapters in caches))
         if state.providers is not None:
             yield from provider_metrics(state)
-        memory = getattr(state.worker.renderer, "device_memory_bytes", None)
-        in_use = memory() if callable(memory) else None
-        if in_use is not None:
-            yield _gauge("darkroom_gpu_memory_bytes", "Device memory allocated", in_use)
+        entries = state.devices.describe()
+        memory = [entry["memory_bytes"] for entry in entries if entry["memory_bytes"] is not None]
+        if memory:
+            yield _gauge("darkroom_gpu_memory_bytes", "Device memory allocated", sum(memory))
+        yield from _devices(entries)
+
+
+def _devices(entries: list[dict]) -> Iterator[Metric]:
+    """Per device (--devices): busy, in service, jobs by outcome, memory."""
+    busy = GaugeMetricFamily(
+        "darkroom_device_busy", "1 while the device renders", labels=["device"]
+    )
+    up = GaugeMetricFamily(
+        "darkroom_device_in_service", "1 unless the device is out of service or failed",
+        labels=["device"],
+    )
+    jobs = CounterMetricFamily(
+        "darkroom_device_jobs", "Jobs a device ended, by outcome (since start)",
+        labels=["device", "outcome"],
+    )
+    memory = GaugeMetricFamily(
+        "darkroom_device_memory_bytes", "Device memory allocated", labels=["device"]
+    )
+    for entry in entries:
+        name = entry["name"]
+        busy.add_metric([name], int(entry["state"] == "busy"))
+        up.add_metric([name], int(entry["state"] not in ("out_of_service", "failed")))
+        for outcome, count in sorted(entry["outcomes"].items()):
+            jobs.add_metric([name, outcome], count)
+        if entry["memory_bytes"] is not None:
+            memory.add_metric([name], entry["memory_bytes"])
+    yield from (busy, up, jobs, memory)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -46,7 +46,8 @@ class Entry:
 
 
 class JobQueue:
-    """Pending generations, shared by the event loop (put) and the worker thread (take).
+    """Pending generations, shared by the event loop (put) and the worker threads (take;
+    one per device, each running its own batch).
 
     Fair: jobs are taken round-robin across users, FIFO within a user, so one user's
     queue cannot starve another's. A batch is the run of consecutive jobs in that order
@@ -120,7 +121,7 @@ class JobQueue:
             self._lanes = {user: lane for user, lane in self._lanes.items() if lane}
             self._order = None
             started = time.monotonic()
-            self.running = [
+            taken = [
                 Progress(
                     e.generation_id,
                     e.units,
@@ -130,9 +131,11 @@ class JobQueue:
                 )
                 for e in batch
             ]
+            # Several workers (one per device) may each be running a batch.
+            self.running = [*self.running, *taken]
             self._previews -= {e.generation_id for e in batch}
             self.version += 1
-            return list(self.running)
+            return taken
 
     def _first_to_start(
         self, order: list[Entry], loaded: Container[str | None] | None, switch_wait: float
@@ -153,9 +156,11 @@ class JobQueue:
                 return index
         return 0
 
-    def done(self) -> None:
+    def done(self, jobs: list[Progress] | None = None) -> None:
+        """The batch `jobs` (a worker's, as take returned it) ended; None: every batch."""
         with self._cond:
-            self.running = []
+            ended = {id(job) for job in jobs} if jobs is not None else None
+            self.running = [j for j in self.running if ended is not None and id(j) not in ended]
             self.version += 1
             self._cond.notify_all()
 

@@ -4,8 +4,9 @@ A render is mostly Python between kernels (all of it, on the tiny model), and in
 server's process that Python holds the GIL the event loop needs: while the worker
 rendered, status requests ran at a third of a bare endpoint's rate and submits waited up
 to 270 ms. In a child process the render holds its own GIL, runs at nice 10 so the server
-and its clients come first, and a crash in native code ends only the child: the job it
-was rendering fails and the next job starts a new child.
+and its clients come first, and a crash in native code ends only the child: the worker puts
+the job it was rendering back in the queue, and starts a new child after a backoff
+(server/jobs/device_health.py).
 
 The parent sends one request at a time over a pipe and waits for its answer, relaying
 steps and latents to the worker's callbacks and turning its stop flag into an event the
@@ -35,6 +36,8 @@ log = logging.getLogger("darkroom.render")
 
 POLL_SECONDS = 0.05
 RENDER_NICENESS = 10  # the render process (and a render thread) yields the CPU to the server
+# Several devices' workers load at once, and diffusers' lazy imports are not thread-safe.
+_IMPORT_LOCK = threading.Lock()
 
 
 class RenderProcessDied(RuntimeError):
@@ -96,7 +99,8 @@ class ProcessRenderer:
             # The answer holds a LoraFit: import what it runs on while the child loads.
             from pipelines.lora_fit import import_dependencies
 
-            import_dependencies()
+            with _IMPORT_LOCK:
+                import_dependencies()
 
             info = self._wait(None, None, None)
             self.device, self.plan, self.lora_fit = info["device"], info["plan"], info["fit"]

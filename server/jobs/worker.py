@@ -11,26 +11,24 @@ import os
 import sys
 import threading
 import time
-from dataclasses import replace
-
-from PIL import Image
 
 from pipelines.loras import LoraLoadError
-from pipelines.spec import GenerationSpec, ModelLoadError, Renderer, RenderInterrupted
+from pipelines.spec import ModelLoadError, Renderer, RenderInterrupted
 from server.config import Settings
 from server.contract import ApiError, ErrorCode, ImageGenerationRequest, error_object
+from server.jobs.device_health import COMPLETED, REQUEST_ERROR, STOPPED, DeviceHealth
 from server.jobs.failures import (
     OutOfMemory,
     cancelled_error,
     gave_up_error,
-    is_out_of_memory,
     model_load_error,
     provider_error,
     timeout_error,
 )
 from server.jobs.queue import JobQueue, Progress
-from server.jobs.render_process import RENDER_NICENESS
-from server.jobs.results import Previews, ResultWriter, Task
+from server.jobs.render_process import RENDER_NICENESS, RenderProcessDied
+from server.jobs.rendering import render_jobs
+from server.jobs.results import ResultWriter, Task
 from server.jobs.specs import build_spec, enqueue_stored, resolve_request
 from server.library.checkpoints import ModelCatalog
 from server.library.loras import LoraCatalog
@@ -75,8 +73,12 @@ class Worker:
         models: ModelCatalog,
         settings: Settings,
         metrics: Metrics,
+        health: DeviceHealth | None = None,
     ) -> None:
         self.renderer = renderer
+        # One worker per device (server/jobs/devices.py); its record, out of service or not.
+        self.health = health or DeviceHealth("default")
+        self.current: list[Progress] = []  # the batch this worker renders now
         self.store = store
         self.vault = vault
         self.queue = queue
@@ -93,11 +95,12 @@ class Worker:
         self._speed: float | None = None
         self._thread = self._spawn()
         self._supervisor = threading.Thread(
-            target=self._supervise, name="darkroom-supervisor", daemon=True
+            target=self._supervise, name=f"darkroom-supervisor-{self.health.name}", daemon=True
         )
 
     def _spawn(self) -> threading.Thread:
-        return threading.Thread(target=self._run, name="darkroom-worker", daemon=True)
+        name = f"darkroom-worker-{self.health.name}"
+        return threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -149,6 +152,10 @@ class Worker:
         self.state, self.load_error = "ready", None
         log.info("model %s ready on %s", self.renderer.model, self.renderer.device)
         while True:
+            if self.health.out_of_service and not self._back_in_service():
+                if self.queue.closed or self._stopping:
+                    return
+                continue
             batch = self.queue.take(
                 timeout=IDLE_SECONDS,
                 max_batch=self.max_batch,
@@ -161,6 +168,7 @@ class Worker:
                 self.purge_expired()
                 continue
             ids = [job.generation_id for job in batch]
+            self.current = batch
             try:
                 self._process(batch)
             except Exception:
@@ -174,7 +182,32 @@ class Worker:
             finally:
                 if self.stuck_job in ids:
                     self.stuck_job = None
-                self.queue.done()
+                self.current = []
+                self.queue.done(batch)
+
+    def _back_in_service(self) -> bool:
+        """Out of service: wait out the backoff, then start the renderer afresh (a new
+        render process). False if it is still out (or the server is stopping)."""
+        while self.health.seconds_to_retry() > 0:
+            if self.queue.closed or self._stopping:
+                return False
+            time.sleep(min(SUPERVISE_SECONDS, self.health.seconds_to_retry()))
+        self.state = "loading"
+        log.info("device %s: retrying (%s)", self.health.name, self.health.reason)
+        try:
+            close = getattr(self.renderer, "close", None)
+            if close is not None:
+                close()
+            self.renderer.load()
+        except Exception as exc:
+            self.state = "ready"
+            self.health.take_out(f"reload failed: {type(exc).__name__}: {exc}")
+            log.exception("device %s: could not load again", self.health.name)
+            return False
+        self.state = "ready"
+        self.health.back_in_service()
+        log.info("device %s: back in service", self.health.name)
+        return True
 
     def loaded_models(self) -> set[str | None]:
         """The models the renderer holds, as the queue names them (None: the default)."""
@@ -221,7 +254,7 @@ class Worker:
                 self._thread.start()
 
     def _enforce_timeout(self) -> None:
-        batch, limit = self.queue.running, self.settings.job_timeout
+        batch, limit = self.current, self.settings.job_timeout
         if not batch or limit <= 0:
             return
         overdue = time.monotonic() - batch[0].started - limit
@@ -240,7 +273,13 @@ class Worker:
         self.restarts += 1
         log.error("the worker thread died; restarting it (restart %d)", self.restarts)
         crashed, self._crashed_jobs = self._crashed_jobs, []
-        for generation_id in crashed:
+        self._requeue(crashed)
+        self._thread = self._spawn()
+        self._thread.start()
+
+    def _requeue(self, generation_ids: list[int]) -> None:
+        """The jobs' renderer died under them: run them again, up to max_attempts starts."""
+        for generation_id in generation_ids:
             row = self.store.generation_by_id(generation_id)
             if row and row["status"] == "processing":
                 if row["attempts"] >= self.settings.max_attempts:
@@ -248,8 +287,6 @@ class Worker:
                 else:
                     self.store.requeue(generation_id)
                     enqueue_stored(self.queue, self.models, self.catalog, row)
-        self._thread = self._spawn()
-        self._thread.start()
 
     def _process(self, batch: list[Progress]) -> None:
         tasks = [task for job in batch if (task := self._prepare(job)) is not None]
@@ -259,18 +296,29 @@ class Worker:
         log.info("jobs %s: rendering %d image(s)", names, sum(t.spec.num_images for t in tasks))
         started = time.perf_counter()
         try:
-            results = self._render([task.spec for task in tasks], [task.job for task in tasks])
+            results = render_jobs(
+                self.renderer,
+                [task.spec for task in tasks],
+                [task.job for task in tasks],
+                self.queue.touch,
+                self.settings.preview_every,
+            )
         except RenderInterrupted:
             for task in tasks:
                 self._stopped(task.job, task.row["request_id"])
             return
+        except RenderProcessDied as exc:
+            self._died(tasks, str(exc))
+            return
         except LoraLoadError as exc:
+            self.health.count(REQUEST_ERROR, len(tasks))
             log.warning("jobs %s: %s", names, exc)
             error = self.catalog.load_failed(exc.key, exc.reason)
             for task in tasks:
                 self.store.fail(task.job.generation_id, error)
             return
         except ModelLoadError as exc:
+            self.health.count(REQUEST_ERROR, len(tasks))
             log.error("jobs %s: %s", names, exc)
             for task in tasks:
                 self.store.fail(task.job.generation_id, model_load_error(task.model, exc.reason))
@@ -279,6 +327,10 @@ class Worker:
             log.exception("jobs %s: generation failed", names)
             for task in tasks:
                 self.store.fail(task.job.generation_id, provider_error(exc))
+            if isinstance(exc, OutOfMemory):
+                self.health.count(REQUEST_ERROR, len(tasks))
+            elif self.health.failed(f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"):
+                log.error("device %s: out of service (%s)", self.health.name, self.health.reason)
             return
         seconds = time.perf_counter() - started
         total_images = sum(len(images) for images in results)
@@ -289,6 +341,18 @@ class Worker:
             # A batch's time is shared by its images.
             share = seconds * len(images) / max(1, total_images)
             self.results.record(task, images, share)
+            self.health.count(COMPLETED)
+
+    def _died(self, tasks: list[Task], reason: str) -> None:
+        """The render process died: its jobs go back to the queue (or stay queued for the
+        next start when the server is stopping) and the device out of service."""
+        if self._stopping or self.queue.closed:
+            for task in tasks:
+                self._stopped(task.job, task.row["request_id"])
+            return
+        log.error("device %s: %s; out of service, its jobs re-queued", self.health.name, reason)
+        self.health.died(reason, len(tasks))
+        self._requeue([task.job.generation_id for task in tasks])
 
     def _prepare(self, job: Progress) -> Task | None:
         """Check a job is still wanted and startable; mark it processing."""
@@ -318,51 +382,9 @@ class Worker:
         job.total_steps = spec.steps
         return Task(job, row, request, spec, loras, model)
 
-    def _render(self, specs: list[GenerationSpec], jobs: list[Progress]) -> list[list[Image.Image]]:
-        def on_step(step: int, total: int) -> None:
-            for job in jobs:
-                job.step, job.total_steps = step, total
-            self.queue.touch()
-
-        def should_stop() -> bool:
-            # A batch stops only when all its jobs want to; a cancelled member is dropped.
-            return all(job.stop.is_set() for job in jobs)
-
-        on_latents = Previews(jobs, specs, self.settings.preview_every, self.queue.touch)
-        try:
-            if len(specs) == 1:
-                return [self.renderer.render(specs[0], on_step, should_stop, on_latents)]
-            return self.renderer.render_batch(specs, on_step, should_stop, on_latents)
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            self._free_memory()
-            if sum(spec.num_images for spec in specs) == 1:
-                raise OutOfMemory from exc
-        count = sum(spec.num_images for spec in specs)
-        log.warning("out of memory with %d images at once; trying one at a time", count)
-        results: list[list[Image.Image]] = []
-        try:
-            for spec in specs:
-                images: list[Image.Image] = []
-                for seed in spec.seeds:
-                    single = replace(spec, seeds=(seed,))
-                    images += self.renderer.render(single, on_step, should_stop)
-                results.append(images)
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            self._free_memory()
-            raise OutOfMemory from exc
-        return results
-
-    def _free_memory(self) -> None:
-        free = getattr(self.renderer, "free_memory", None)
-        if free is not None:
-            free()
-
     def _stopped(self, job: Progress, request_id: str) -> None:
         reason = job.stop_reason
+        self.health.count(STOPPED)
         log.info("job %s: stopped (%s)", request_id, reason)
         if reason == "cancelled":
             self.store.fail(job.generation_id, cancelled_error())

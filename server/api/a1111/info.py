@@ -140,7 +140,7 @@ async def cmd_flags(request: Request) -> Response:
             "nowebui": True,
             "listen": settings.host not in ("127.0.0.1", "localhost", "::1"),
             "port": settings.port,
-            "ckpt": state.worker.renderer.model,
+            "ckpt": state.models.default_model,
             "ckpt_dir": str(settings.models_dir / "checkpoints"),
             "lora_dir": str(settings.models_dir / "loras"),
             "data_dir": str(settings.data_dir),
