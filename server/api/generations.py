@@ -36,7 +36,7 @@ async def generate(request: Request) -> Response:
         )
     body = parse(ImageGenerationRequest, await json_body(request))
     await check_webhook_url(request, body)
-    row = state.admission.submit(body, user, links_for(request).base)
+    row = state.admission.submit(body, user, webhook_base=links_for(request).base)
     request.state.request_id = row["request_id"]
     return JSONResponse(generation_view(request, row), status_code=202)
 
