@@ -23,7 +23,7 @@ from server.jobs.failures import gave_up_error
 from server.jobs.limits import PollLimits
 from server.jobs.queue import JobQueue
 from server.jobs.render_process import ProcessRenderer
-from server.jobs.specs import enqueue_stored
+from server.jobs.specs import describe_stored, enqueue_stored
 from server.jobs.webhooks import RenderStatus, WebhookSender
 from server.jobs.worker import Worker
 from server.library.checkpoints import ModelCatalog
@@ -32,9 +32,13 @@ from server.library.loras import LoraCatalog
 from server.metrics import Metrics
 from server.store import Store
 from server.store.accounts import Accounts
+from server.store.database import is_postgres
 from server.store.vault import Vault
 
 log = logging.getLogger("darkroom")
+
+# On a shared vault, files younger than this may be another node's render in flight.
+ORPHAN_MIN_AGE_CLUSTER = 3600.0
 
 
 @dataclass
@@ -63,6 +67,9 @@ class AppState:
 
     def close(self) -> None:
         self.worker.stop()
+        shutdown = getattr(self.queue, "shutdown", None)
+        if shutdown is not None:  # a cluster queue: hand claims back, leave the cluster
+            shutdown()
         if self.webhooks is not None:
             self.webhooks.stop()
         self.store.close()
@@ -107,8 +114,12 @@ def sdxl_renderer(model: str, models_dir: Path, **options: Any) -> Renderer:
 
 def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) -> AppState:
     store = Store(settings.database)
+    cluster = is_postgres(settings.database)
     vault = Vault.open(settings.vault_dir, store.signing_key)
-    removed = vault.remove_orphans(store.referenced_files())
+    # On a shared vault another node may have written a file it has not recorded yet.
+    removed = vault.remove_orphans(
+        store.referenced_files(), min_age=ORPHAN_MIN_AGE_CLUSTER if cluster else 0.0
+    )
     if removed:
         log.info("removed %d orphaned file(s) from the vault", removed)
     # Started first: the render process imports torch while this one scans the folders.
@@ -117,12 +128,17 @@ def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) 
     catalog.refresh()
     models = ModelCatalog(store, settings.models_dir, renderer.model)
     models.refresh()
-    queue = JobQueue()
-    for row in store.recover(settings.max_attempts, gave_up_error(settings.max_attempts)):
-        enqueue_stored(queue, models, catalog, row)
+    queue = (
+        cluster_queue(settings, store, models, catalog)
+        if cluster
+        else local_queue(settings, store, models, catalog)
+    )
     worker = Worker(renderer, store, vault, queue, catalog, models, settings, metrics)
     admission = Admission(store, catalog, models, queue, settings, worker.measured_speed)
     worker.start()
+    start = getattr(queue, "start", None)
+    if start is not None:
+        start()
     accounts = Accounts(store)
     state = AppState(
         settings,
@@ -147,6 +163,40 @@ def open_state(settings: Settings, renderer: Renderer | None, metrics: Metrics) 
     )
     state.webhooks.start()
     return state
+
+
+def local_queue(
+    settings: Settings, store: Store, models: ModelCatalog, catalog: LoraCatalog
+) -> JobQueue:
+    """SQLite, one node: the queue in memory, jobs interrupted by a crash put back in it."""
+    queue = JobQueue()
+    for row in store.recover(settings.max_attempts, gave_up_error(settings.max_attempts)):
+        enqueue_stored(queue, models, catalog, row)
+    return queue
+
+
+def cluster_queue(
+    settings: Settings, store: Store, models: ModelCatalog, catalog: LoraCatalog
+) -> JobQueue:
+    """PostgreSQL: the shared queue. Only this node's own jobs (it restarted) and jobs whose
+    lease expired go back to the queue; other nodes' running jobs are left alone."""
+    from server.jobs.cluster import ClusterQueue
+    from server.store.cluster import ClusterStore
+
+    store.node_id = settings.node
+    shared = ClusterStore(store, settings.node, settings.lease_seconds)
+    gave_up = gave_up_error(settings.max_attempts)
+    returned = shared.reclaim(settings.max_attempts, gave_up, own=True)
+    if returned:
+        log.info("returned %d job(s) to the shared queue (ours, or leases expired)", returned)
+    log.info("node %s on the shared queue (leases of %gs)", settings.node, settings.lease_seconds)
+    return ClusterQueue(
+        shared,
+        partial(describe_stored, models, catalog),
+        settings.max_attempts,
+        gave_up,
+        devices=lambda: [settings.device or "auto"],
+    )
 
 
 def webhook_status(state: AppState) -> RenderStatus:

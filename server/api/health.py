@@ -40,7 +40,11 @@ async def health(request: Request) -> Response:
         "worker_alive": worker.alive,
         "worker_restarts": worker.restarts,
         "checks": checks,
+        "node": state.settings.node,
     }
+    nodes = getattr(state.queue, "nodes", None)
+    if nodes is not None:
+        body["nodes"] = nodes()
     if worker.load_error:
         body["error"] = worker.load_error
     return JSONResponse(body, status_code=200 if ready else 503)
