@@ -28,8 +28,9 @@ def free_port() -> int:
 
 
 def darkroom_command() -> list[str]:
-    exe = Path(sys.executable).with_name("darkroom")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "server.cli"]
+    """This checkout's server (processes run in REPO, which `-m` puts first on sys.path),
+    not whatever `darkroom` the virtualenv installed (another worktree, perhaps)."""
+    return [sys.executable, "-m", "server.cli"]
 
 
 class Process:
