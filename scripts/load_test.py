@@ -96,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--models-dir", type=Path, help="reuse a models dir (default: build the tiny model)")
     add("--keep", action="store_true", help="keep the scratch dir (logs, databases)")
     add("--out", type=Path, help="write the figures as JSON here")
+    add("--nodes", type=int, default=0, help="2: only the multi-node phases (loadgen/nodes.py)")
+    add("--postgres", default="postgresql://postgres@127.0.0.1:5432/", help="for --nodes")
     add("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.users is None:
@@ -184,6 +186,11 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     }
     say("building the tiny model" if args.models_dir is None else "using --models-dir")
     build_models(args, scratch)
+    if args.nodes:
+        from loadgen.nodes import nodes_phases
+
+        figures["nodes"] = nodes_phases(args, scratch, say)
+        return figures
     if not args.skip_closed_loop:
         figures["closed_loop"] = closed_loop_phases(args, scratch)
     figures["load"] = load_phase(args, scratch)
@@ -204,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
             say(f"scratch dir kept: {scratch}")
         else:
             shutil.rmtree(scratch, ignore_errors=True)
-    print_report(figures, args)
+    if args.nodes:
+        print(json.dumps(figures["nodes"], indent=2))
+    else:
+        print_report(figures, args)
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

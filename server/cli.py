@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="checkpoints/ and loras/, or A1111's Stable-diffusion/ and Lora/ (./models)",
     )
+    serve.add_argument("--node-id", help="this node's name in a cluster (default host:port)")
+    serve.add_argument(
+        "--lease-seconds", type=float, help="a claimed job's lease on PostgreSQL (default 30)"
+    )
     serve.add_argument("--public-url", help="base of the absolute URLs handed to clients")
     serve.add_argument("--device", choices=["cuda", "mps", "cpu"], help="default: auto")
     serve.add_argument(

@@ -6,6 +6,7 @@ Precedence: a CLI flag beats the environment, which beats the default.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,6 +24,10 @@ class Settings:
     data_dir: Path = Path("data")
     # postgresql://... for several nodes on one database; None: SQLite in the data dir.
     database_url: str | None = None
+    # Several nodes on PostgreSQL: this node's name (default host:port) and how long a
+    # claimed job stays this node's without a renewal (then another node takes it).
+    node_id: str = ""
+    lease_seconds: float = 30.0
     models_dir: Path = Path("models")
     # Base for the absolute URLs we hand out; None means the URL the request came in on.
     public_url: str | None = None
@@ -116,6 +121,10 @@ class Settings:
             width, _, height = size.lower().partition("x")
             sizes.append((int(width), int(height or width)))
         return sizes
+
+    @property
+    def node(self) -> str:
+        return self.node_id or f"{socket.gethostname()}:{self.port}"
 
     @property
     def database_path(self) -> Path:

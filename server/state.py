@@ -24,7 +24,7 @@ from server.jobs.failures import gave_up_error
 from server.jobs.limits import PollLimits
 from server.jobs.queue import JobQueue
 from server.jobs.render_process import ProcessRenderer
-from server.jobs.specs import enqueue_stored
+from server.jobs.specs import describe_stored, enqueue_stored
 from server.jobs.webhooks import RenderStatus, WebhookSender
 from server.jobs.worker import Worker
 from server.library.checkpoints import ModelCatalog
@@ -34,9 +34,13 @@ from server.metrics import Metrics
 from server.providers.router import Providers
 from server.store import Store
 from server.store.accounts import Accounts
+from server.store.database import is_postgres
 from server.store.vault import Vault
 
 log = logging.getLogger("darkroom")
+
+# On a shared vault, files younger than this may be another node's render in flight.
+ORPHAN_MIN_AGE_CLUSTER = 3600.0
 
 
 @dataclass
@@ -70,6 +74,9 @@ class AppState:
         if self.providers is not None:
             self.providers.close()
         self.devices.stop()
+        shutdown = getattr(self.queue, "shutdown", None)
+        if shutdown is not None:  # a cluster queue: hand claims back, leave the cluster
+            shutdown()
         self.queue.close()
         if self.webhooks is not None:
             self.webhooks.stop()
@@ -131,8 +138,12 @@ def open_state(
     settings: Settings, renderer: Renderer | list[Renderer] | None, metrics: Metrics
 ) -> AppState:
     store = Store(settings.database)
+    cluster = is_postgres(settings.database)
     vault = Vault.open(settings.vault_dir, store.signing_key)
-    removed = vault.remove_orphans(store.referenced_files())
+    # On a shared vault another node may have written a file it has not recorded yet.
+    removed = vault.remove_orphans(
+        store.referenced_files(), min_age=ORPHAN_MIN_AGE_CLUSTER if cluster else 0.0
+    )
     if removed:
         log.info("removed %d orphaned file(s) from the vault", removed)
     # Started first: the render process imports torch while this one scans the folders.
@@ -145,8 +156,13 @@ def open_state(
     default = renderers[0].model if renderers else default_model_name(settings)
     models = ModelCatalog(store, settings.models_dir, default)
     models.refresh()
-    queue = JobQueue()
-    recovered = store.recover(settings.max_attempts, gave_up_error(settings.max_attempts))
+    pool: DevicePool | None = None
+    providers = Providers(store, vault, settings, metrics, lambda: local_in_service(pool))
+    queue = (
+        cluster_queue(settings, store, models, catalog)
+        if cluster
+        else local_queue(settings, store, models, catalog, providers)
+    )
     pool = DevicePool.build(
         renderers,
         device_names(settings) if renderer is None else [],
@@ -155,13 +171,12 @@ def open_state(
             one, store, vault, queue, catalog, models, settings, metrics, health
         ),
     )
-    providers = Providers(store, vault, settings, metrics, partial(local_in_service, pool))
-    for row in recovered:
-        if not providers.dispatch(row):  # a remote job resumes where it was
-            enqueue_stored(queue, models, catalog, row)
     admission = Admission(store, catalog, models, queue, settings, pool.measured_speed)
     admission.router = providers
     pool.start()
+    start = getattr(queue, "start", None)
+    if start is not None:
+        start()
     accounts = Accounts(store)
     state = AppState(
         settings,
@@ -190,12 +205,52 @@ def open_state(
     return state
 
 
-def local_in_service(pool: DevicePool) -> bool:
+def local_in_service(pool: DevicePool | None) -> bool:
     """Whether one of this server's own devices can take work (provider auto overflows to
     a remote if not)."""
-    return pool.any_usable() and any(
+    return pool is not None and pool.any_usable() and any(
         worker.state == "ready" and worker.alive and worker.stuck_job is None
         for worker in pool.workers
+    )
+
+
+def local_queue(
+    settings: Settings,
+    store: Store,
+    models: ModelCatalog,
+    catalog: LoraCatalog,
+    providers: Providers,
+) -> JobQueue:
+    """SQLite, one node: the queue in memory, jobs interrupted by a crash put back in it
+    (a remote provider's job resumes with its provider instead)."""
+    queue = JobQueue()
+    for row in store.recover(settings.max_attempts, gave_up_error(settings.max_attempts)):
+        if not providers.dispatch(row):
+            enqueue_stored(queue, models, catalog, row)
+    return queue
+
+
+def cluster_queue(
+    settings: Settings, store: Store, models: ModelCatalog, catalog: LoraCatalog
+) -> JobQueue:
+    """PostgreSQL: the shared queue. Only this node's own jobs (it restarted) and jobs whose
+    lease expired go back to the queue; other nodes' running jobs are left alone."""
+    from server.jobs.cluster import ClusterQueue
+    from server.store.cluster import ClusterStore
+
+    store.node_id = settings.node
+    shared = ClusterStore(store, settings.node, settings.lease_seconds)
+    gave_up = gave_up_error(settings.max_attempts)
+    returned = shared.reclaim(settings.max_attempts, gave_up, own=True)
+    if returned:
+        log.info("returned %d job(s) to the shared queue (ours, or leases expired)", returned)
+    log.info("node %s on the shared queue (leases of %gs)", settings.node, settings.lease_seconds)
+    return ClusterQueue(
+        shared,
+        partial(describe_stored, models, catalog),
+        settings.max_attempts,
+        gave_up,
+        devices=lambda: [settings.device or "auto"],
     )
 
 

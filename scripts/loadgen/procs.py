@@ -28,8 +28,8 @@ def free_port() -> int:
 
 
 def darkroom_command() -> list[str]:
-    """This checkout's server (run with cwd=REPO), not whichever one the venv's `darkroom`
-    entry point was installed from (another worktree's, say)."""
+    """This checkout's server (processes run in REPO, which `-m` puts first on sys.path),
+    not whatever `darkroom` the virtualenv installed (another worktree, perhaps)."""
     return [sys.executable, "-m", "server.cli"]
 
 

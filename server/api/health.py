@@ -53,7 +53,11 @@ async def health(request: Request) -> Response:
         "worker_restarts": pool.restarts,
         "checks": checks,
         "devices": pool.describe(),
+        "node": state.settings.node,
     }
+    nodes = getattr(state.queue, "nodes", None)
+    if nodes is not None:
+        body["nodes"] = nodes()
     errors = [one.load_error for one in pool.workers if one.load_error]
     if errors:
         body["error"] = errors[0]

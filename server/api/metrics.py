@@ -26,6 +26,9 @@ class StateCollector:
     def collect(self) -> Iterator[Metric]:
         state = self.state
         running = len(state.queue.running)
+        info = GaugeMetricFamily("darkroom_node_info", "This node's id", labels=["node"])
+        info.add_metric([state.settings.node], 1)
+        yield info
         yield _gauge("darkroom_queue_depth", "Pending generations", state.queue.depth() - running)
         yield _gauge("darkroom_running_jobs", "Generations rendering now", running)
         workers = state.devices.workers

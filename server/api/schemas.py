@@ -124,6 +124,10 @@ class Health(BaseModel):
     worker_restarts: int
     checks: dict[str, bool]
     error: str | None = None
+    node: str = Field(description="this node's id (--node-id, default host:port)")
+    nodes: list[dict] | None = Field(
+        None, description="on PostgreSQL: every node of the cluster and its last heartbeat"
+    )
 
 
 class Readiness(BaseModel):

@@ -58,6 +58,18 @@ def model_key(model: ModelEntry) -> str | None:
     return spec.key if spec is not None else None
 
 
+def describe_stored(
+    models: ModelCatalog, catalog: LoraCatalog, row: dict[str, Any]
+) -> tuple[Hashable, str | None]:
+    """A stored generation's batching key and model (None, None if they are gone)."""
+    request = ImageGenerationRequest.model_validate_json(row["request_json"])
+    try:
+        model, loras = resolve_request(models, catalog, request)
+    except ApiError:
+        return None, None
+    return queue_key(request, loras, model), model_key(model)
+
+
 def enqueue_stored(
     queue: JobQueue, models: ModelCatalog, catalog: LoraCatalog, row: dict[str, Any]
 ) -> None:

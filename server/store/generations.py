@@ -34,6 +34,15 @@ class NewImage:
 
 
 class GenerationQueries(Database):
+    # On PostgreSQL with several nodes, the node this process is: a job it did not claim
+    # (or whose lease it lost) is neither started, completed nor released by it.
+    node_id: str | None = None
+
+    def _owned(self) -> tuple[str, tuple[Any, ...]]:
+        if self.node_id is None:
+            return "", ()
+        return " AND node_id = ?", (self.node_id,)
+
     def insert_generation(
         self,
         request_id: str,
@@ -115,30 +124,34 @@ class GenerationQueries(Database):
 
     def mark_processing(self, generation_id: int) -> bool:
         """Start a pending job; False if it was finished meanwhile (cancelled)."""
+        owned, args = self._owned()
         with self.transaction() as db:
             cursor = db.execute(
                 "UPDATE generations SET status = 'processing', started_at = ?,"
-                " attempts = attempts + 1 WHERE id = ? AND status = 'pending'",
-                (time.time(), generation_id),
+                f" attempts = attempts + 1 WHERE id = ? AND status = 'pending'{owned}",
+                (time.time(), generation_id, *args),
             )
             return cursor.rowcount == 1
 
     def requeue(self, generation_id: int) -> None:
         """The worker died under this job: run it again (the try is counted)."""
+        owned, args = self._owned()
         with self.transaction() as db:
             db.execute(
-                "UPDATE generations SET status = 'pending' WHERE id = ? AND status = 'processing'",
-                (generation_id,),
+                "UPDATE generations SET status = 'pending', node_id = NULL, lease_until = NULL"
+                f" WHERE id = ? AND status = 'processing'{owned}",
+                (generation_id, *args),
             )
 
     def release(self, generation_id: int) -> None:
         """A job stopped by a graceful shutdown goes back to the queue; that try is not counted."""
+        owned, args = self._owned()
         with self.transaction() as db:
             db.execute(
-                "UPDATE generations SET status = 'pending',"
+                "UPDATE generations SET status = 'pending', node_id = NULL, lease_until = NULL,"
                 " attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
-                " WHERE id = ? AND status = 'processing'",
-                (generation_id,),
+                f" WHERE id = ? AND status = 'processing'{owned}",
+                (generation_id, *args),
             )
 
     def complete(
@@ -153,8 +166,10 @@ class GenerationQueries(Database):
         timed out): then nothing is written and False says the files are not wanted."""
         now = time.time()
         with self.transaction() as db:
-            row = db.execute("SELECT status FROM generations WHERE id = ?", (generation_id,))
-            if row.fetchone()[0] != "processing":
+            row = db.execute(
+                "SELECT status, node_id FROM generations WHERE id = ?", (generation_id,)
+            ).fetchone()
+            if row[0] != "processing" or (self.node_id is not None and row[1] != self.node_id):
                 return False
             db.executemany(
                 "INSERT INTO images (generation_id, idx, token, seed, width, height, format,"

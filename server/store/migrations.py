@@ -209,6 +209,24 @@ MIGRATIONS: list[str] = [
     ALTER TABLE generations ADD COLUMN provider TEXT;
     ALTER TABLE generations ADD COLUMN remote_json TEXT;
     """,
+    # Several nodes on one PostgreSQL database (issue 18): a claimed job's node and lease,
+    # when each user was last served (the fair order, shared), the nodes and heartbeats.
+    """
+    ALTER TABLE generations ADD COLUMN node_id TEXT;
+    ALTER TABLE generations ADD COLUMN lease_until REAL;
+    CREATE INDEX generations_by_node ON generations(node_id, status);
+    CREATE TABLE queue_users (
+        user_id INTEGER PRIMARY KEY,
+        last_served REAL NOT NULL
+    );
+    CREATE TABLE nodes (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        last_heartbeat REAL NOT NULL,
+        devices TEXT NOT NULL DEFAULT ''
+    );
+    """,
 ]
 
 

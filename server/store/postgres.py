@@ -87,6 +87,7 @@ class PostgresEngine:
             psycopg.connect(url, connect_timeout=10).close()
         except psycopg.OperationalError as exc:
             raise ConnectionError(f"cannot reach PostgreSQL at {redacted(url)}: {exc}") from exc
+        self.url = url
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -108,6 +109,14 @@ class PostgresEngine:
     def transaction(self) -> Iterator[PgConnection]:
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            yield PgConnection(conn)
+
+    @contextmanager
+    def unlocked(self) -> Iterator[PgConnection]:
+        """A write transaction without the advisory lock, for the cluster's queue claims,
+        leases and heartbeats: they touch only rows they lock themselves (FOR UPDATE SKIP
+        LOCKED), never credits, so they need not wait behind every other writer."""
+        with self._pool.connection() as conn, conn.transaction():
             yield PgConnection(conn)
 
     @contextmanager

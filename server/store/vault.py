@@ -85,13 +85,15 @@ class Vault:
     def verify(self, name: str, expires: int, signature: str) -> bool:
         return expires >= time.time() and hmac.compare_digest(self.sign(name, expires), signature)
 
-    def remove_orphans(self, referenced: set[str]) -> int:
+    def remove_orphans(self, referenced: set[str], min_age: float = 0.0) -> int:
         """Delete half-written temp files and files no record points to (a crash between
-        writing an image and committing its record). Run before the worker starts."""
+        writing an image and committing its record). Run before the worker starts; on a
+        vault other nodes write to, only files older than `min_age` seconds."""
         removed = 0
+        newest = time.time() - min_age
         for area in ("keep", "temporary"):
             for path in (self.root / area).rglob("*"):
-                if not path.is_file():
+                if not path.is_file() or (min_age > 0 and path.stat().st_mtime > newest):
                     continue
                 name = path.relative_to(self.root).as_posix()
                 if path.name.startswith(TEMP_PREFIX) or name not in referenced:
