@@ -22,16 +22,20 @@ from server.store.database import Connection
 NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
 CHANNEL = "darkroom"
 
-# Pending, unclaimed jobs of the local pools (a remote provider's are its runner's) in the
-# fair order: each user's first job, the user served longest
-# ago (or never) first; then each user's second job, and so on (FIFO within a user).
+# Pending, unclaimed jobs of the nodes' own pools (a remote provider's job is its runner's)
+# in the fair order: each user's first job, the user served longest ago (or never) first;
+# then each user's second job, and so on (FIFO within a user).
+UNCLAIMED = (
+    "status = 'pending' AND node_id IS NULL AND (provider IS NULL OR provider = 'darkroom')"
+)
 FAIR = (
     "SELECT g.id, g.user_id, g.work_units, g.request_json FROM generations g"
     " JOIN (SELECT id, row_number() OVER (PARTITION BY user_id ORDER BY id) AS lane"
-    "  FROM generations WHERE status = 'pending' AND node_id IS NULL AND provider IS NULL)"
-    " AS o ON o.id = g.id"
+    f"  FROM generations WHERE {UNCLAIMED}) AS o ON o.id = g.id"
     " LEFT JOIN queue_users u ON u.user_id = g.user_id"
-    " WHERE g.status = 'pending' AND g.node_id IS NULL AND g.provider IS NULL{extra}"
+    # Checked again on the locked row (FOR UPDATE re-reads it): another node's claim that
+    # committed meanwhile makes it fail.
+    " WHERE g.status = 'pending' AND g.node_id IS NULL{extra}"
     " ORDER BY o.lane, COALESCE(u.last_served, 0), g.id"
 )
 
