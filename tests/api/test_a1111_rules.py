@@ -50,7 +50,9 @@ def test_txt2img_is_an_ordinary_generation_with_the_same_pixels_and_infotext(
     text = ours.text["parameters"]
     assert info["infotexts"] == [text]
     assert text.startswith("a red fox\nNegative prompt: blurry\nSteps: 10, Sampler: Euler, ")
-    assert "Schedule type: Automatic, CFG scale: 7.0, Seed: 42, Size: 256x256, Model hash: " in text
+    # The schedule is named, never "Automatic": the text means the same to A1111 and to
+    # Darkroom's own API (server/jobs/infotext.py).
+    assert "Schedule type: Uniform, CFG scale: 7.0, Seed: 42, Size: 256x256, Model hash: " in text
     assert f"Model: tiny-sdxl, Version: {info['version']}" in text
 
     contract = render(

@@ -32,7 +32,7 @@ def test_txt2img(api: webuiapi.WebUIApi) -> None:
     assert result.parameters["batch_size"] == 2
     text = result.images[1].info["parameters"]
     assert text == result.info["infotexts"][1]
-    assert "Sampler: Euler a, Schedule type: Automatic, CFG scale: 6.0, Seed: 8" in text
+    assert "Sampler: Euler a, Schedule type: Uniform, CFG scale: 6.0, Seed: 8" in text
 
 
 def test_txt2img_with_lora_tags(api: webuiapi.WebUIApi) -> None:

@@ -179,14 +179,14 @@ def test_grid_axes_can_be_seed_a_lora_weight_or_the_model(
 ) -> None:
     result = darkroom(
         server, "grid", "a lighthouse", "--size", "256", "--steps", "10",
-        "--x", "seed=1,2", "--y", "lora:Tiny Ink=0,1", "--z", "model=tiny",
+        "--x", "seed=1,2", "--y", "lora:Tiny Ink=0,1", "--z", "model=tiny-sdxl",
         "--out", str(tmp_path),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     sidecars = [json.loads(p.read_text()) for p in tmp_path.glob("*-*.json")]
     assert sorted(s["seed"] for s in sidecars) == [1, 1, 2, 2]
     assert sorted(s["request"]["loras"][0]["weight"] for s in sidecars) == [0, 0, 1, 1]
-    assert {s["request"]["settings"]["model"] for s in sidecars} == {"tiny"}
+    assert {s["request"]["settings"]["model"] for s in sidecars} == {"tiny-sdxl"}
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])

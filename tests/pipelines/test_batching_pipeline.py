@@ -129,9 +129,14 @@ def test_render_is_what_plain_diffusers_renders(renderer: SDXLRenderer) -> None:
                 num_images_per_prompt=spec.num_images,
                 generator=[torch.Generator().manual_seed(seed) for seed in spec.seeds],
             ).images
-        assert [pixels(image).tobytes() for image in ours] == [
-            pixels(image).tobytes() for image in theirs
-        ]
+        if spec.num_images == 1:
+            assert pixels(ours[0]).tobytes() == pixels(theirs[0]).tobytes()
+            continue
+        # diffusers decodes the batch at once, Darkroom each image alone (so an image is
+        # what it would be alone); CPU convolution kernels may round the last bit another
+        # way for another batch size (since weights have their own aligned allocations).
+        for a, b in zip(ours, theirs, strict=True):
+            assert np.abs(pixels(a) - pixels(b)).max() <= 1
 
 
 def test_render_batch_refuses_mixed_keys_and_accepts_none(renderer: SDXLRenderer) -> None:
