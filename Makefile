@@ -34,7 +34,7 @@ test: install lint
 # The fuzz test of `make test`, with more examples per operation.
 N ?= 100
 fuzz: install
-	DARKROOM_FUZZ_EXAMPLES=$(N) HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -s tests/test_fuzz.py
+	DARKROOM_FUZZ_EXAMPLES=$(N) HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -s tests/api/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
