@@ -89,7 +89,9 @@ class ClusterQueue(JobQueue):
         key: Hashable = None,
         model: str | None = None,
     ) -> None:
-        """The job is already a row: wake this node's workers and tell the others."""
+        """The job is already a row: wake this node's workers and tell the others. The
+        snapshot is read again, so the answer to this submit shows the job's place."""
+        self._snapshot = None
         self._wake()
         try:
             self.cluster.notify("job")
