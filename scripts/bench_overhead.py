@@ -46,7 +46,7 @@ from pipelines.tiny import build_tiny_model  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.config import Settings  # noqa: E402
 from server.contract import ImageGenerationRequest  # noqa: E402
-from server.jobs.results import a1111_parameters  # noqa: E402
+from server.jobs import infotext  # noqa: E402
 from server.jobs.specs import build_spec  # noqa: E402
 from server.state import default_renderer  # noqa: E402
 from server.store.vault import Vault  # noqa: E402
@@ -200,7 +200,7 @@ def time_vault_save(
 ) -> list[float]:
     """What the server adds after the render: encode, thumbnail, temp file + fsync + rename."""
     vault = Vault.open(scratch / "vault-bench")
-    parameters = a1111_parameters(spec, spec.seeds[0], args.model)
+    parameters = infotext.for_generation({}, spec, spec.seeds[0], args.model, None, [])
     seconds = []
     for _ in range(max(args.runs, 5)):
         started = time.perf_counter()
