@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from server.contract import ErrorCode, ImageGenerationRequest, error_object
+from server.contract import ApiError, ErrorCode, ImageGenerationRequest, error_object
 from server.jobs.queue import Progress
 
 # Worth another try: the request was not taken (rate limit, gateway, overload).
@@ -280,3 +280,20 @@ class RemoteProvider:
 
     def close(self) -> None:
         pass
+
+
+def unusable_loras(
+    provider: str, loras: list[dict[str, Any]], missing: list[int], reason: str
+) -> ApiError:
+    """INVALID_LORA for the LoRAs a remote provider cannot use, in the shape the local
+    catalog's refusals have."""
+    return ApiError(
+        ErrorCode.INVALID_LORA,
+        "; ".join(f"LoRA model with ID {i} cannot be used: {reason}" for i in missing),
+        {
+            "invalid_ids": missing,
+            "valid_ids": [row["id"] for row in loras if row["id"] not in missing],
+            "incompatible": [{"id": i, "reason": reason} for i in missing],
+            "provider": provider,
+        },
+    )

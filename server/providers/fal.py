@@ -16,6 +16,7 @@ from server.providers.base import (
     RemoteProvider,
     RemoteResult,
     UpstreamError,
+    unusable_loras,
 )
 
 LORA_APP = "fal-ai/lora"
@@ -75,16 +76,7 @@ class FalProvider(RemoteProvider):
         missing = [row["id"] for row in loras if not lora_url(row)]
         if missing:
             reason = "fal needs a downloadable URL for it: set `url` in its sidecar .json"
-            raise ApiError(
-                ErrorCode.INVALID_LORA,
-                "; ".join(f"LoRA model with ID {i} cannot be used: {reason}" for i in missing),
-                {
-                    "invalid_ids": missing,
-                    "valid_ids": [row["id"] for row in loras if lora_url(row)],
-                    "incompatible": [{"id": i, "reason": reason} for i in missing],
-                    "provider": self.name,
-                },
-            )
+            raise unusable_loras(self.name, loras, missing, reason)
         self.route(request, loras)
 
     def body(self, job: RemoteJob, scheduler: str | None) -> dict[str, Any]:

@@ -22,7 +22,14 @@ from PIL import Image
 from pipelines.samplers import UnsupportedSampler, a1111_samplers, a1111_schedulers, resolve
 from server.config import Settings
 from server.contract import MAX_SEED, ApiError, ErrorCode, ImageGenerationRequest
-from server.providers.base import Http, RemoteJob, RemoteProvider, RemoteResult, UpstreamError
+from server.providers.base import (
+    Http,
+    RemoteJob,
+    RemoteProvider,
+    RemoteResult,
+    UpstreamError,
+    unusable_loras,
+)
 
 LORA_LIST_SECONDS = 30.0
 
@@ -115,16 +122,7 @@ class RunDiffusion(RemoteProvider):
         missing = [row["id"] for row in loras if not set(lora_names(row)) & listed]
         if missing:
             reason = "the rundiffusion server does not list it at /sdapi/v1/loras"
-            raise ApiError(
-                ErrorCode.INVALID_LORA,
-                "; ".join(f"LoRA model with ID {i} cannot be used: {reason}" for i in missing),
-                {
-                    "invalid_ids": missing,
-                    "valid_ids": [row["id"] for row in loras if row["id"] not in missing],
-                    "incompatible": [{"id": i, "reason": reason} for i in missing],
-                    "provider": self.name,
-                },
-            )
+            raise unusable_loras(self.name, loras, missing, reason)
 
     def body(self, job: RemoteJob) -> dict[str, Any]:
         request, settings = job.request, job.request.settings
