@@ -66,7 +66,9 @@ def rows(url: str) -> dict[str, dict]:
     return {row["request_id"]: {**row, "images": len(images[row["id"]])} for row in found}
 
 
-def events_until_final(base: str, request_id: str) -> list[dict]:
+def events_until_final(base: str, request_id: str) -> tuple[list[dict], float]:
+    """The status events of a generation up to its final one, and when (wall clock) the
+    final one arrived."""
     seen = []
     url = f"{base}/generations/{request_id}/events"
     with httpx.stream("GET", url, timeout=60) as response:
@@ -75,7 +77,7 @@ def events_until_final(base: str, request_id: str) -> list[dict]:
                 seen.append(json.loads(line[6:]))
                 if seen[-1]["status"] in ("completed", "failed"):
                     break
-    return seen
+    return seen, time.time()
 
 
 def test_two_nodes_share_one_queue(database: str, tmp_path: Path, models_dir: Path) -> None:
@@ -85,8 +87,10 @@ def test_two_nodes_share_one_queue(database: str, tmp_path: Path, models_dir: Pa
         ids = [submit(n.base, prompt=f"job {i}").json()["request_id"]
                for i, n in enumerate([a, b, a, b, a])]  # 5: the active limit
         # a job submitted on a: its event stream and polls on b follow it to the end
-        events = events_until_final(b.base, ids[0])
+        events, arrived = events_until_final(b.base, ids[0])
         assert events[-1]["status"] == "completed"
+        # ... within a second of the rendering node recording it (same machine, one clock)
+        assert arrived - rows(database)[ids[0]]["finished_at"] < 1.0
         for request_id in ids:
             done = wait_for(b.base, request_id, ("completed", "failed"))
             assert done["status"] == "completed", done
