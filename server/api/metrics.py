@@ -7,6 +7,7 @@ durations are observed by the workers as jobs finish (server/metrics.py).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -96,6 +97,31 @@ def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily
     return CounterMetricFamily(name, documentation, value=value)
 
 
+class NodeLabelled:
+    """The registry as a node of a cluster reports it: every sample also carries
+    `node="..."`, so one Prometheus scraping several nodes (or a dashboard summing them)
+    tells them apart. A sample that already names its node keeps its own."""
+
+    def __init__(self, registry: Any, node: str) -> None:
+        self.registry = registry
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():
+            family = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            for sample in metric.samples:
+                labels = sample.labels if "node" in sample.labels else {
+                    **sample.labels, "node": self.node
+                }
+                family.add_sample(
+                    sample.name, labels, sample.value, sample.timestamp, sample.exemplar
+                )
+            yield family
+
+
 async def metrics_endpoint(request: Request) -> Response:
     state = state_of(request)
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    registry: Any = state.metrics.registry
+    if getattr(state.queue, "nodes", None) is not None:  # several nodes share one database
+        registry = NodeLabelled(registry, state.settings.node)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -104,7 +104,11 @@ def test_one_node_on_postgres_renders_cancels_and_reports_itself(
     assert health["node"] == "node-a"
     assert [n["id"] for n in health["nodes"]] == ["node-a"]
     assert health["nodes"][0]["seconds_since_heartbeat"] < 5
-    assert 'darkroom_node_info{node="node-a"} 1.0' in client.get("/metrics").text
+    text = client.get("/metrics").text
+    assert 'darkroom_node_info{node="node-a"} 1.0' in text
+    # Every sample names its node: one Prometheus scrapes every node of the cluster.
+    assert 'darkroom_queue_depth{node="node-a"}' in text
+    assert 'darkroom_jobs_total{code="",node="node-a",status="completed"} 1.0' in text
     slow = generate(client, settings={"steps": 150})["request_id"]
     deadline = time.monotonic() + 60
     while client.get(f"/generations/{slow}/status").json()["status"] != "processing":
