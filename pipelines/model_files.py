@@ -104,12 +104,12 @@ def from_single_file(path: Path, dtype: dict[str, torch.dtype]) -> Any:
     CLIP's tokenizers in a temporary folder that diffusers reads as the hub repo."""
     from diffusers import StableDiffusionXLPipeline
 
-    from pipelines.checkpoint_files import (
+    from pipelines.checkpoint_configs import (
         CheckpointError,
-        classify_checkpoint,
         sdxl_configs_from_header,
         write_config_folder,
     )
+    from pipelines.checkpoint_files import classify_checkpoint
     from pipelines.lora_files import LoraFileError, read_header
 
     name = str(path)
@@ -175,7 +175,7 @@ def local_configs(local: Path, name: str) -> dict[str, dict[str, Any]]:
     header, a diffusers folder's read from its config.json files (ModelLoadError if not)."""
     import json
 
-    from pipelines.checkpoint_files import CheckpointError, sdxl_configs_from_header
+    from pipelines.checkpoint_configs import CheckpointError, sdxl_configs_from_header
     from pipelines.lora_files import LoraFileError, read_header
 
     if local.is_file():

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipelines.checkpoint_files import HEAD_CHANNELS, SDXL_TIME_IDS
+from pipelines.checkpoint_configs import HEAD_CHANNELS, SDXL_TIME_IDS
 from pipelines.clip_vocab import PAD_TOKENS, write_clip_tokenizer
 from pipelines.sdxl_configs import SDXL_BASE_CONFIGS, random_pipeline
 

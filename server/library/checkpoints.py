@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.checkpoint_files import classify_checkpoint
+from pipelines.checkpoint_files import PICKLE_SUFFIXES, classify_checkpoint
 from pipelines.spec import ModelSpec
 from server.contract import ApiError, ErrorCode
 from server.library.layout import checkpoint_dirs
@@ -28,7 +28,6 @@ from server.store import Store
 log = logging.getLogger("darkroom.catalog")
 
 SINGLE_FILE_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 CHECKPOINT_SUFFIXES = (*SINGLE_FILE_SUFFIXES, *PICKLE_SUFFIXES)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx")
 

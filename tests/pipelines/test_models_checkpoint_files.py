@@ -11,12 +11,8 @@ import pytest
 
 import pipelines.checkpoint_files as checkpoint_files
 from checkpoint_builders import ldm_shapes, write_header_only
-from pipelines.checkpoint_files import (
-    PICKLE_REASON,
-    classify_checkpoint,
-    sdxl_configs_from_header,
-    write_config_folder,
-)
+from pipelines.checkpoint_configs import sdxl_configs_from_header, write_config_folder
+from pipelines.checkpoint_files import PICKLE_REASON, classify_checkpoint
 from pipelines.clip_vocab import VOCAB_SIZE, clip_vocab, write_clip_tokenizer
 from pipelines.lora_files import read_header
 from pipelines.sdxl_configs import SDXL_BASE_CONFIGS
