@@ -6,7 +6,8 @@ generation.save("out/")
 """
 
 from darkroom_client._core import build_request
-from darkroom_client.client import AsyncClient, Client
+from darkroom_client.async_client import AsyncClient
+from darkroom_client.client import Client
 from darkroom_client.errors import (
     Cancelled,
     DarkroomError,
