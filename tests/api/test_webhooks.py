@@ -175,14 +175,15 @@ def test_retries_continue_after_a_restart(
     make_client: AppFactory, receiver: Receiver, tmp_path: Any
 ) -> None:
     receiver.default = (500, {})
-    # Scaled schedule: now, 50 ms, 3 s: the third attempt falls after the restart.
-    client = start(make_client, webhook_retry_scale=0.01)
+    # Scaled schedule: now, 0.1 s, 6 s: the third attempt falls after the restart, with room
+    # for a slow machine (at 0.01, a loaded run once caught the third attempt in flight).
+    client = start(make_client, webhook_retry_scale=0.02)
     request_id = submit(client, receiver)
     before = receiver.wait_for(2)
     client.close()
     pending = len(receiver.received)
     receiver.default = (200, {})
-    client = start(make_client, webhook_retry_scale=0.01)
+    client = start(make_client, webhook_retry_scale=0.02)
     detail = webhook_state(client, request_id, "delivered")["webhook"]
     assert detail["attempts"] == pending + 1
     after = receiver.received[-1]
