@@ -257,3 +257,10 @@ def test_a_key_survives_a_server_crash_and_restart(
         assert changed.status_code == 422
         items = httpx.get(f"{server.base}/generations/history", headers=alice).json()["items"]
         assert [item["request_id"] for item in items] == [first.json()["request_id"]]
+
+
+def test_openapi_declares_the_header(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/image/generate"]["post"]
+    [header] = [p for p in operation["parameters"] if p["in"] == "header"]
+    assert header["name"] == "Idempotency-Key" and header["schema"]["maxLength"] == 255
+    assert {"409", "422"} <= set(operation["responses"])
