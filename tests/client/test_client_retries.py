@@ -157,15 +157,8 @@ def test_async_client_retries_with_one_key() -> None:
         httpx.Response(202, json=PENDING),
     ]
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        answer = answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
     async def main() -> str:
-        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        http = httpx.AsyncClient(transport=scripted(answers, seen))
         async with AsyncClient("http://darkroom.test", http=http) as client:
             return (await client.submit("a fox")).request_id
 
