@@ -107,6 +107,9 @@ def test_a_malformed_key_is_refused(client: TestClient, key: str) -> None:
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "VALIDATION_ERROR"
     assert "255 printable ASCII" in response.json()["error"]["message"]
+    a1111 = client.post(TXT, json=TXT_BODY, headers=headers)
+    assert a1111.status_code == 422
+    assert a1111.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
     # The draft's structured-field spelling (a quoted string) is the bare key.
     quoted = client.post("/image/generate", json=BODY, headers={"Idempotency-Key": '"q-1"'})
     bare = client.post("/image/generate", json=BODY, headers={"Idempotency-Key": "q-1"})
