@@ -42,6 +42,7 @@ class ErrorCode:
     EXPIRED = "EXPIRED"
     SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
     NOT_FOUND = "NOT_FOUND"
+    CONFLICT = "CONFLICT"  # 409: a request with the same Idempotency-Key is in progress
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 

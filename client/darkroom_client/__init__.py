@@ -10,6 +10,7 @@ from darkroom_client.async_client import AsyncClient
 from darkroom_client.client import Client
 from darkroom_client.errors import (
     Cancelled,
+    Conflict,
     DarkroomError,
     Expired,
     InternalError,
@@ -31,6 +32,7 @@ __all__ = [
     "AsyncClient",
     "Cancelled",
     "Client",
+    "Conflict",
     "DarkroomError",
     "Expired",
     "GeneratedImage",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -25,6 +26,12 @@ from darkroom_client.models import Generation
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 USER_AGENT = "darkroom-client/0.1"
+STREAM_READ_TIMEOUT = 60.0  # the server sends a keep-alive comment every 15 s
+IDEMPOTENCY_KEY = "Idempotency-Key"
+RETRY_BASE = 0.5  # seconds before the first retry without Retry-After; doubles each time
+# Answers after which a submit carrying an Idempotency-Key is sent again with that key:
+# the server may or may not have admitted it (gateways, a restart), or it is busy.
+UNSURE = (502, 503, 504)
 
 
 @dataclass(frozen=True)
@@ -43,14 +50,35 @@ class Sleep:
 
 @dataclass(frozen=True)
 class OpenEvents:
-    """Open an SSE stream; the runner answers True if it is one, else False."""
+    """Open an SSE stream; the runner answers True if it is one, else False. No read may
+    wait past `deadline` (time.monotonic()), so a silent stream cannot outlast it."""
 
     url: str
+    deadline: float | None = None
+
+    def read_timeout(self) -> float:
+        if self.deadline is None:
+            return STREAM_READ_TIMEOUT
+        return max(0.01, min(STREAM_READ_TIMEOUT, self.deadline - time.monotonic()))
+
+
+# NextEvent's answer when the deadline passed with only keep-alives (comments) read.
+QUIET = "quiet"
 
 
 @dataclass(frozen=True)
 class NextEvent:
-    """The next event's data as a dict, or None when the stream ended."""
+    """The next event's data as a dict, None when the stream ended, or QUIET once
+    `deadline` has passed; the runner feeds it the stream's lines one by one."""
+
+    deadline: float | None = None
+
+    def feed(self, decoder: SSEDecoder, line: str) -> dict[str, Any] | str | None:
+        """An event, QUIET, or None to read the next line."""
+        event = decoder.feed(line)
+        if event is None and self.deadline is not None and time.monotonic() >= self.deadline:
+            return QUIET
+        return event
 
 
 @dataclass(frozen=True)
@@ -226,6 +254,7 @@ class Core:
         use_events: bool = True,
         max_concurrency: int | None = None,
         headers: dict[str, str] | None = None,
+        wait_timeout: float | None = None,
     ) -> None:
         self.url = (url or os.environ.get("DARKROOM_URL") or DEFAULT_URL).rstrip("/")
         self.token = token if token is not None else os.environ.get("DARKROOM_TOKEN") or None
@@ -235,6 +264,7 @@ class Core:
         self.poll_interval = poll_interval
         self.use_events = use_events
         self.max_concurrency = max_concurrency
+        self.wait_timeout = wait_timeout  # wait()'s deadline when it is given none
         self.headers = {"User-Agent": USER_AGENT, **(headers or {})}
         if self.token:
             self.headers["Authorization"] = f"Bearer {self.token}"
@@ -258,37 +288,63 @@ class Core:
             }
         return error_from(error, answer.status_code, headers=answer.headers)
 
-    def retry_delay(self, answer: Answer, attempt: int) -> float | None:
-        """Seconds to wait before trying again, or None to give up and raise."""
-        if answer.status_code not in (429, 503) or attempt >= self.max_retries:
+    def retry_delay(self, answer: Answer, attempt: int, keyed: bool = False) -> float | None:
+        """Seconds to wait before trying again, or None to give up and raise. Any call
+        waits out a 429 or 503 that says Retry-After; a submit with an Idempotency-Key
+        (`keyed`) also retries 502, 503 and 504 and the 409 of its own earlier attempt
+        still in progress, with backoff when no Retry-After is given."""
+        if attempt >= self.max_retries:
             return None
         delay = retry_after_seconds(answer.headers)
-        if delay is None:
+        status = answer.status_code
+        if keyed and (status in UNSURE or status == 409):
+            delay = RETRY_BASE * 2**attempt if delay is None else delay
+        elif status not in (429, 503) or delay is None:
             return None
         return min(delay, self.max_retry_wait)
 
     def request(
-        self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
     ) -> Op:
-        """One call, with 429/503 + Retry-After waited out; the answer, or the error raised."""
+        """One call, with 429/503 + Retry-After waited out; the answer, or the error raised.
+        A call with an Idempotency-Key header is safe to repeat, so network errors and
+        gateway answers are retried too (bounded by max_retries, backing off)."""
+        keyed = bool(headers and IDEMPOTENCY_KEY in headers)
         attempt = 0
         if params:
             params = {k: _query_value(v) for k, v in params.items() if v is not None}
         while True:
-            answer: Answer = yield Call(method, self.absolute(path), params or None, body)
-            if answer.status_code < 400:
-                return answer
-            delay = self.retry_delay(answer, attempt)
-            if delay is None:
-                raise self.error(answer)
+            call = Call(method, self.absolute(path), params or None, body, headers)
+            try:
+                answer: Answer = yield call
+            except TransportError:
+                if not keyed or attempt >= self.max_retries:
+                    raise
+                delay: float | None = min(RETRY_BASE * 2**attempt, self.max_retry_wait)
+            else:
+                if answer.status_code < 400:
+                    return answer
+                delay = self.retry_delay(answer, attempt, keyed)
+                if delay is None:
+                    raise self.error(answer)
             attempt += 1
             self.retries_waited += 1
             yield Sleep(delay)
 
     def json_call(
-        self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
     ) -> Op:
-        answer = yield from self.request(method, path, params, body)
+        answer = yield from self.request(method, path, params, body, headers)
         try:
             return answer.json()
         except ValueError:
@@ -297,7 +353,10 @@ class Core:
     # -- operations ------------------------------------------------------------------
 
     def submit_op(self, body: dict[str, Any], make: Callable[[dict], Generation]) -> Op:
-        data = yield from self.json_call("POST", "/image/generate", body=body)
+        """Submit under a fresh Idempotency-Key, so every retry is the same request: the
+        server admits (and charges) it once however many attempts reach it."""
+        headers = {IDEMPOTENCY_KEY: str(uuid.uuid4())}
+        data = yield from self.json_call("POST", "/image/generate", body=body, headers=headers)
         return make(data)
 
     def status_op(self, request_id: str, make: Callable[[dict], Generation]) -> Op:
@@ -311,20 +370,24 @@ class Core:
         on_progress: Callable[[Generation], Any] | None,
         timeout: float | None,
     ) -> Op:
+        timeout = self.wait_timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         current = start if isinstance(start, Generation) else None
         request_id = current.request_id if current else str(start)
         if current is not None and current.done:
             return finish(current)
         if self.use_events:
-            opened = yield OpenEvents(self.absolute(f"/generations/{request_id}/events"))
+            url = self.absolute(f"/generations/{request_id}/events")
+            opened = yield OpenEvents(url, deadline)
             if opened:
                 ended: Generation | None = None
                 try:
                     while ended is None:
-                        data = yield NextEvent()
+                        data = yield NextEvent(deadline)
                         if data is None:
                             break
+                        if data == QUIET:  # only keep-alives until the deadline
+                            raise _timeout(request_id, timeout)
                         current = make(data)
                         if on_progress:
                             on_progress(current)

@@ -20,7 +20,6 @@ from darkroom_client._core import (
     concurrency_from,
 )
 from darkroom_client.client import (
-    STREAM_READ_TIMEOUT,
     Client,
     ProgressCallback,
     _history,
@@ -76,14 +75,14 @@ class AsyncClient(_Shared):
                             effect.url,
                             params=effect.params,
                             json=effect.json,
-                            headers=self._headers_for(effect.url),
+                            headers={**self._headers_for(effect.url), **(effect.headers or {})},
                         )
                         value = self._answer(response)
                     elif isinstance(effect, Sleep):
                         await asyncio.sleep(effect.seconds)
                     elif isinstance(effect, OpenEvents):
                         headers = {**self._headers_for(effect.url), "Accept": "text/event-stream"}
-                        timeout = httpx.Timeout(self.timeout, read=STREAM_READ_TIMEOUT)
+                        timeout = httpx.Timeout(self.timeout, read=effect.read_timeout())
                         stream = self._http.stream(
                             "GET", effect.url, headers=headers, timeout=timeout
                         )
@@ -96,7 +95,7 @@ class AsyncClient(_Shared):
                             stream = None
                     elif isinstance(effect, NextEvent):
                         async for line in lines:
-                            value = decoder.feed(line)
+                            value = effect.feed(decoder, line)
                             if value is not None:
                                 break
                     elif isinstance(effect, CloseEvents) and stream is not None:

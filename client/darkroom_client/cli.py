@@ -84,6 +84,12 @@ def _connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="server (default $DARKROOM_URL or http://127.0.0.1:8000)")
     parser.add_argument("--token", help="API token (default $DARKROOM_TOKEN)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="give up waiting for a generation after this long (TIMEOUT; it may still finish)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         "reproduce": cmd_reproduce,
     }
     try:
-        with Client(args.url, args.token) as client:
+        with Client(args.url, args.token, wait_timeout=args.timeout) as client:
             return commands[args.command](args, client)
     except DarkroomError as exc:
         return fail(exc.code, exc.message)

@@ -27,7 +27,6 @@ from darkroom_client.errors import TransportError
 from darkroom_client.models import Generation, parse_generation
 
 ProgressCallback = Callable[[Generation], Any]
-STREAM_READ_TIMEOUT = 60.0  # the server sends a keep-alive comment every 15 s
 
 
 class _Shared(Core):
@@ -68,7 +67,9 @@ class Client(_Shared):
     """A blocking client. `Client()` reads DARKROOM_URL and DARKROOM_TOKEN.
 
     Keyword options: timeout (s per request), max_retries and max_retry_wait (for 429 and
-    503 with Retry-After), poll_interval (s, when the server offers no event stream),
+    503 with Retry-After; a submit, which carries an Idempotency-Key, also retries network
+    errors and 502/503/504), wait_timeout (s, the deadline of wait() and generate() when
+    they are given none), poll_interval (s, when the server offers no event stream),
     use_events, max_concurrency (default: the account's concurrent_generations),
     headers, http (an httpx.Client to use instead of the client's own)."""
 
@@ -117,14 +118,14 @@ class Client(_Shared):
                             effect.url,
                             params=effect.params,
                             json=effect.json,
-                            headers=self._headers_for(effect.url),
+                            headers={**self._headers_for(effect.url), **(effect.headers or {})},
                         )
                         value = self._answer(response)
                     elif isinstance(effect, Sleep):
                         time.sleep(effect.seconds)
                     elif isinstance(effect, OpenEvents):
                         headers = {**self._headers_for(effect.url), "Accept": "text/event-stream"}
-                        timeout = httpx.Timeout(self.timeout, read=STREAM_READ_TIMEOUT)
+                        timeout = httpx.Timeout(self.timeout, read=effect.read_timeout())
                         stream = self._http.stream(
                             "GET", effect.url, headers=headers, timeout=timeout
                         )
@@ -137,7 +138,7 @@ class Client(_Shared):
                             stream = None
                     elif isinstance(effect, NextEvent):
                         for line in lines:
-                            value = decoder.feed(line)
+                            value = effect.feed(decoder, line)
                             if value is not None:
                                 break
                     elif isinstance(effect, CloseEvents) and stream is not None:

@@ -79,6 +79,12 @@ class ServiceUnavailable(DarkroomError):
     code = "SERVICE_UNAVAILABLE"
 
 
+class Conflict(DarkroomError):
+    """409: a request with the same Idempotency-Key is still in progress."""
+
+    code = "CONFLICT"
+
+
 class Cancelled(DarkroomError):
     code = "CANCELLED"
 
@@ -113,6 +119,7 @@ ERRORS: dict[str, type[DarkroomError]] = {
         NotFound,
         MethodNotAllowed,
         ServiceUnavailable,
+        Conflict,
         Cancelled,
         Timeout,
         Expired,

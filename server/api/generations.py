@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timezone
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -17,6 +19,7 @@ from server.api.common import (
     user_of,
 )
 from server.api.events import stream_events
+from server.api.idempotency import Keyed, idempotent
 from server.api.webhooks import check_webhook_url
 from server.contract import ApiError, ErrorCode, HistoryQuery, ImageGenerationRequest, parse
 from server.jobs.failures import cancelled_error
@@ -35,13 +38,32 @@ async def generate(request: Request) -> Response:
             503,
             {"Retry-After": str(round(state.settings.drain_timeout))},
         )
-    body = parse(ImageGenerationRequest, await json_body(request))
-    await check_webhook_url(request, body)
-    if state.providers is not None:  # a remote's LoRA list, fetched off the event loop
-        await run_in_threadpool(state.providers.prefetch, body)
-    row = state.admission.submit(body, user, webhook_base=links_for(request).base)
-    request.state.request_id = row["request_id"]
-    return JSONResponse(generation_view(request, row), status_code=202)
+    payload = await json_body(request)
+
+    async def admit(keyed: Keyed | None) -> Response:
+        body = parse(ImageGenerationRequest, payload)
+        await check_webhook_url(request, body)
+        if state.providers is not None:  # a remote's LoRA list, fetched off the event loop
+            await run_in_threadpool(state.providers.prefetch, body)
+        row = await run_in_threadpool(
+            functools.partial(
+                state.admission.submit,
+                body,
+                user,
+                webhook_base=links_for(request).base,
+                bind=keyed.bind if keyed else None,
+            )
+        )
+        request.state.request_id = row["request_id"]
+        return JSONResponse(generation_view(request, row), status_code=202)
+
+    async def replay(row: dict, first: tuple[int, Any] | None) -> Response:
+        request.state.request_id = row["request_id"]
+        if first is None:  # the first request is answering right now, or died doing so
+            return JSONResponse(generation_view(request, row), status_code=202)
+        return JSONResponse(first[1], status_code=first[0])
+
+    return await idempotent(request, user, "image/generate", payload, admit, replay)
 
 
 async def generation_status(request: Request) -> Response:

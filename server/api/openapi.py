@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from server.api import schemas
+from server.api.idempotency import HEADER, MAX_KEY_LENGTH
 from server.contract import (
     CONTRACT_PREFIX,
     HistoryQuery,
@@ -29,7 +30,10 @@ ERRORS = {
     401: "Missing or invalid token (UNAUTHORIZED)",
     402: "Not enough credits (QUOTA_EXCEEDED)",
     404: "Unknown (or someone else's) id (NOT_FOUND)",
+    409: "A request with the same Idempotency-Key is still being admitted (CONFLICT),"
+    " with Retry-After",
     413: "Request body too large (LIMIT_EXCEEDED)",
+    422: "Idempotency-Key already used with a different request (VALIDATION_ERROR)",
     429: "Too many active generations or polls (LIMIT_EXCEEDED), with Retry-After",
     503: "Draining or queue full (SERVICE_UNAVAILABLE), with Retry-After; not ready (probes)",
 }
@@ -49,11 +53,21 @@ class Operation:
 
 
 ID = "{request_id}"
+IDEMPOTENCY_KEY = {
+    "name": HEADER,
+    "in": "header",
+    "required": False,
+    "description": "Up to 255 printable ASCII characters, unique per request (a UUID): a"
+    " repeat with the same key and body within 24 h answers the first answer (header"
+    " Idempotent-Replayed: true) and starts nothing",
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+}
 OPERATIONS = [
     Operation(
         "post", "/image/generate", "Submit a generation",
         (202, schemas.GenerationStatus, "Accepted: pending, with poll_url"),
-        body=ImageGenerationRequest, errors=(400, 401, 402, 413, 429, 503),
+        body=ImageGenerationRequest, errors=(400, 401, 402, 409, 413, 422, 429, 503),
+        extra={"idempotent": True},
     ),
     Operation(
         "get", f"/generations/{ID}/status", "Status of a generation",
@@ -212,6 +226,8 @@ def _operation(op: Operation, keys: dict[Any, dict[str, Any]]) -> dict[str, Any]
         parameters.append(
             {"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}
         )
+    if op.extra.get("idempotent"):
+        parameters.append(IDEMPOTENCY_KEY)
     if op.query is not None:
         properties = op.query.model_json_schema()["properties"]
         parameters += [

@@ -74,11 +74,14 @@ class Admission:
         user: User,
         extra: dict | None = None,
         webhook_base: str = "",
+        bind: Callable[[Connection, str], None] | None = None,
     ) -> dict:
         """`extra`: keys stored beside the request (txt2img keeps what its client sent under
         `a1111`, for the infotext); the request itself is what renders. `webhook_base`: the
         base URL the status object's links are rendered under when `options.webhook_url`
-        is delivered (the one the request arrived on)."""
+        is delivered (the one the request arrived on). `bind(db, request_id)` runs in the
+        transaction that admits the job (an Idempotency-Key is tied to it there) and may
+        raise to refuse it."""
         options, settings = request.options, request.settings
         if options.provider != "auto" and self.router is None:
             raise ApiError(
@@ -104,6 +107,8 @@ class Admission:
             self._check_user_limit(db, user)
             self._check_credits(db, user, cost)
             self._check_queue_bound(db)
+            if bind is not None:
+                bind(db, request_id)
             if options.webhook_url:
                 webhooks.register(db, request_id, user.id, options.webhook_url, webhook_base)
 

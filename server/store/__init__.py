@@ -7,6 +7,7 @@ in its transactions. vault.py keeps the image files the rows point to.
 from __future__ import annotations
 
 from server.store.generations import GenerationQueries
+from server.store.idempotency import IdempotencyQueries
 from server.store.keys import KeyQueries
 from server.store.loras import LoraQueries
 from server.store.models import ModelQueries
@@ -23,5 +24,6 @@ class Store(
     KeyQueries,
     WebhookQueries,
     RemoteQueries,
+    IdempotencyQueries,
 ):
     """The database: open it with `Store(path or postgresql URL)`; it migrates itself."""

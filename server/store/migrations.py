@@ -227,6 +227,24 @@ MIGRATIONS: list[str] = [
         devices TEXT NOT NULL DEFAULT ''
     );
     """,
+    # Idempotency-Key (server/api/idempotency.py): per user, what a key's first request
+    # asked (a hash), the claim of the request admitting under it, the generation it
+    # admitted (bound in admission's own transaction) and the answer it got, for 24 h.
+    """
+    CREATE TABLE idempotency_keys (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        idempotency_key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        claim TEXT NOT NULL,
+        request_id TEXT,
+        response_status INTEGER,
+        response_json TEXT,
+        created_at REAL NOT NULL,
+        UNIQUE (user_id, idempotency_key)
+    );
+    CREATE INDEX idempotency_keys_by_created ON idempotency_keys(created_at);
+    """,
 ]
 
 

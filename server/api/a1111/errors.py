@@ -37,14 +37,18 @@ def a1111_field(name: str) -> str:
 class Invalid(Exception):
     """A 422 in FastAPI's shape: `errors` are (field, message) pairs."""
 
-    def __init__(self, *errors: tuple[str, str], kind: str = "value_error") -> None:
+    def __init__(
+        self, *errors: tuple[str, str], kind: str = "value_error", where: str = "body"
+    ) -> None:
         super().__init__("; ".join(f"{field}: {msg}" for field, msg in errors))
         self.errors = errors
         self.kind = kind
+        self.where = where  # FastAPI's first `loc` item: body, header, query
 
     def response(self) -> Response:
+        where = self.where
         detail = [
-            {"loc": ["body", *field.split(".")] if field else ["body"], "msg": msg,
+            {"loc": [where, *field.split(".")] if field else [where], "msg": msg,
              "type": self.kind}
             for field, msg in self.errors
         ]  # fmt: skip
@@ -67,6 +71,11 @@ def a1111_error(status: int, error: str, detail: str, headers: dict | None = Non
 
 def from_api_error(exc: ApiError) -> Response:
     """Darkroom's errors (limits, credits, auth, LoRAs) in A1111's shapes."""
+    details = exc.details if isinstance(exc.details, dict) else {}
+    if exc.code == ErrorCode.VALIDATION_ERROR and details.get("in") == "header":
+        # A header's error (Idempotency-Key) is FastAPI's 422, whatever the contract says.
+        fields = details.get("fields") or {}
+        return Invalid(*fields.items(), where="header").response()
     if exc.code in (ErrorCode.VALIDATION_ERROR, ErrorCode.INVALID_LORA) and exc.http_status == 400:
         fields = (exc.details or {}).get("fields") if isinstance(exc.details, dict) else None
         if fields:

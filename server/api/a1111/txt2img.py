@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
 import json
 import secrets
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -23,6 +26,7 @@ from server.api.a1111.checkpoints import Checkpoint
 from server.api.a1111.errors import Invalid, a1111_error, a1111_route, caller, json_object
 from server.api.a1111.progress import Call, calls_of
 from server.api.a1111.prompts import parse_tags
+from server.api.idempotency import HEADER, Keyed, conflict, idempotent, key_of
 from server.contract import MAX_SEED, ErrorCode, ImageGenerationRequest, parse
 from server.jobs import infotext
 from server.state import AppState, state_of
@@ -50,12 +54,56 @@ async def chosen_checkpoint(state: AppState, user: User, override: Any = None) -
     return next((c for c in listed if chosen and c.matches(chosen)), listed[0])
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A txt2img body read: the AUTOMATIC1111 request, the Darkroom request it renders as,
+    and what its answer needs."""
+
+    req: models.Txt2ImgRequest
+    generation: ImageGenerationRequest
+    checkpoint: Checkpoint
+    kept: dict[str, Any]
+
+
 @a1111_route
 async def txt2img(request: Request) -> Response:
     state, user = state_of(request), caller(request)
     if state.draining:
         return a1111_error(503, ErrorCode.SERVICE_UNAVAILABLE, "The server is shutting down")
-    req = models.parse(await json_object(request))
+    payload = await json_object(request)
+
+    async def run(keyed: Keyed | None) -> Response:
+        prepared = await _prepare(state, user, payload)
+        # What would differ between two answers for one generation is kept with it, so a
+        # repeat under the same Idempotency-Key is answered alike.
+        subseed = prepared.req.subseed
+        kept = {
+            **prepared.kept,
+            "subseed": subseed if subseed != -1 else secrets.randbelow(MAX_SEED + 1),
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+        }
+        row = await run_in_threadpool(
+            functools.partial(
+                state.admission.submit,
+                prepared.generation,
+                user,
+                {"a1111": kept},
+                bind=keyed.bind if keyed else None,
+            )
+        )
+        return await _answer(request, prepared, row)
+
+    async def replay(row: dict[str, Any], first: tuple[int, Any] | None) -> Response:
+        if row["status"] not in ("completed", "failed"):
+            raise conflict(f"The call with {HEADER} {key_of(request)!r} is still rendering")
+        return await _answer(request, await _prepare(state, user, payload), row)
+
+    # Answers hold every image: rebuilt from the generation rather than stored.
+    return await idempotent(request, user, "sdapi/v1/txt2img", payload, run, replay, False)
+
+
+async def _prepare(state: AppState, user: User, payload: dict[str, Any]) -> Prepared:
+    req = models.parse(payload)
     try:
         canonical = resolve(req.sampler, req.scheduler)
     except UnsupportedSampler as exc:
@@ -64,7 +112,6 @@ async def txt2img(request: Request) -> Response:
         state, user, req.override_settings.get("sd_model_checkpoint")
     )
     tags = await run_in_threadpool(parse_tags, req.prompt, state.catalog)
-    width, height = req.width or NATIVE_SIZE, req.height or NATIVE_SIZE
     generation = parse(
         ImageGenerationRequest,
         {
@@ -74,8 +121,8 @@ async def txt2img(request: Request) -> Response:
                 "steps": req.steps,
                 "sampler": canonical,
                 "seed": req.seed,
-                "width": width,
-                "height": height,
+                "width": req.width or NATIVE_SIZE,
+                "height": req.height or NATIVE_SIZE,
                 "negative_prompt": req.negative_prompt,
                 "model": checkpoint.setting(),
             },
@@ -84,20 +131,23 @@ async def txt2img(request: Request) -> Response:
         },
     )
     sampler, schedule = infotext.display_sampler(canonical)
-    notes = {"Lora not found": ", ".join(tags.not_found)} if tags.not_found else {}
-    lora_hashes = [[m.name, m.sha256] for m in tags.loras if m.weight != 0]
     kept = {
         "prompt": req.prompt,
         "negative_prompt": req.negative_prompt,
         "sampler": sampler,
         "schedule": schedule,
-        "lora_hashes": lora_hashes,
-        "notes": notes,
+        "lora_hashes": [[m.name, m.sha256] for m in tags.loras if m.weight != 0],
+        "notes": {"Lora not found": ", ".join(tags.not_found)} if tags.not_found else {},
         "checkpoint": checkpoint.title,
     }
-    row = state.admission.submit(generation, user, {"a1111": kept})
+    return Prepared(req, generation, checkpoint, kept)
+
+
+async def _answer(request: Request, prepared: Prepared, row: dict[str, Any]) -> Response:
+    """Wait for the call's generation to end; answer as AUTOMATIC1111 does."""
+    state = state_of(request)
     request.state.request_id = row["request_id"]
-    call = Call(row["id"], user.id)
+    call = Call(row["id"], row["user_id"])
     calls_of(request).add(call)
     try:
         while row["status"] not in ("completed", "failed"):
@@ -110,8 +160,10 @@ async def txt2img(request: Request) -> Response:
         if error.get("code") != ErrorCode.CANCELLED:
             return a1111_error(500, error.get("code", "Error"), error.get("message", ""))
     pngs = await run_in_threadpool(_read_images, state, row)
-    n = req.num_images
-    subseed = req.subseed if req.subseed != -1 else secrets.randbelow(MAX_SEED + 1)
+    req, n = prepared.req, prepared.req.num_images
+    kept = json.loads(row["request_json"]).get("a1111") or {}
+    width, height = prepared.generation.settings.width, prepared.generation.settings.height
+    subseed = kept.get("subseed", req.subseed)
     info = {
         "prompt": req.prompt,
         "all_prompts": [req.prompt] * n,
@@ -124,27 +176,27 @@ async def txt2img(request: Request) -> Response:
         "subseed_strength": req.subseed_strength,
         "width": width,
         "height": height,
-        "sampler_name": sampler,
+        "sampler_name": kept["sampler"],
         "cfg_scale": req.cfg_scale,
         "steps": req.steps,
         "batch_size": req.batch_size,
         "restore_faces": False,
         "face_restoration_model": None,
-        "sd_model_name": checkpoint.model_name,
-        "sd_model_hash": checkpoint.hash,
+        "sd_model_name": prepared.checkpoint.model_name,
+        "sd_model_hash": prepared.checkpoint.hash,
         "sd_vae_name": None,
         "sd_vae_hash": None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
         "denoising_strength": req.denoising_strength,
         "extra_generation_params": {
-            "Schedule type": schedule,
-            **infotext.extra_params([tuple(p) for p in lora_hashes], notes),
+            "Schedule type": kept["schedule"],
+            **infotext.extra_params([tuple(p) for p in kept["lora_hashes"]], kept["notes"]),
         },
         "index_of_first_image": 0,
         "infotexts": [text for _, text in pngs],
         "styles": [],
-        "job_timestamp": call.timestamp,
+        "job_timestamp": kept.get("job_timestamp", call.timestamp),
         "clip_skip": 1,
         "is_using_inpainting_conditioning": False,
         "version": infotext.VERSION,
