@@ -294,3 +294,21 @@ def test_active_limit_then_a_caller_that_goes_away_cancels(
     assert item["status"] == "failed" and item["credits_used"] == 0
     account = httpx.get(f"{server.base}/account", headers=auth).json()
     assert account["credits"]["held"] == 0, account
+
+
+def test_an_idempotency_key_answers_a_repeat_without_a_second_render(
+    server: ServerProcess, client: openai.OpenAI
+) -> None:
+    keyed = {"extra_headers": {"Idempotency-Key": f"openai-{time.time()}"}}
+    first = client.images.generate(
+        prompt="a keyed fox", response_format="b64_json", **keyed, **SMALL
+    )
+    again = client.images.generate(
+        prompt="a keyed fox", response_format="b64_json", **keyed, **SMALL
+    )
+    assert again.data[0].b64_json == first.data[0].b64_json
+    history = httpx.get(f"{server.base}/generations/history?per_page=100").json()
+    assert [item["prompt"] for item in history["items"]].count("a keyed fox") == 1
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        client.images.generate(prompt="another fox", **keyed, **SMALL)
+    assert caught.value.param == "Idempotency-Key"

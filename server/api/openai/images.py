@@ -6,6 +6,9 @@ quality, output_format, background, usage}`; with `stream: true`, as Server-Sent
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -14,6 +17,7 @@ from server.api.a1111.errors import Invalid
 from server.api.a1111.prompts import parse_tags
 from server.api.blocking import CallerGone, wait_for
 from server.api.common import json_body, links_for, user_of
+from server.api.idempotency import Keyed, idempotent
 from server.api.openai.answers import answer, failed, image_data
 from server.api.openai.errors import OpenAIError, invalid, openai_route
 from server.api.openai.params import MAX_N, ImageParams, is_openai_model, read_params
@@ -26,12 +30,22 @@ from server.store.accounts import User
 @openai_route
 async def generations(request: Request) -> Response:
     state, user = state_of(request), user_of(request)
-    params = read_params(await json_body(request))
-    return await render(request, state, user, params)
+    payload = await json_body(request)
+    params = read_params(payload)
+    return await render(request, state, user, params, "v1/images/generations", payload)
 
 
-async def render(request: Request, state: AppState, user: User, params: ImageParams) -> Response:
-    """Submit the generation the parameters describe and answer with its images."""
+async def render(
+    request: Request,
+    state: AppState,
+    user: User,
+    params: ImageParams,
+    route: str,
+    payload: Any,
+    image_job: dict[str, Any] | None = None,
+) -> Response:
+    """Submit the generation the parameters describe (once per Idempotency-Key) and
+    answer with its images."""
     if state.draining:
         raise OpenAIError(503, "The server is shutting down; try again shortly", None,
                           "service_unavailable", "server_error")  # fmt: skip
@@ -39,10 +53,27 @@ async def render(request: Request, state: AppState, user: User, params: ImagePar
     if state.providers is not None:  # a remote's LoRA list, fetched off the event loop
         await run_in_threadpool(state.providers.prefetch, generation)
     kept = {"user": params.user, "size": params.size, "quality": params.quality}
-    row = state.admission.submit(
-        generation, user, {"openai": kept}, webhook_base=links_for(request).base,
-        max_images=MAX_N,
-    )  # fmt: skip
+
+    async def work(keyed: Keyed | None) -> Response:
+        submit = functools.partial(
+            state.admission.submit, generation, user, {"openai": kept},
+            webhook_base=links_for(request).base, bind=keyed.bind if keyed else None,
+            max_images=MAX_N,
+        )  # fmt: skip
+        if image_job is not None:
+            submit = functools.partial(submit, image_job=image_job)
+        return await respond(request, state, await run_in_threadpool(submit), params, text)
+
+    async def replay(row: dict[str, Any], first: object) -> Response:
+        return await respond(request, state, row, params, text)
+
+    return await idempotent(request, user, route, payload, work, replay, record=False)
+
+
+async def respond(
+    request: Request, state: AppState, row: dict[str, Any], params: ImageParams, text: str
+) -> Response:
+    """The answer for a generation: its images once it has ended, or its event stream."""
     request.state.request_id = row["request_id"]
     if params.stream:
         return stream_images(request, state, row, params, text)
