@@ -23,6 +23,7 @@ from server.api.metrics import StateCollector
 from server.api.routes import ROUTES
 from server.api.webhooks import WebhookCollector
 from server.config import Settings
+from server.console.routes import CONSOLE_ROUTES
 from server.contract import CONTRACT_PREFIX
 from server.metrics import Metrics
 from server.state import open_state
@@ -48,7 +49,12 @@ def create_app(
 
     return Starlette(
         # AUTOMATIC1111's API at the root only (server/api/a1111/).
-        routes=[*ROUTES, *A1111_ROUTES, Mount(CONTRACT_PREFIX, routes=ROUTES)],
+        routes=[
+            *ROUTES,
+            *A1111_ROUTES,
+            *CONSOLE_ROUTES,
+            Mount(CONTRACT_PREFIX, routes=ROUTES),
+        ],
         lifespan=lifespan,
         middleware=[Middleware(RequestLog, metrics=metrics)],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -6,6 +6,7 @@ in its transactions. vault.py keeps the image files the rows point to.
 
 from __future__ import annotations
 
+from server.store.activity import ActivityQueries
 from server.store.generations import GenerationQueries
 from server.store.keys import KeyQueries
 from server.store.loras import LoraQueries
@@ -23,5 +24,6 @@ class Store(
     KeyQueries,
     WebhookQueries,
     RemoteQueries,
+    ActivityQueries,
 ):
     """The database: open it with `Store(path or postgresql URL)`; it migrates itself."""

@@ -227,6 +227,16 @@ MIGRATIONS: list[str] = [
         devices TEXT NOT NULL DEFAULT ''
     );
     """,
+    # The console (server/console/): administrators (the open-mode local user is one), the
+    # device that rendered a generation, its LoRA ids as ",3,7," for the gallery's filter,
+    # and the gallery's order per user.
+    """
+    ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
+    UPDATE users SET admin = 1 WHERE builtin = 1;
+    ALTER TABLE generations ADD COLUMN device TEXT;
+    ALTER TABLE generations ADD COLUMN lora_ids TEXT;
+    CREATE INDEX generations_by_user_created ON generations(user_id, created_at);
+    """,
 ]
 
 
