@@ -123,10 +123,11 @@ class GenerationQueries(Database):
 
     def generation(self, request_id: str, user_id: int | None = None) -> dict[str, Any] | None:
         """The generation with this request id; with `user_id`, only if it is theirs."""
+        live = "request_id = ? AND deleted_at IS NULL"
         if user_id is None:
-            return self.fetch_one("SELECT * FROM generations WHERE request_id = ?", (request_id,))
+            return self.fetch_one(f"SELECT * FROM generations WHERE {live}", (request_id,))
         return self.fetch_one(
-            "SELECT * FROM generations WHERE request_id = ? AND user_id = ?", (request_id, user_id)
+            f"SELECT * FROM generations WHERE {live} AND user_id = ?", (request_id, user_id)
         )
 
     def generation_by_id(self, generation_id: int) -> dict[str, Any] | None:
@@ -277,7 +278,7 @@ class GenerationQueries(Database):
         has_seed: bool | None,
         filters: HistoryFilters | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        where: list[str] = ["user_id = ?"]
+        where: list[str] = ["user_id = ?", "deleted_at IS NULL"]
         args: list[Any] = [user_id]
         if date_from is not None:
             where.append("created_at >= ?")
@@ -297,11 +298,13 @@ class GenerationQueries(Database):
         return rows, int(total["n"] if total else 0)
 
     def delete_generation(self, generation_id: int) -> list[str] | None:
-        """Remove an ended generation and its images' rows (the ledger keeps its charge);
-        the vault files to delete, or None if it is still active."""
+        """Delete an ended generation: its images' rows, prompt and request; the vault files
+        to remove, or None if it is still active. What stays is a tombstone that no route
+        shows, since the append-only ledger's rows (its charge) point at it."""
         with self.transaction() as db:
             row = db.execute(
-                "SELECT status, request_id FROM generations WHERE id = ?", (generation_id,)
+                "SELECT status FROM generations WHERE id = ? AND deleted_at IS NULL",
+                (generation_id,),
             ).fetchone()
             if row is None or row[0] in ACTIVE:
                 return None
@@ -314,14 +317,11 @@ class GenerationQueries(Database):
                 for name in (image[0], image[1])
             ]
             db.execute("DELETE FROM images WHERE generation_id = ?", (generation_id,))
-            db.execute("DELETE FROM webhook_deliveries WHERE request_id = ?", (row[1],))
-            # The charges stay: the ledger rows only lose their link to the deleted row.
             db.execute(
-                "UPDATE ledger SET generation_id = NULL, note = COALESCE(note, ?)"
-                " WHERE generation_id = ?",
-                (f"generation {row[1]} (deleted)", generation_id),
+                "UPDATE generations SET deleted_at = ?, prompt = '', request_json = '{}',"
+                " error_json = NULL, lora_ids = NULL WHERE id = ?",
+                (time.time(), generation_id),
             )
-            db.execute("DELETE FROM generations WHERE id = ?", (generation_id,))
             return files
 
     def seconds_per_work_unit(self, recent: int = 20) -> float | None:
