@@ -20,6 +20,7 @@ from server.api.a1111.routes import A1111_ROUTES
 from server.api.errors import EXCEPTION_HANDLERS
 from server.api.logs import RequestLog
 from server.api.metrics import StateCollector
+from server.api.openai.routes import OPENAI_ROUTES
 from server.api.routes import ROUTES
 from server.api.webhooks import WebhookCollector
 from server.config import Settings
@@ -48,10 +49,11 @@ def create_app(
             app.state.darkroom.close()
 
     return Starlette(
-        # AUTOMATIC1111's API at the root only (server/api/a1111/).
+        # AUTOMATIC1111's and OpenAI's APIs and the console at the root only.
         routes=[
             *ROUTES,
             *A1111_ROUTES,
+            *OPENAI_ROUTES,
             *CONSOLE_ROUTES,
             Mount(CONTRACT_PREFIX, routes=ROUTES),
         ],

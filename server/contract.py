@@ -229,12 +229,14 @@ def validation_error(exc: ValidationError) -> ApiError:
     return ApiError(ErrorCode.VALIDATION_ERROR, f"Invalid request: {summary}", {"fields": fields})
 
 
-def check_limits(loras: list[LoraRef], num_images: int, max_loras: int) -> None:
-    if num_images > MAX_IMAGES:
+def check_limits(
+    loras: list[LoraRef], num_images: int, max_loras: int, max_images: int = MAX_IMAGES
+) -> None:
+    if num_images > max_images:
         raise ApiError(
             ErrorCode.LIMIT_EXCEEDED,
-            f"Too many images requested: {num_images} (at most {MAX_IMAGES})",
-            {"field": "options.num_images", "requested": num_images, "limit": MAX_IMAGES},
+            f"Too many images requested: {num_images} (at most {max_images})",
+            {"field": "options.num_images", "requested": num_images, "limit": max_images},
         )
     if len(loras) > max_loras:
         raise ApiError(

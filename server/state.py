@@ -20,7 +20,7 @@ from server.api.auth import Authenticator
 from server.config import Settings
 from server.jobs.admission import Admission
 from server.jobs.devices import DevicePool, device_names, device_settings
-from server.jobs.failures import gave_up_error
+from server.jobs.failures import cancelled_error, gave_up_error
 from server.jobs.limits import PollLimits
 from server.jobs.queue import JobQueue
 from server.jobs.render_process import ProcessRenderer
@@ -69,6 +69,15 @@ class AppState:
         self.draining = True
         log.info("draining: waiting up to %gs for the running job", self.settings.drain_timeout)
         return self.devices.drain(self.settings.drain_timeout)
+
+    def cancel(self, generation_id: int) -> bool:
+        """Stop a generation wherever it is: out of the queue, stopped at its next step, or
+        (a remote job) passed on to its runner; failed CANCELLED now, so nothing it makes is
+        recorded or charged. False if it had already ended."""
+        self.queue.cancel(generation_id)
+        if self.providers is not None:
+            self.providers.cancel(generation_id)
+        return self.store.fail(generation_id, cancelled_error())
 
     def close(self) -> None:
         if self.providers is not None:

@@ -19,7 +19,6 @@ from server.api.common import (
 from server.api.events import stream_events
 from server.api.webhooks import check_webhook_url
 from server.contract import ApiError, ErrorCode, HistoryQuery, ImageGenerationRequest, parse
-from server.jobs.failures import cancelled_error
 from server.jobs.limits import retry_after
 from server.state import state_of
 from server.store.generations import HistoryFilters
@@ -132,10 +131,7 @@ async def cancel_generation(request: Request) -> Response:
     row = own_generation(request, user_of(request))
     # A running job stops at its next step (or, in a batch, is dropped when it ends); it is
     # failed now, so the answer is final and nothing it produces is recorded or charged.
-    state.queue.cancel(row["id"])
-    if state.providers is not None:  # a remote job: its runner passes the cancel on
-        state.providers.cancel(row["id"])
-    cancelled = state.store.fail(row["id"], cancelled_error())
+    cancelled = state.cancel(row["id"])
     row = state.store.generation_by_id(row["id"])
     body = generation_view(request, row)
     if not cancelled:

@@ -12,6 +12,7 @@ from typing import Any
 
 from server.config import Settings
 from server.contract import (
+    MAX_IMAGES,
     MAX_SEED,
     PROVIDER_NAME,
     ApiError,
@@ -74,11 +75,13 @@ class Admission:
         user: User,
         extra: dict | None = None,
         webhook_base: str = "",
+        max_images: int = MAX_IMAGES,
     ) -> dict:
         """`extra`: keys stored beside the request (txt2img keeps what its client sent under
         `a1111`, for the infotext); the request itself is what renders. `webhook_base`: the
         base URL the status object's links are rendered under when `options.webhook_url`
-        is delivered (the one the request arrived on)."""
+        is delivered (the one the request arrived on). `max_images`: the bound on
+        `num_images` of the API the request came through (OpenAI's `n` goes to 10)."""
         options, settings = request.options, request.settings
         if options.provider != "auto" and self.router is None:
             raise ApiError(
@@ -86,7 +89,9 @@ class Admission:
                 f"Provider {options.provider!r} is not configured on this server",
                 {"provider": options.provider, "available": ["auto"]},
             )
-        check_limits(request.loras, options.num_images, self.settings.max_loras)
+        check_limits(
+            request.loras, options.num_images, self.settings.max_loras, max_images
+        )
         check_lengths(request.prompt, settings.negative_prompt, self.settings.max_prompt_chars)
         model, loras = resolve_request(self.models, self.catalog, request)
         provider = PROVIDER_NAME

@@ -16,7 +16,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api.a1111.errors import a1111_route, caller
-from server.jobs.failures import cancelled_error
 from server.state import AppState, state_of
 
 
@@ -64,8 +63,7 @@ def stop(state: AppState, call: Call) -> None:
     """Stop a call's generation as a cancel does: out of the queue, or stopped at its next
     step; failed CANCELLED now, so nothing it makes is recorded or charged."""
     call.interrupted = True
-    state.queue.cancel(call.generation_id)
-    state.store.fail(call.generation_id, cancelled_error())
+    state.cancel(call.generation_id)
 
 
 @a1111_route

@@ -1,0 +1,1 @@
+"""OpenAI's Images API (/v1): generations, edits, variations, models."""
