@@ -7,7 +7,9 @@ const requestId = location.pathname.split("/").pop();
 
 async function load() {
   await account;
-  const item = await api(`/generations/${requestId}`);
+  const [item, catalog] = await Promise.all([
+    api(`/generations/${requestId}`), api("/loras/available?include_incompatible=true")]);
+  const names = new Map(catalog.map((lora) => [lora.id, lora.name]));
   document.querySelector("h1").textContent = item.prompt;
   $("prompt-text").textContent = item.prompt;
   const images = item.images || [];
@@ -16,7 +18,7 @@ async function load() {
     provider: images[0]?.metadata?.provider, model: images[0]?.metadata?.model ?? item.settings.model };
   $("settings").replaceChildren(...Object.entries(settings).flatMap(([name, value]) =>
     [el("dt", { text: name }), el("dd", { text: value === null || value === undefined || value === "" ? "—" : String(value) })]));
-  $("lora-list").replaceChildren(...(item.loras || []).map((l) => el("li", { text: `LoRA ${l.id} at weight ${l.weight}` })));
+  $("lora-list").replaceChildren(...(item.loras || []).map((l) => el("li", { text: `${names.get(l.id) ?? `LoRA ${l.id}`} at weight ${l.weight}` })));
   if (!item.loras?.length) $("lora-list").append(el("li", { text: "None" }));
   $("infotext").textContent = images.map((i) => i.infotext || "").join("\n\n") || "—";
   if (images[0]) {
