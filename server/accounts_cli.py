@@ -33,11 +33,16 @@ def run_account_command(args: argparse.Namespace) -> int:
 def _dispatch(accounts: Accounts, args: argparse.Namespace) -> int:
     command = (args.command, args.action)
     if command == ("users", "add"):
-        user, token = accounts.add_user(args.name, args.credits)
+        user, token = accounts.add_user(args.name, args.credits, args.admin)
         credits = "unlimited credits" if user.unlimited else f"{args.credits:g} credits"
-        print(f"created user {user.name} with {credits}; their API token (shown once):",
+        role = "administrator" if user.admin else "user"
+        print(f"created {role} {user.name} with {credits}; their API token (shown once):",
               file=sys.stderr)
         print(token)
+    elif command == ("users", "set"):
+        if args.admin is not None:
+            user = accounts.set_admin(args.name, args.admin)
+            print(f"{user.name} is {'an administrator' if user.admin else 'not an administrator'}")
     elif command == ("users", "token"):
         token = accounts.new_token(args.name)
         print(f"new API token for {args.name} (shown once; older ones stay valid):",
@@ -63,7 +68,10 @@ def _dispatch(accounts: Accounts, args: argparse.Namespace) -> int:
 
 
 def _print_users(accounts: Accounts) -> None:
-    header = f"{'name':<24} {'balance':>10} {'held':>8} {'charged':>9} {'tokens':>6} {'jobs':>6}"
+    header = (
+        f"{'name':<24} {'balance':>10} {'held':>8} {'charged':>9} {'tokens':>6} {'jobs':>6}"
+        " admin"
+    )
     print(header)
     for row in accounts.summaries():
         if row["builtin"]:
@@ -72,5 +80,5 @@ def _print_users(accounts: Accounts) -> None:
         balance = "unlimited" if credits["unlimited"] else f"{credits['balance']:g}"
         print(
             f"{row['name']:<24} {balance:>10} {credits['held']:>8g} {row['charged']:>9g}"
-            f" {row['tokens']:>6} {row['generations']:>6}"
+            f" {row['tokens']:>6} {row['generations']:>6} {'yes' if row.get('admin') else ''}"
         )

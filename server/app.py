@@ -24,6 +24,7 @@ from server.api.openai.routes import OPENAI_ROUTES
 from server.api.routes import ROUTES
 from server.api.webhooks import WebhookCollector
 from server.config import Settings
+from server.console.routes import CONSOLE_ROUTES
 from server.contract import CONTRACT_PREFIX
 from server.metrics import Metrics
 from server.state import open_state
@@ -48,8 +49,14 @@ def create_app(
             app.state.darkroom.close()
 
     return Starlette(
-        # AUTOMATIC1111's and OpenAI's APIs at the root only (server/api/a1111/, openai/).
-        routes=[*ROUTES, *A1111_ROUTES, *OPENAI_ROUTES, Mount(CONTRACT_PREFIX, routes=ROUTES)],
+        # AUTOMATIC1111's and OpenAI's APIs and the console at the root only.
+        routes=[
+            *ROUTES,
+            *A1111_ROUTES,
+            *OPENAI_ROUTES,
+            *CONSOLE_ROUTES,
+            Mount(CONTRACT_PREFIX, routes=ROUTES),
+        ],
         lifespan=lifespan,
         middleware=[Middleware(RequestLog, metrics=metrics)],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     amount = add.add_mutually_exclusive_group()
     amount.add_argument("--credits", type=float, help="starting balance (default: unlimited)")
     amount.add_argument("--unlimited", action="store_true", help="no credit limit (default)")
+    add.add_argument("--admin", action="store_true", help="may use the console's operator page")
+    change = user_commands.add_parser("set", help="change a user's settings")
+    change.add_argument("name")
+    change.add_argument(
+        "--admin", action=argparse.BooleanOptionalAction, default=None,
+        help="make the user an administrator (--no-admin: no longer)",
+    )  # fmt: skip
     user_commands.add_parser("list", help="users, credits and usage")
     for action, text in (
         ("revoke", "revoke every token of a user"),

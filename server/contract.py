@@ -37,6 +37,7 @@ class ErrorCode:
     PROVIDER_ERROR = "PROVIDER_ERROR"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     UNAUTHORIZED = "UNAUTHORIZED"
+    FORBIDDEN = "FORBIDDEN"
     CANCELLED = "CANCELLED"
     TIMEOUT = "TIMEOUT"
     EXPIRED = "EXPIRED"
@@ -203,6 +204,12 @@ class HistoryQuery(BaseModel):
     per_page: int = Field(20, ge=1, le=100)
     date_from: str | None = None
     has_seed: bool | None = None
+    # Additive, for the console's gallery: prompt text, model name, LoRA id, status, end date.
+    q: str | None = Field(None, max_length=200)
+    model: str | None = Field(None, max_length=500)
+    lora: int | None = Field(None, ge=0, le=2**62)
+    status: Literal["pending", "processing", "completed", "failed"] | None = None
+    date_to: str | None = None
 
 
 def parse(model: type[BaseModel], data: Any) -> Any:

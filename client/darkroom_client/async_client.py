@@ -171,6 +171,10 @@ class AsyncClient(_Shared):
         data = await self._run(self.json_call("POST", f"/generations/{request_id}/cancel"))
         return self._make(data)
 
+    async def delete(self, request_id: str | Generation) -> None:
+        request_id = getattr(request_id, "request_id", request_id)
+        await self._run(self.json_call("DELETE", f"/generations/{request_id}"))
+
     async def loras(self, **filters: Any) -> list[dict[str, Any]]:
         return await self._run(
             self.json_call("GET", "/loras/available", self.loras_params(**filters))

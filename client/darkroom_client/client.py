@@ -213,6 +213,13 @@ class Client(_Shared):
         data = self._run(self.json_call("POST", f"/generations/{request_id}/cancel"))
         return self._make(data)
 
+    def delete(self, request_id: str | Generation) -> None:
+        """Delete an ended generation: its images' files and its record (the server keeps
+        its charge in the ledger). Only its owner may; an active one is cancelled instead
+        (use cancel() for that)."""
+        request_id = getattr(request_id, "request_id", request_id)
+        self._run(self.json_call("DELETE", f"/generations/{request_id}"))
+
     def loras(self, **filters: Any) -> list[dict[str, Any]]:
         """GET /loras/available; filters: tag, type, q, include_incompatible."""
         return self._run(self.json_call("GET", "/loras/available", self.loras_params(**filters)))

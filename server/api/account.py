@@ -46,6 +46,7 @@ async def account(request: Request) -> Response:
         {
             "user": user.name,
             "open_mode": user.builtin,
+            "admin": user.admin,
             "credits": state.accounts.balance(user.id).as_json(),
             "active_generations": active,
             "webhook_secret": state.store.webhook_secret(user.id),

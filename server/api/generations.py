@@ -24,6 +24,7 @@ from server.api.webhooks import check_webhook_url
 from server.contract import ApiError, ErrorCode, HistoryQuery, ImageGenerationRequest, parse
 from server.jobs.limits import retry_after
 from server.state import state_of
+from server.store.generations import HistoryFilters
 
 
 async def generate(request: Request) -> Response:
@@ -90,8 +91,12 @@ async def history(request: Request) -> Response:
     user = user_of(request)
     query = parse(HistoryQuery, dict(request.query_params))
     date_from = parse_date(query.date_from) if query.date_from else None
+    filters = HistoryFilters(
+        query.q, query.model, query.lora, query.status,
+        parse_date(query.date_to, "date_to") if query.date_to else None,
+    )  # fmt: skip
     rows, total = state.store.history(
-        user.id, query.page, query.per_page, date_from, query.has_seed
+        user.id, query.page, query.per_page, date_from, query.has_seed, filters
     )
     images = state.store.images_of([row["id"] for row in rows])
     links = links_for(request)
@@ -115,18 +120,32 @@ async def history(request: Request) -> Response:
     )
 
 
-def parse_date(text: str) -> float:
+def parse_date(text: str, field: str = "date_from") -> float:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ApiError(
             ErrorCode.VALIDATION_ERROR,
-            f"date_from: not an ISO 8601 date: {text!r}",
-            {"fields": {"date_from": "expected YYYY-MM-DD or an ISO 8601 date-time"}},
+            f"{field}: not an ISO 8601 date: {text!r}",
+            {"fields": {field: "expected YYYY-MM-DD or an ISO 8601 date-time"}},
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
+
+
+async def delete_generation(request: Request) -> Response:
+    """DELETE /generations/{id}: an active generation is cancelled (as POST .../cancel);
+    an ended one is deleted: its images' files and its row (the ledger keeps its charge)."""
+    state = state_of(request)
+    row = own_generation(request, user_of(request))
+    if row["status"] in ("pending", "processing"):
+        return await cancel_generation(request)
+    files = await run_in_threadpool(state.store.delete_generation, row["id"])
+    if files is None:  # it became active again? (a restart re-queued it): cancel instead
+        return await cancel_generation(request)
+    state.vault.delete(*files)
+    return JSONResponse({"request_id": row["request_id"], "status": "deleted"})
 
 
 async def cancel_generation(request: Request) -> Response:

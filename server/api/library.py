@@ -7,9 +7,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
+from pipelines.samplers import SAMPLER_NAMES
 from server.api import views
 from server.api.common import links_for, user_of
 from server.contract import not_found, parse
+from server.jobs import infotext
 from server.library.loras import LoraQuery
 from server.state import state_of
 
@@ -60,3 +62,14 @@ async def refresh_models(request: Request) -> Response:
     # Hashing a new checkpoint reads all of it (once; then it is cached): not on the loop.
     summary = await run_in_threadpool(state_of(request).models.refresh)
     return JSONResponse(summary.as_json())
+
+
+async def samplers(request: Request) -> Response:
+    """Every sampler `settings.sampler` takes, by Darkroom's name, with how AUTOMATIC1111
+    names its sampler and schedule (the console's two menus)."""
+    user_of(request)
+    items = []
+    for name in SAMPLER_NAMES:
+        sampler, schedule = infotext.display_sampler(name)
+        items.append({"id": name, "sampler": sampler, "schedule": schedule or "Automatic"})
+    return JSONResponse({"samplers": items})

@@ -8,10 +8,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from server.api import admin
 from server.api.account import account, list_presets, save_preset
 from server.api.files import signed_file, vault_file
 from server.api.generations import (
     cancel_generation,
+    delete_generation,
     generate,
     generation_events,
     generation_status,
@@ -24,6 +26,7 @@ from server.api.library import (
     models_available,
     refresh_loras,
     refresh_models,
+    samplers,
 )
 from server.api.metrics import metrics_endpoint
 from server.api.openapi import docs, docs_asset, openapi_json
@@ -47,10 +50,10 @@ register_url_convertor("id", IdConvertor())
 
 
 async def generation_resource(request: Request) -> Response:
-    """/generations/{id}: GET its status and webhook, DELETE cancels it (one route, so a
-    405 lists both methods in Allow)."""
+    """/generations/{id}: GET its status and webhook, DELETE cancels it or, once ended,
+    deletes it (one route, so a 405 lists both methods in Allow)."""
     if request.method == "DELETE":
-        return await cancel_generation(request)
+        return await delete_generation(request)
     return await generation_detail(request)
 
 ROUTES = [
@@ -63,6 +66,7 @@ ROUTES = [
     Route("/loras/refresh", refresh_loras, methods=["POST"]),
     Route("/models", models_available, methods=["GET"]),
     Route("/models/refresh", refresh_models, methods=["POST"]),
+    Route("/samplers", samplers, methods=["GET"]),
     Route("/loras/{lora_id:id}/thumbnail", lora_thumbnail, methods=["GET"]),
     Route("/presets/save", save_preset, methods=["POST"]),
     Route("/presets", list_presets, methods=["GET"]),
@@ -78,4 +82,12 @@ ROUTES = [
     Route("/docs", docs, methods=["GET"]),
     Route("/docs/{name}", docs_asset, methods=["GET"]),
     Route("/metrics", metrics_endpoint, methods=["GET"]),
+    # The operator's (administrators only): every user's queue, users, activity.
+    Route("/admin/queue", admin.queue, methods=["GET"]),
+    Route("/admin/generations/{request_id}/cancel", admin.cancel_any, methods=["POST"]),
+    Route("/admin/users", admin.users, methods=["GET"]),
+    Route("/admin/users", admin.add_user, methods=["POST"]),
+    Route("/admin/users/{name}/credits", admin.add_credits, methods=["POST"]),
+    Route("/admin/users/{name}/revoke", admin.revoke_tokens, methods=["POST"]),
+    Route("/admin/activity", admin.activity, methods=["GET"]),
 ]

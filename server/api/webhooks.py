@@ -11,13 +11,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from server.api.common import generation_view, own_generation, user_of
+from server.api import views
+from server.api.common import links_for, own_generation, user_of
 from server.api.views import iso
 from server.contract import ApiError, ErrorCode, ImageGenerationRequest
 from server.jobs import ssrf
 from server.jobs.limits import retry_after
 from server.state import state_of
 from server.store import Store
+from server.store.vault import read_infotext
 from server.store.webhooks import FINISHED
 
 FIELD = "options.webhook_url"
@@ -69,8 +71,15 @@ async def generation_detail(request: Request) -> Response:
             {"Retry-After": retry_after(wait)},
         )
     row = own_generation(request, user)
-    body = generation_view(request, row)
+    images = state.store.images_of([row["id"]])[row["id"]]
+    body = views.history_item(row, images, links_for(request), state.queue, state.admission)
     body["webhook"] = webhook_view(state.store.webhook_delivery(row["request_id"]))
+    # Each image's infotext, read from its file (the console's image page shows it).
+    texts = await run_in_threadpool(
+        lambda: [read_infotext(state.vault.path(image["file_name"])) for image in images]
+    )
+    for shown, text in zip(body.get("images") or [], texts, strict=False):
+        shown["infotext"] = text
     return JSONResponse(body)
 
 

@@ -102,9 +102,7 @@ class DevicePool:
 
     @staticmethod
     def name_of(worker: Worker) -> str:
-        if worker.health.name == "default":  # the one device the renderer picked
-            return str(worker.renderer.device)
-        return worker.health.name
+        return worker.device_name
 
     @staticmethod
     def state_of(worker: Worker) -> str:

@@ -42,8 +42,16 @@ class Task:
 
 class ResultWriter:
     def __init__(
-        self, store: Store, vault: Vault, url_ttl_seconds: float, metrics: Metrics
+        self,
+        store: Store,
+        vault: Vault,
+        url_ttl_seconds: float,
+        metrics: Metrics,
+        device: Callable[[], str] | None = None,
     ) -> None:
+        """`device()`: the render device's name, recorded with each generation it
+        completes (None: a remote provider's runner)."""
+        self.device = device
         self.metrics = metrics
         self.store = store
         self.vault = vault
@@ -111,7 +119,12 @@ class ResultWriter:
         recorded = False
         try:
             recorded = self.store.complete(
-                row["id"], new_images, credits, seconds, [(lora.id, lora.weight) for lora in loras]
+                row["id"],
+                new_images,
+                credits,
+                seconds,
+                [(lora.id, lora.weight) for lora in loras],
+                self.device() if self.device is not None else None,
             )
         finally:
             if not recorded:

@@ -85,7 +85,9 @@ class Worker:
         self.catalog = catalog
         self.models = models
         self.settings = settings
-        self.results = ResultWriter(store, vault, settings.url_ttl_hours * 3600, metrics)
+        self.results = ResultWriter(
+            store, vault, settings.url_ttl_hours * 3600, metrics, lambda: self.device_name
+        )
         self.state = "loading"
         self.load_error: str | None = None
         self.restarts = 0
@@ -101,6 +103,13 @@ class Worker:
     def _spawn(self) -> threading.Thread:
         name = f"darkroom-worker-{self.health.name}"
         return threading.Thread(target=self._run, name=name, daemon=True)
+
+    @property
+    def device_name(self) -> str:
+        """The device's name: as --devices lists it, else the one the renderer picked."""
+        if self.health.name == "default":
+            return str(self.renderer.device)
+        return self.health.name
 
     def start(self) -> None:
         self._thread.start()

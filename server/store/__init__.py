@@ -6,6 +6,7 @@ in its transactions. vault.py keeps the image files the rows point to.
 
 from __future__ import annotations
 
+from server.store.activity import ActivityQueries
 from server.store.generations import GenerationQueries
 from server.store.idempotency import IdempotencyQueries
 from server.store.keys import KeyQueries
@@ -25,5 +26,6 @@ class Store(
     WebhookQueries,
     RemoteQueries,
     IdempotencyQueries,
+    ActivityQueries,
 ):
     """The database: open it with `Store(path or postgresql URL)`; it migrates itself."""

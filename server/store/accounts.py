@@ -30,10 +30,14 @@ class User:
     name: str
     unlimited: bool
     builtin: bool = False
+    admin: bool = False
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> User:
-        return cls(row["id"], row["name"], bool(row["unlimited"]), bool(row["builtin"]))
+        return cls(
+            row["id"], row["name"], bool(row["unlimited"]), bool(row["builtin"]),
+            bool(row.get("admin")),
+        )  # fmt: skip
 
 
 class AccountError(Exception):
@@ -63,7 +67,9 @@ class Accounts:
         self._checked: dict[str, User] = {}
         self._checked_at = -1
 
-    def add_user(self, name: str, credits: float | None) -> tuple[User, str]:
+    def add_user(
+        self, name: str, credits: float | None, admin: bool = False
+    ) -> tuple[User, str]:
         """Create a user (credits None: unlimited) and their first token."""
         if not NAME_PATTERN.fullmatch(name):
             raise AccountError(
@@ -74,14 +80,21 @@ class Accounts:
                 raise AccountError(f"user {name!r} already exists")
             user_id = insert_id(
                 db,
-                "INSERT INTO users (name, unlimited, created_at) VALUES (?, ?, ?)",
-                (name, int(credits is None), time.time()),
+                "INSERT INTO users (name, unlimited, admin, created_at) VALUES (?, ?, ?, ?)",
+                (name, int(credits is None), int(admin), time.time()),
             )
-            user = User(user_id, name, credits is None)
+            user = User(user_id, name, credits is None, admin=admin)
             if credits:
                 ledger.grant(db, user.id, credits, "initial credits")
             token = self._issue(db, user.id)
         return user, token
+
+    def set_admin(self, name: str, admin: bool) -> User:
+        user = self._user(name)
+        with self.store.transaction() as db:
+            db.execute("UPDATE users SET admin = ? WHERE id = ?", (int(admin), user.id))
+        self._checked = {}
+        return self._user(name)
 
     def new_token(self, name: str) -> str:
         with self.store.transaction() as db:
@@ -114,7 +127,9 @@ class Accounts:
         rows = self.store.fetch_all(
             "SELECT u.*, (SELECT COUNT(*) FROM tokens t WHERE t.user_id = u.id"
             " AND t.revoked_at IS NULL) AS tokens,"
-            " (SELECT COUNT(*) FROM generations g WHERE g.user_id = u.id) AS generations"
+            " (SELECT COUNT(*) FROM generations g WHERE g.user_id = u.id) AS generations,"
+            " (SELECT COUNT(*) FROM generations g WHERE g.user_id = u.id"
+            " AND g.status IN ('pending', 'processing')) AS active"
             " FROM users u ORDER BY u.id"
         )
         with self.store.reading() as db:

@@ -33,6 +33,44 @@ class NewImage:
     model_hash: str | None = None
 
 
+def lora_ids(request: dict[str, Any]) -> str | None:
+    """A request's LoRA ids as ",3,7,": what the gallery's LoRA filter matches."""
+    ids = [str(lora["id"]) for lora in request.get("loras") or []]
+    return f",{','.join(ids)}," if ids else None
+
+
+@dataclass(frozen=True)
+class HistoryFilters:
+    """The gallery's filters: prompt text, model name, LoRA id, status, date range."""
+
+    text: str | None = None
+    model: str | None = None
+    lora_id: int | None = None
+    status: str | None = None
+    date_to: float | None = None
+
+    def add_to(self, where: list[str], args: list[Any]) -> None:
+        if self.text:
+            escaped = self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("LOWER(prompt) LIKE ? ESCAPE '\\'")
+            args.append(f"%{escaped.lower()}%")
+        if self.model:
+            where.append(
+                "EXISTS (SELECT 1 FROM images i WHERE i.generation_id = generations.id"
+                " AND i.model = ?)"
+            )
+            args.append(self.model)
+        if self.lora_id is not None:
+            where.append("lora_ids LIKE ?")
+            args.append(f"%,{self.lora_id},%")
+        if self.status:
+            where.append("status = ?")
+            args.append(self.status)
+        if self.date_to is not None:
+            where.append("created_at < ?")
+            args.append(self.date_to)
+
+
 class GenerationQueries(Database):
     # On PostgreSQL with several nodes, the node this process is: a job it did not claim
     # (or whose lease it lost) is neither started, completed nor released by it.
@@ -64,8 +102,8 @@ class GenerationQueries(Database):
             generation_id = insert_id(
                 db,
                 "INSERT INTO generations (request_id, status, prompt, request_json, seed,"
-                " seed_fixed, work_units, user_id, cost, created_at, provider)"
-                " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " seed_fixed, work_units, user_id, cost, created_at, provider, lora_ids)"
+                " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     request_id,
                     prompt,
@@ -77,6 +115,7 @@ class GenerationQueries(Database):
                     cost,
                     time.time(),
                     provider,
+                    lora_ids(request),
                 ),
             )
             ledger.hold(db, user_id, generation_id, cost)
@@ -84,10 +123,11 @@ class GenerationQueries(Database):
 
     def generation(self, request_id: str, user_id: int | None = None) -> dict[str, Any] | None:
         """The generation with this request id; with `user_id`, only if it is theirs."""
+        live = "request_id = ? AND deleted_at IS NULL"
         if user_id is None:
-            return self.fetch_one("SELECT * FROM generations WHERE request_id = ?", (request_id,))
+            return self.fetch_one(f"SELECT * FROM generations WHERE {live}", (request_id,))
         return self.fetch_one(
-            "SELECT * FROM generations WHERE request_id = ? AND user_id = ?", (request_id, user_id)
+            f"SELECT * FROM generations WHERE {live} AND user_id = ?", (request_id, user_id)
         )
 
     def generation_by_id(self, generation_id: int) -> dict[str, Any] | None:
@@ -161,6 +201,7 @@ class GenerationQueries(Database):
         credits_used: float,
         render_seconds: float,
         lora_weights: Sequence[tuple[int, float]],
+        device: str | None = None,
     ) -> bool:
         """Record the images and charge, unless the job was finished meanwhile (cancelled,
         timed out): then nothing is written and False says the files are not wanted."""
@@ -202,8 +243,8 @@ class GenerationQueries(Database):
             )
             db.execute(
                 "UPDATE generations SET status = 'completed', credits_used = ?, finished_at = ?,"
-                " render_seconds = ? WHERE id = ?",
-                (credits_used, now, render_seconds, generation_id),
+                " render_seconds = ?, device = ? WHERE id = ?",
+                (credits_used, now, render_seconds, device, generation_id),
             )
             ledger.settle(db, generation_id, credits_used)
             webhooks.arm(db, generation_id)
@@ -235,8 +276,9 @@ class GenerationQueries(Database):
         per_page: int,
         date_from: float | None,
         has_seed: bool | None,
+        filters: HistoryFilters | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        where: list[str] = ["user_id = ?"]
+        where: list[str] = ["user_id = ?", "deleted_at IS NULL"]
         args: list[Any] = [user_id]
         if date_from is not None:
             where.append("created_at >= ?")
@@ -244,6 +286,8 @@ class GenerationQueries(Database):
         if has_seed is not None:
             where.append("seed_fixed = ?")
             args.append(int(has_seed))
+        if filters is not None:
+            filters.add_to(where, args)
         clause = f"WHERE {' AND '.join(where)}"
         total = self.fetch_one(f"SELECT COUNT(*) AS n FROM generations {clause}", args)
         rows = self.fetch_all(
@@ -252,6 +296,33 @@ class GenerationQueries(Database):
             [*args, per_page, (page - 1) * per_page],
         )
         return rows, int(total["n"] if total else 0)
+
+    def delete_generation(self, generation_id: int) -> list[str] | None:
+        """Delete an ended generation: its images' rows, prompt and request; the vault files
+        to remove, or None if it is still active. What stays is a tombstone that no route
+        shows, since the append-only ledger's rows (its charge) point at it."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT status FROM generations WHERE id = ? AND deleted_at IS NULL",
+                (generation_id,),
+            ).fetchone()
+            if row is None or row[0] in ACTIVE:
+                return None
+            files = [
+                name
+                for image in db.execute(
+                    "SELECT file_name, thumb_name FROM images WHERE generation_id = ?",
+                    (generation_id,),
+                ).fetchall()
+                for name in (image[0], image[1])
+            ]
+            db.execute("DELETE FROM images WHERE generation_id = ?", (generation_id,))
+            db.execute(
+                "UPDATE generations SET deleted_at = ?, prompt = '', request_json = '{}',"
+                " error_json = NULL, lora_ids = NULL WHERE id = ?",
+                (time.time(), generation_id),
+            )
+            return files
 
     def seconds_per_work_unit(self, recent: int = 20) -> float | None:
         """Measured render speed over the most recent completed jobs."""

@@ -245,6 +245,18 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX idempotency_keys_by_created ON idempotency_keys(created_at);
     """,
+    # The console (server/console/): administrators (the open-mode local user is one), the
+    # device that rendered a generation, its LoRA ids as ",3,7," for the gallery's filter,
+    # when its owner deleted it (a tombstone the ledger's rows point at), and the gallery's
+    # order per user.
+    """
+    ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
+    UPDATE users SET admin = 1 WHERE builtin = 1;
+    ALTER TABLE generations ADD COLUMN device TEXT;
+    ALTER TABLE generations ADD COLUMN lora_ids TEXT;
+    ALTER TABLE generations ADD COLUMN deleted_at REAL;
+    CREATE INDEX generations_by_user_created ON generations(user_id, created_at);
+    """,
 ]
 
 

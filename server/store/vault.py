@@ -132,6 +132,21 @@ def infotext_exif(parameters: str) -> Image.Exif:
     return exif
 
 
+def read_infotext(path: Path) -> str | None:
+    """The infotext an image file carries (PNG `parameters`, or EXIF UserComment)."""
+    try:
+        with Image.open(path) as image:
+            text = getattr(image, "text", {}).get("parameters")
+            if text is not None:
+                return str(text)
+            comment = image.getexif().get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.UserComment)
+    except OSError:
+        return None
+    if isinstance(comment, bytes) and comment.startswith(b"UNICODE\0"):
+        return comment[8:].decode("utf-16-be", errors="replace")
+    return comment if isinstance(comment, str) else None
+
+
 def thumbnail(image: Image.Image) -> bytes:
     small = image.convert("RGB")
     small.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))

@@ -94,6 +94,14 @@ def test_sync_client_every_method(server: LiveServer, tmp_path: Path) -> None:
         assert client.wait(pending.request_id).status == "completed"
         # A finished generation cannot be cancelled: the answer says so.
         assert client.cancel(pending.request_id).status == "completed"
+        # It can be deleted, by its owner: then it is gone, files and all.
+        with pytest.raises(NotFound):
+            client_for(server, "carol").delete(pending.request_id)
+        file_url = client.status(pending.request_id).images[0].url
+        client.delete(pending.request_id)
+        with pytest.raises(NotFound):
+            client.status(pending.request_id)
+        assert httpx.get(file_url).status_code == 404
 
 
 def test_polling_when_events_are_off(server: LiveServer) -> None:
@@ -137,6 +145,9 @@ def test_async_client_every_method(server: LiveServer, tmp_path: Path) -> None:
             assert done.status == "completed"
             assert (await client.status(done.request_id)).status == "completed"
             assert (await client.cancel(done.request_id)).status == "completed"
+            await client.delete(done.request_id)
+            with pytest.raises(NotFound):
+                await client.status(done.request_id)
             with pytest.raises(NotFound):
                 await client.wait("no-such-generation")
             with pytest.raises(ValidationError):
