@@ -20,6 +20,7 @@ from server.api.a1111.routes import A1111_ROUTES
 from server.api.errors import EXCEPTION_HANDLERS
 from server.api.logs import RequestLog
 from server.api.metrics import StateCollector
+from server.api.paths import SingleSlashes
 from server.api.routes import ROUTES
 from server.api.webhooks import WebhookCollector
 from server.config import Settings
@@ -50,6 +51,6 @@ def create_app(
         # AUTOMATIC1111's API at the root only (server/api/a1111/).
         routes=[*ROUTES, *A1111_ROUTES, Mount(CONTRACT_PREFIX, routes=ROUTES)],
         lifespan=lifespan,
-        middleware=[Middleware(RequestLog, metrics=metrics)],
+        middleware=[Middleware(SingleSlashes), Middleware(RequestLog, metrics=metrics)],
         exception_handlers=EXCEPTION_HANDLERS,
     )

@@ -14,8 +14,8 @@ from starlette.responses import JSONResponse, Response
 from server.api.common import generation_view, own_generation, user_of
 from server.api.views import iso
 from server.contract import ApiError, ErrorCode, ImageGenerationRequest
-from server.jobs import ssrf
 from server.jobs.limits import retry_after
+from server.net import ssrf
 from server.state import state_of
 from server.store import Store
 from server.store.webhooks import FINISHED

@@ -17,7 +17,8 @@ from conftest import AppFactory, generate, wait_done
 from fakes import Fake, Solid
 from server.cli import build_parser
 from server.config import Settings
-from server.jobs import ssrf, webhooks
+from server.jobs import webhooks
+from server.net import ssrf
 from server.store.webhooks import new_secret
 from webhook_receiver import Receiver
 
