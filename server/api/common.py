@@ -10,6 +10,7 @@ from starlette.requests import Request
 from server.api import views
 from server.api.body import BodyProblem, parse_json, read_body
 from server.contract import CONTRACT_PREFIX, ApiError, ErrorCode, not_found
+from server.jobs.limits import retry_after
 from server.state import state_of
 from server.store.accounts import User
 
@@ -71,6 +72,21 @@ def body_error(problem: BodyProblem) -> ApiError:
     return ApiError(
         ErrorCode.VALIDATION_ERROR, problem.message, {"fields": {problem.field: problem.message}}
     )
+
+
+def check_poll(request: Request, user: User) -> None:
+    """Raise 429 if the user polls the generation in the path faster than --poll-rate."""
+    state = state_of(request)
+    wait = state.polls.wait(user.id, request.path_params["request_id"])
+    if wait > 0:
+        rate = state.settings.poll_rate
+        raise ApiError(
+            ErrorCode.LIMIT_EXCEEDED,
+            f"Polling too fast: at most {rate:g} status request(s) per second per generation",
+            {"field": "polling", "limit_per_second": rate, "retry_after_seconds": round(wait, 2)},
+            429,
+            {"Retry-After": retry_after(wait)},
+        )
 
 
 def own_generation(request: Request, user: User) -> dict:
