@@ -18,11 +18,12 @@ _TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 
 
 class BodyProblem(Exception):
-    """A body that cannot be used. `field` is where (dotted path; "" the whole body),
-    `kind` the problem's FastAPI-style type, `status` 413 for a body over its limit."""
+    """A body that cannot be used. `field` is where (a dotted path; "body" the whole of
+    it), `kind` the problem's FastAPI-style type, `status` 413 for a body over `limit`."""
 
-    def __init__(self, message: str, field: str = "", kind: str = "value_error",
-                 status: int = 400, limit: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, message: str, field: str, kind: str, status: int = 400, limit: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
