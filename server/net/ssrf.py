@@ -92,3 +92,16 @@ def check(url: str, allow_private: bool) -> str | None:
     except (OSError, UnicodeError) as exc:
         return f"{host} does not resolve ({exc})"
     return None
+
+
+def handed_url_problem(url: str, trusted: str) -> str | None:
+    """Why a URL a remote provider handed back (a status, result or image URL) may not be
+    fetched (None: it may). On the host of `trusted`, the URL the operator configured, it
+    may go anywhere that host is; elsewhere it must resolve to public addresses only."""
+    problem = url_problem(url)
+    if problem:
+        return problem
+    _, host, port, _ = target(url)
+    if host == (urlsplit(trusted).hostname or ""):
+        return None
+    return check(url, allow_private=False)
