@@ -21,6 +21,7 @@ from server.api.errors import EXCEPTION_HANDLERS
 from server.api.logs import RequestLog
 from server.api.metrics import StateCollector
 from server.api.openai.routes import OPENAI_ROUTES
+from server.api.paths import SingleSlashes
 from server.api.routes import ROUTES
 from server.api.webhooks import WebhookCollector
 from server.config import Settings
@@ -58,6 +59,6 @@ def create_app(
             Mount(CONTRACT_PREFIX, routes=ROUTES),
         ],
         lifespan=lifespan,
-        middleware=[Middleware(RequestLog, metrics=metrics)],
+        middleware=[Middleware(SingleSlashes), Middleware(RequestLog, metrics=metrics)],
         exception_handlers=EXCEPTION_HANDLERS,
     )

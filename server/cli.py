@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with no users, serve everyone without a token even on a non-loopback address",
     )
+    serve.add_argument(
+        "--allowed-hosts",
+        help="open mode: Host/Origin names besides localhost and loopback addresses that may"
+        " use the server, comma-separated (.example.com: its subdomains too; *: any)",
+    )
+    serve.add_argument(
+        "--metrics-token", help="a bearer token /metrics asks for (default: /metrics is open)"
+    )
     serve.add_argument("--max-active-per-user", type=int, help="active generations (default 5)")
     serve.add_argument("--poll-rate", type=float, help="status polls/s per generation (1)")
     serve.add_argument("--max-queued", type=int, help="pending generations in all (1000)")

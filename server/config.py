@@ -67,6 +67,11 @@ class Settings:
     # Accounts and limits. With no users, a loopback listener serves everyone as the local
     # user; elsewhere that needs insecure_no_auth.
     insecure_no_auth: bool = False
+    # Open mode answers only requests addressed to this machine (Host and Origin loopback)
+    # or to one of these names (comma-separated; ".example.com" its subdomains too, "*" any).
+    allowed_hosts: str = ""
+    # A bearer token /metrics asks for ("": /metrics is open, as Prometheus expects).
+    metrics_token: str = field(default="", repr=False)
     max_active_per_user: int = 5
     poll_rate: float = 1.0  # status requests per second per generation, sustained
     poll_burst: float = 3.0

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from pipelines.samplers import SAMPLER_NAMES, SAMPLER_SPELLINGS, canonical_sampler
-from server.jobs.ssrf import url_problem
+from server.net.ssrf import url_problem
 
 CONTRACT_PREFIX = "/api:_WUcacrv"
 MAX_SEED = 2**32 - 1

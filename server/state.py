@@ -197,7 +197,9 @@ def open_state(
         admission,
         pool.primary,
         accounts,
-        Authenticator(accounts, settings.host, settings.insecure_no_auth),
+        Authenticator(
+            accounts, settings.host, settings.insecure_no_auth, settings.allowed_hosts
+        ),
         PollLimits.from_settings(settings),
         metrics,
         providers=providers,

@@ -91,6 +91,8 @@ def make_client(
             model="tiny",
             # Tests poll fast; the poll limit has tests of its own.
             poll_rate=overrides.pop("poll_rate", 0.0),
+            # Starlette's TestClient sends `Host: testserver`, a name open mode must be told.
+            allowed_hosts=overrides.pop("allowed_hosts", "testserver"),
             **overrides,
         )
         client = TestClient(create_app(settings, renderer or tiny_renderer))

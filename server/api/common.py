@@ -3,13 +3,14 @@ generation it names, and the URLs a response hands out."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
 
 from server.api import views
+from server.api.body import BodyProblem, parse_json, read_body
 from server.contract import CONTRACT_PREFIX, ApiError, ErrorCode, not_found
+from server.jobs.limits import retry_after
 from server.state import state_of
 from server.store.accounts import User
 
@@ -39,36 +40,18 @@ def links_for(request: Request) -> views.Links:
     return views.Links(base, state.vault, state.settings.url_ttl_hours * 3600)
 
 
-def user_of(request: Request) -> User:
-    """Who the request acts as (raises 401 UNAUTHORIZED)."""
-    forwarded = "forwarded" in request.headers or "x-forwarded-for" in request.headers
-    return state_of(request).auth.user(request.headers.get("authorization"), forwarded)
+def user_of(request: Request, scheme: str = "Bearer") -> User:
+    """Who the request acts as (raises 401 UNAUTHORIZED, or 403 where open mode refuses
+    its Host); `scheme` is the challenge a 401 carries."""
+    return state_of(request).auth.user(request.headers, scheme)
 
 
 async def json_body(request: Request) -> dict:
-    limit = state_of(request).settings.max_body_bytes
-    too_large = ApiError(
-        ErrorCode.LIMIT_EXCEEDED,
-        f"Request body is larger than {limit} bytes",
-        {"field": "body", "limit_bytes": limit},
-        413,
-    )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise too_large
+    """The body's JSON object, within --max-body-bytes; errors in the contract's shape."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(
-            ErrorCode.VALIDATION_ERROR,
-            f"Request body is not valid JSON: {exc}",
-            {"fields": {"body": "not valid JSON"}},
-        ) from None
+        data = parse_json(await read_body(request, state_of(request).settings.max_body_bytes))
+    except BodyProblem as problem:
+        raise body_error(problem) from None
     if not isinstance(data, dict):
         raise ApiError(
             ErrorCode.VALIDATION_ERROR,
@@ -76,6 +59,34 @@ async def json_body(request: Request) -> dict:
             {"fields": {"body": f"expected an object, got {type(data).__name__}"}},
         )
     return data
+
+
+def body_error(problem: BodyProblem) -> ApiError:
+    if problem.status == 413:
+        return ApiError(
+            ErrorCode.LIMIT_EXCEEDED,
+            problem.message,
+            {"field": "body", "limit_bytes": problem.limit},
+            413,
+        )
+    return ApiError(
+        ErrorCode.VALIDATION_ERROR, problem.message, {"fields": {problem.field: problem.message}}
+    )
+
+
+def check_poll(request: Request, user: User) -> None:
+    """Raise 429 if the user polls the generation in the path faster than --poll-rate."""
+    state = state_of(request)
+    wait = state.polls.wait(user.id, request.path_params["request_id"])
+    if wait > 0:
+        rate = state.settings.poll_rate
+        raise ApiError(
+            ErrorCode.LIMIT_EXCEEDED,
+            f"Polling too fast: at most {rate:g} status request(s) per second per generation",
+            {"field": "polling", "limit_per_second": rate, "retry_after_seconds": round(wait, 2)},
+            429,
+            {"Retry-After": retry_after(wait)},
+        )
 
 
 def own_generation(request: Request, user: User) -> dict:

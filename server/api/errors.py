@@ -1,5 +1,6 @@
 """One map from exception to error response: every error a client sees has the contract's
-shape `{"status": "failed", "error": {code, message, details}}`, never a traceback."""
+shape `{"status": "failed", "error": {code, message, details}}` (AUTOMATIC1111's under
+/sdapi/, as its api_error_handler answers every exception there), never a traceback."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from server.api.a1111.errors import from_api_error
 from server.contract import ApiError, ErrorCode
 
 log = logging.getLogger("darkroom")
@@ -16,6 +18,8 @@ log = logging.getLogger("darkroom")
 
 async def api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    if request.url.path.startswith("/sdapi/"):
+        return from_api_error(exc)
     return JSONResponse(exc.body(), status_code=exc.http_status, headers=exc.headers)
 
 

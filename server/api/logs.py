@@ -14,6 +14,10 @@ from server.metrics import Metrics
 
 log = logging.getLogger("darkroom.http")
 
+# Methods a metric label may name; any other is "other" (a label value per junk method
+# would grow /metrics without bound).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 # Attributes every LogRecord has; anything else was passed in `extra` and is logged too.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
 
@@ -79,7 +83,8 @@ class RequestLog:
             route = getattr(endpoint, "__name__", "unmatched")
             state = scope.get("state") or {}
             request_id = state.get("request_id") or scope.get("path_params", {}).get("request_id")
-            key = (route, scope["method"], status)
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            key = (route, method, status)
             observer = self._observers.get(key)
             if observer is None:
                 observer = self._observers[key] = self.metrics.http.labels(*key[:2], str(status))

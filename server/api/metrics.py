@@ -6,6 +6,7 @@ durations are observed by the workers as jobs finish (server/metrics.py).
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from starlette.requests import Request
 from starlette.responses import Response
 
+from server.api.auth import api_token, unauthorized
 from server.providers.metrics import provider_metrics
 from server.state import AppState, state_of
 
@@ -121,6 +123,14 @@ class NodeLabelled:
 
 async def metrics_endpoint(request: Request) -> Response:
     state = state_of(request)
+    wanted = state.settings.metrics_token
+    if wanted:  # --metrics-token: Prometheus' `authorization: {credentials: ...}`
+        given = api_token(request.headers.get("authorization")) or ""
+        if not hmac.compare_digest(given.encode(), wanted.encode()):
+            raise unauthorized(
+                "/metrics needs the metrics token: send 'Authorization: Bearer <token>'",
+                "invalid_token" if given else None,
+            )
     registry: Any = state.metrics.registry
     if getattr(state.queue, "nodes", None) is not None:  # several nodes share one database
         registry = NodeLabelled(registry, state.settings.node)

@@ -28,6 +28,7 @@ from server.library.loras import LoraQuery
 ERRORS = {
     400: "Invalid request (VALIDATION_ERROR, INVALID_LORA, LIMIT_EXCEEDED, PROVIDER_ERROR)",
     401: "Missing or invalid token (UNAUTHORIZED)",
+    403: "Open mode refuses a Host or Origin not loopback or in --allowed-hosts (FORBIDDEN)",
     402: "Not enough credits (QUOTA_EXCEEDED)",
     404: "Unknown (or someone else's) id (NOT_FOUND)",
     409: "A request with the same Idempotency-Key is still being admitted (CONFLICT),"
@@ -214,7 +215,9 @@ def _operation(op: Operation, keys: dict[Any, dict[str, Any]]) -> dict[str, Any]
     responses = {str(status): ok}
     if status == 201:
         responses["200"] = {**ok, "description": "Updated"}
-    for code in op.errors:
+    # Whatever needs a user may meet open mode's Host check.
+    codes = sorted({*op.errors, 403}) if 401 in op.errors else op.errors
+    for code in codes:
         # Health probes answer 503 with their usual body, saying what is not ready.
         content = ok["content"] if op.public else error
         responses[str(code)] = {"description": ERRORS[code], "content": content}

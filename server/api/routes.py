@@ -46,7 +46,21 @@ class IdConvertor(Convertor[int]):
         return str(value)
 
 
+class TextConvertor(Convertor[str]):
+    """A path segment without NUL: PostgreSQL's text cannot hold one, so a name or id with
+    one matches no route (a 404 on both engines, as an unknown name is)."""
+
+    regex = "[^/\x00]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
 register_url_convertor("id", IdConvertor())
+register_url_convertor("text", TextConvertor())
 
 
 async def generation_resource(request: Request) -> Response:
@@ -58,10 +72,10 @@ async def generation_resource(request: Request) -> Response:
 
 ROUTES = [
     # Matched in order: the contract's polls (once a second per generation) first.
-    Route("/generations/{request_id}/status", generation_status, methods=["GET"]),
+    Route("/generations/{request_id:text}/status", generation_status, methods=["GET"]),
     Route("/image/generate", generate, methods=["POST"]),
     Route("/generations/history", history, methods=["GET"]),
-    Route("/generations/{request_id}/events", generation_events, methods=["GET"]),
+    Route("/generations/{request_id:text}/events", generation_events, methods=["GET"]),
     Route("/loras/available", loras_available, methods=["GET"]),
     Route("/loras/refresh", refresh_loras, methods=["POST"]),
     Route("/models", models_available, methods=["GET"]),
@@ -71,16 +85,16 @@ ROUTES = [
     Route("/presets/save", save_preset, methods=["POST"]),
     Route("/presets", list_presets, methods=["GET"]),
     Route("/account", account, methods=["GET"]),
-    Route("/generations/{request_id}/cancel", cancel_generation, methods=["POST"]),
-    Route("/generations/{request_id}", generation_resource, methods=["GET", "DELETE"]),
+    Route("/generations/{request_id:text}/cancel", cancel_generation, methods=["POST"]),
+    Route("/generations/{request_id:text}", generation_resource, methods=["GET", "DELETE"]),
     Route("/health", health, methods=["GET"]),
     Route("/health/live", health_live, methods=["GET"]),
     Route("/health/ready", health_ready, methods=["GET"]),
-    Route("/vault/{name}", vault_file, methods=["GET"]),
-    Route("/files/{name}", signed_file, methods=["GET"]),
+    Route("/vault/{name:text}", vault_file, methods=["GET"]),
+    Route("/files/{name:text}", signed_file, methods=["GET"]),
     Route("/openapi.json", openapi_json, methods=["GET"]),
     Route("/docs", docs, methods=["GET"]),
-    Route("/docs/{name}", docs_asset, methods=["GET"]),
+    Route("/docs/{name:text}", docs_asset, methods=["GET"]),
     Route("/metrics", metrics_endpoint, methods=["GET"]),
     # The operator's (administrators only): every user's queue, users, activity.
     Route("/admin/queue", admin.queue, methods=["GET"]),

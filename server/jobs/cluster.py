@@ -21,7 +21,8 @@ from typing import Any
 
 import psycopg
 
-from server.jobs.queue import JobQueue, Progress
+from server.jobs.queue import JobQueue
+from server.progress import Progress
 from server.store.cluster import CHANNEL, ClusterStore
 
 log = logging.getLogger("darkroom.cluster")

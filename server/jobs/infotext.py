@@ -155,7 +155,9 @@ def for_generation(
     )
 
 
-_PARAM = re.compile(r'\s*(\w[\w \-/]*):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# A1111's re_param_code, with keys of at most 64 characters: its unbounded key made a long
+# line without a colon take quadratic time (minutes for png-info's 1 MB of text).
+_PARAM = re.compile(r'\s*(\w[\w \-/]{0,63}):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
 
 def parse(text: str) -> dict[str, Any]:

@@ -75,11 +75,13 @@ class PollLimits:
 
     def wait(self, user_id: int, request_id: str) -> float:
         """0 if the poll may go ahead; else seconds to wait. A refused poll costs nothing:
-        hammering one generation must not use up the user's polls of the others."""
-        wait = self.per_generation.acquire(request_id)
+        hammering one generation must not use up the user's polls of the others. Keyed by
+        user too: another user who knows an id must not use up its owner's polls."""
+        key = (user_id, request_id)
+        wait = self.per_generation.acquire(key)
         if wait > 0:
             return wait
         wait = self.per_user.acquire(user_id)
         if wait > 0:
-            self.per_generation.refund(request_id)
+            self.per_generation.refund(key)
         return wait

@@ -11,8 +11,8 @@ from PIL import Image
 
 from pipelines.spec import GenerationSpec, Renderer
 from server.jobs.failures import OutOfMemory, is_out_of_memory
-from server.jobs.queue import Progress
 from server.jobs.results import Previews
+from server.progress import Progress
 
 log = logging.getLogger("darkroom.worker")
 

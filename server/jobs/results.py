@@ -17,10 +17,10 @@ from PIL import Image
 from pipelines.spec import GenerationSpec
 from server.contract import ErrorCode, ImageGenerationRequest, credits_for, error_object
 from server.jobs import infotext
-from server.jobs.queue import Progress
 from server.library.checkpoints import ModelEntry
 from server.library.loras import ResolvedLora
 from server.metrics import Metrics
+from server.progress import Progress
 from server.store import Store
 from server.store.generations import NewImage
 from server.store.vault import StoredFiles, Vault

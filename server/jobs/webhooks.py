@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from server.jobs import ssrf
+from server.net import ssrf
 from server.store import Store
 
 log = logging.getLogger("darkroom.webhooks")

@@ -25,7 +25,7 @@ from server.jobs.failures import (
     provider_error,
     timeout_error,
 )
-from server.jobs.queue import JobQueue, Progress
+from server.jobs.queue import JobQueue
 from server.jobs.render_process import RENDER_NICENESS, RenderProcessDied
 from server.jobs.rendering import render_jobs
 from server.jobs.results import ResultWriter, Task
@@ -33,6 +33,7 @@ from server.jobs.specs import build_spec, enqueue_stored, resolve_request
 from server.library.checkpoints import ModelCatalog
 from server.library.loras import LoraCatalog
 from server.metrics import Metrics
+from server.progress import Progress
 from server.store import Store
 from server.store.generations import ACTIVE
 from server.store.vault import Vault

@@ -16,7 +16,7 @@ import httpx
 from PIL import Image
 
 from server.contract import ApiError, ErrorCode, ImageGenerationRequest, error_object
-from server.jobs.queue import Progress
+from server.progress import Progress
 
 # Worth another try: the request was not taken (rate limit, gateway, overload).
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})

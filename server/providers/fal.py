@@ -10,6 +10,7 @@ from typing import Any
 
 from server.config import Settings
 from server.contract import MAX_SEED, ApiError, ErrorCode, ImageGenerationRequest
+from server.net.ssrf import handed_url_problem
 from server.providers.base import (
     Http,
     RemoteJob,
@@ -133,7 +134,10 @@ class FalProvider(RemoteProvider):
             job.wait()
         job.processing()
         result = self.http.request("GET", handle["response_url"], what="result").json()
-        images = [self.http.image(image["url"]) for image in result.get("images") or []]
+        urls = [str(image.get("url") or "") for image in result.get("images") or []]
+        for url in urls:
+            self._refuse_unsafe(url, "image")
+        images = [self.http.image(url) for url in urls]
         if not images:
             raise UpstreamError(self.name, "fal returned no images", 200, result, "no_images")
         seed = int(result.get("seed", job.seed))
@@ -158,9 +162,20 @@ class FalProvider(RemoteProvider):
             "cancel_url": answer.get("cancel_url") or f"{base}/cancel",
             "resumable": True,
         }
+        for key in ("status_url", "response_url", "cancel_url"):
+            self._refuse_unsafe(handle[key], key)
         job.save(handle)
         job.queued(answer.get("queue_position"))
         return handle
+
+    def _refuse_unsafe(self, url: str, what: str) -> None:
+        """fal's answers name URLs to fetch next: none may lead into the server's network."""
+        problem = handed_url_problem(url, self.url)
+        if problem:
+            raise UpstreamError(
+                self.name, f"fal handed back a URL Darkroom will not fetch ({what}): {problem}",
+                detail={"url": url[:300]}, reason="refused_url",
+            )
 
     def cancel(self, handle: dict[str, Any] | None) -> None:
         if not handle or not handle.get("cancel_url"):

@@ -22,6 +22,7 @@ from server.store.database import insert_id
 LOCAL_USER_ID = 1
 TOKEN_PREFIX = "drk"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+TOKEN_ID = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,8 @@ class Accounts:
     def _look_up(self, token: str) -> User | None:
         prefix, _, rest = token.partition("_")
         token_id, _, secret = rest.partition("_")
-        if prefix != TOKEN_PREFIX or not token_id.isdigit() or not secret:
+        # ASCII digits that fit the 64-bit id column (str.isdigit() also takes "²").
+        if prefix != TOKEN_PREFIX or not secret or not TOKEN_ID.fullmatch(token_id):
             return None
         row = self.store.fetch_one(
             "SELECT t.secret_sha256, u.* FROM tokens t JOIN users u ON u.id = t.user_id"

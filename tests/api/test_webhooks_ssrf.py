@@ -17,7 +17,8 @@ from conftest import AppFactory, generate, wait_done
 from fakes import Fake, Solid
 from server.cli import build_parser
 from server.config import Settings
-from server.jobs import ssrf, webhooks
+from server.jobs import webhooks
+from server.net import ssrf
 from server.store.webhooks import new_secret
 from webhook_receiver import Receiver
 
@@ -48,6 +49,11 @@ REFUSED = [
     "gopher://127.0.0.1:6379/_INFO",
     "http:///no-host",
     "not a url",
+    "http://[2002:7f00:1::1]/hook",  # 6to4 carrying 127.0.0.1
+    "http://[2001:0:a00:1::ffff:ffff]/hook",  # Teredo whose server is 10.0.0.1
+    "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",  # NAT64
+    "http://[fec0::1]/hook",  # site-local
+    "https://user:secret@hooks.example.com/hook",  # user-info: stored, shown, never sent
 ]
 
 

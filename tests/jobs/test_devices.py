@@ -140,7 +140,11 @@ def test_cpu_threads_are_split_between_cpu_devices() -> None:
 
 def test_devices_none_is_an_api_only_node(tmp_path: Path, models_dir: Path) -> None:
     settings = Settings(
-        data_dir=tmp_path / "data", models_dir=models_dir, model="tiny", devices="none"
+        data_dir=tmp_path / "data",
+        models_dir=models_dir,
+        model="tiny",
+        devices="none",
+        allowed_hosts="testserver",  # TestClient's Host
     )
     with TestClient(create_app(settings)) as client:
         ready = client.get("/health/ready")

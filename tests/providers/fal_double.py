@@ -56,6 +56,7 @@ class FalDouble:
         self.release.set()
         self.complete_error: str | None = None
         self.image_status = 200
+        self.image_base: str | None = None  # where result images are said to be (self.url)
         self.lock = threading.Lock()
         app = Starlette(
             routes=[
@@ -155,7 +156,7 @@ class FalDouble:
         seed = int(body.get("seed") or 7)
         images = [
             {
-                "url": f"{self.url}/files/{rid}/{i}.png",
+                "url": f"{self.image_base or self.url}/files/{rid}/{i}.png",
                 "content_type": "image/png",
                 "width": size["width"],
                 "height": size["height"],

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,6 +11,8 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from server.api.body import BodyProblem, parse_json, read_body
+from server.api.common import user_of
 from server.contract import ApiError, ErrorCode
 from server.state import state_of
 from server.store.accounts import User
@@ -85,10 +86,7 @@ def from_api_error(exc: ApiError) -> Response:
     if exc.code == ErrorCode.LIMIT_EXCEEDED and exc.http_status == 400:
         field = str((exc.details or {}).get("field", ""))
         return Invalid((a1111_field(field), exc.message)).response()
-    headers = dict(exc.headers)
-    if exc.http_status == 401:
-        headers["WWW-Authenticate"] = 'Basic realm="darkroom"'
-    return a1111_error(exc.http_status, exc.code, exc.message, headers)
+    return a1111_error(exc.http_status, exc.code, exc.message, exc.headers)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -111,27 +109,21 @@ def a1111_route(handler: Handler) -> Handler:
 
 
 def caller(request: Request) -> User:
-    """Who the request acts as: Bearer, or HTTP Basic with the token as password."""
-    forwarded = "forwarded" in request.headers or "x-forwarded-for" in request.headers
-    return state_of(request).auth.user(request.headers.get("authorization"), forwarded)
+    """Who the request acts as: Bearer, or HTTP Basic with the token as password (the
+    scheme a 401 asks for)."""
+    return user_of(request, "Basic")
 
 
 async def json_body(request: Request, limit: int | None = None) -> Any:
     """The JSON body (any JSON value; an empty body is `{}`), within `limit` bytes."""
-    limit = limit or state_of(request).settings.max_body_bytes
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise ApiError(
-                ErrorCode.LIMIT_EXCEEDED, f"Request body is larger than {limit} bytes", {}, 413
-            )
-    if not raw.strip():
-        return {}
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Invalid(("", f"JSON decode error: {exc}"), kind="json_invalid") from None
+        raw = await read_body(request, limit or state_of(request).settings.max_body_bytes)
+        return parse_json(raw) if raw.strip() else {}
+    except BodyProblem as problem:
+        if problem.status == 413:
+            raise ApiError(ErrorCode.LIMIT_EXCEEDED, problem.message, {}, 413) from None
+        field = "" if problem.field == "body" else problem.field
+        raise Invalid((field, problem.message), kind=problem.kind) from None
 
 
 async def json_object(request: Request, limit: int | None = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import base64
 import binascii
 import io
 import os
+import struct
 
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +24,10 @@ from server.state import state_of
 from server.store import options
 
 PNG_INFO_MAX_BYTES = 64 * 1024 * 1024
+# 8192x8192: far beyond any render (AUTOMATIC1111's hires fix included), and below PIL's
+# own decompression-bomb warning (89 million pixels).
+PNG_INFO_MAX_PIXELS = 8192 * 8192
+PNG_INFO_MAX_TEXT = 64 * 1024  # an infotext's characters (prompts are at most 2000)
 
 
 @a1111_route
@@ -172,21 +177,45 @@ async def png_info(request: Request) -> Response:
         raise Invalid(("image", "Field required: a base64-encoded image"), kind="missing")
     if not encoded.strip():
         return JSONResponse({"info": "", "items": {}, "parameters": {}})
+    # Decoding a large image takes a while: not on the event loop.
+    return JSONResponse(await run_in_threadpool(read_png_info, encoded))
+
+
+def read_png_info(encoded: str) -> dict:
+    """png-info's answer for a base64 image (a data URL too): its text chunks, parsed.
+    Only the header and the text before the pixels are read, and only for an image of at
+    most PNG_INFO_MAX_PIXELS (a decompression bomb's header claims far more)."""
     if encoded.startswith("data:"):
         encoded = encoded.partition(",")[2]
     try:
-        image = Image.open(io.BytesIO(base64.b64decode(encoded, validate=False)))
-    except (binascii.Error, UnidentifiedImageError, ValueError) as exc:
-        raise Invalid(("image", f"not a base64-encoded image: {exc}")) from None
+        data = base64.b64decode(encoded, validate=False)
+    except (binascii.Error, ValueError) as exc:
+        raise Invalid(("image", f"not base64: {exc}")) from None
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # PIL's own bound is far above ours (a warning, an error under pytest).
+        raise Invalid(("image", f"larger than {PNG_INFO_MAX_PIXELS} pixels")) from None
+    except UnidentifiedImageError:
+        raise Invalid(("image", "not an image PIL can read (PNG, JPEG, WebP...)")) from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        raise Invalid(("image", f"damaged or cut short: {exc}")) from None
+    width, height = image.size
+    if width * height > PNG_INFO_MAX_PIXELS:
+        raise Invalid(
+            ("image", f"{width}x{height} is larger than {PNG_INFO_MAX_PIXELS} pixels")
+        )
     text = image.info.get("parameters")
     geninfo = text if isinstance(text, str) else ""
+    if len(geninfo) > PNG_INFO_MAX_TEXT:
+        raise Invalid(("image", f"its parameters are over {PNG_INFO_MAX_TEXT} characters"))
     items = {
         key: value
         for key, value in image.info.items()
         if isinstance(value, str) and key != "parameters"
     }
     parameters = infotext.parse(geninfo) if geninfo else {}
-    return JSONResponse({"info": geninfo, "items": items, "parameters": parameters})
+    return {"info": geninfo, "items": items, "parameters": parameters}
 
 
 async def ping(request: Request) -> Response:

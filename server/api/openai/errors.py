@@ -100,9 +100,9 @@ def from_api_error(exc: ApiError) -> OpenAIError:
     param = _param(str(where)) if where else None
     if param == "model":
         return OpenAIError(404, exc.message, "model", "model_not_found")
-    # 409 (an Idempotency-Key still in use), 413 and 422 keep their status; the rest of
-    # the request's faults are OpenAI's 400.
-    status = exc.http_status if exc.http_status in (409, 413, 422) else 400
+    # 403 (open mode from another host), 409 (an Idempotency-Key still in use), 413 and
+    # 422 keep their status; the rest of the request's faults are OpenAI's 400.
+    status = exc.http_status if exc.http_status in (403, 409, 413, 422) else 400
     return OpenAIError(status, exc.message, param, exc.code.lower(), headers=headers)
 
 

@@ -1,28 +1,23 @@
 """Where a webhook may go: no server-side request forgery.
 
-Only http and https; the host must resolve to public addresses only (not loopback, private,
-link-local, multicast, reserved, unspecified, shared or a cloud metadata service). Checked at
-submit and again at every delivery, where the request then connects to the very address
-that was checked (so a name that resolves elsewhere a moment later, DNS rebinding, gains
-nothing). `allow_private` (--webhook-allow-private) skips the address check, not the scheme.
+Only http and https, without user-info; the host must resolve to public addresses only
+(none of special.py's special-purpose ranges: loopback, private, link-local, multicast,
+reserved, shared, NAT64, 6to4 or Teredo carrying one of those, a cloud metadata service...).
+Checked at submit and again at every delivery, where the request then connects to the very
+address that was checked (so a name that resolves elsewhere a moment later, DNS rebinding,
+gains nothing). `allow_private` (--webhook-allow-private) skips the address check, not the
+URL's form.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from urllib.parse import urlsplit
 
+from server.net.special import Address, special_purpose
+
 SCHEMES = ("http", "https")
 MAX_URL_CHARS = 2048
-# Cloud metadata services: AWS/GCP/Azure/OpenStack, AWS's IPv6 one, Alibaba's.
-METADATA = {
-    ipaddress.ip_address("169.254.169.254"),
-    ipaddress.ip_address("fd00:ec2::254"),
-    ipaddress.ip_address("100.100.100.200"),
-}
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class WebhookRefused(Exception):
@@ -33,6 +28,8 @@ def url_problem(url: str) -> str | None:
     """What is wrong with the URL's form (None: nothing); no name is resolved."""
     if len(url) > MAX_URL_CHARS:
         return f"at most {MAX_URL_CHARS} characters"
+    if not url.isprintable():
+        return "must not contain control characters"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises on a bad port)
@@ -42,22 +39,19 @@ def url_problem(url: str) -> str | None:
         return "must be an http or https URL"
     if not parts.hostname:
         return "must name a host"
+    if "@" in parts.netloc:
+        # Credentials in a URL are stored and shown with it and never sent: refuse them.
+        return (
+            "must not contain a user name or password (user:secret@...): deliveries are"
+            " signed instead (Standard Webhooks' webhook-signature header)"
+        )
     return None
 
 
 def address_problem(address: str | Address) -> str | None:
     """Why a webhook may not be sent to this IP address (None: it may)."""
-    ip = ipaddress.ip_address(address) if isinstance(address, str) else address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip in METADATA:
-        return f"{ip} is a cloud metadata address"
-    for kind in ("loopback", "private", "link_local", "multicast", "reserved", "unspecified"):
-        if getattr(ip, f"is_{kind}"):
-            return f"{ip} is a {kind.replace('_', '-')} address"
-    if not ip.is_global:
-        return f"{ip} is not a public address"
-    return None
+    kind = special_purpose(address)
+    return f"{address} is a {kind} address, not a public one" if kind else None
 
 
 def target(url: str) -> tuple[str, str, int, str]:
@@ -98,3 +92,16 @@ def check(url: str, allow_private: bool) -> str | None:
     except (OSError, UnicodeError) as exc:
         return f"{host} does not resolve ({exc})"
     return None
+
+
+def handed_url_problem(url: str, trusted: str) -> str | None:
+    """Why a URL a remote provider handed back (a status, result or image URL) may not be
+    fetched (None: it may). On the host of `trusted`, the URL the operator configured, it
+    may go anywhere that host is; elsewhere it must resolve to public addresses only."""
+    problem = url_problem(url)
+    if problem:
+        return problem
+    _, host, port, _ = target(url)
+    if host == (urlsplit(trusted).hostname or ""):
+        return None
+    return check(url, allow_private=False)
