@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,8 +18,8 @@ from pipelines.placement import scale
 from pipelines.progress import StepProgress
 from pipelines.spec import LATENT_UPSCALERS, GenerationSpec, HiresFix
 
-if TYPE_CHECKING:
-    from pipelines.sdxl import SDXLRenderer
+# `renderer` below is the SDXLRenderer calling (typed Any: pipelines.sdxl imports this).
+SDXLRenderer = Any
 
 StepFn = Callable[[int, int], None] | None
 

@@ -138,6 +138,13 @@ class GenerationSpec:
     hires: HiresFix | None = None
 
     @property
+    def total_steps(self) -> int:
+        """The steps a render reports (on_step's total): those run, both passes of a hires
+        fix, the last ceil(steps * strength) of an img2img."""
+        steps = self.steps if self.image is None else self.image.steps_run(self.steps)
+        return steps + (self.hires.steps if self.hires is not None else 0)
+
+    @property
     def pixel_steps(self) -> int:
         """Pixels times denoising steps actually run, per image: what a render costs (both
         passes of a hires fix; an img2img only the steps its strength runs)."""

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from server.api.account import account, list_presets, save_preset
-from server.api.files import signed_file, vault_file
+from server.api.files import generation_input, signed_file, vault_file
 from server.api.generations import (
     cancel_generation,
     generate,
@@ -68,6 +68,7 @@ ROUTES = [
     Route("/presets", list_presets, methods=["GET"]),
     Route("/account", account, methods=["GET"]),
     Route("/generations/{request_id}/cancel", cancel_generation, methods=["POST"]),
+    Route("/generations/{request_id}/inputs/{field}", generation_input, methods=["GET"]),
     Route("/generations/{request_id}", generation_resource, methods=["GET", "DELETE"]),
     Route("/health", health, methods=["GET"]),
     Route("/health/live", health_live, methods=["GET"]),

@@ -11,8 +11,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from server.api.common import generation_view, own_generation, user_of
-from server.api.views import iso
+from server.api.common import generation_view, links_for, own_generation, user_of
+from server.api.views import generation_inputs, iso
 from server.contract import ApiError, ErrorCode, ImageGenerationRequest
 from server.jobs import ssrf
 from server.jobs.limits import retry_after
@@ -54,7 +54,8 @@ def webhook_view(row: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 async def generation_detail(request: Request) -> Response:
-    """GET /generations/{id}: the status object, plus `webhook` (null without one)."""
+    """GET /generations/{id}: the status object, plus `webhook` (null without one) and
+    `inputs` (an image-to-image's init image and mask; null for others)."""
     state = state_of(request)
     user = user_of(request)
     wait = state.polls.wait(user.id, request.path_params["request_id"])
@@ -71,6 +72,7 @@ async def generation_detail(request: Request) -> Response:
     row = own_generation(request, user)
     body = generation_view(request, row)
     body["webhook"] = webhook_view(state.store.webhook_delivery(row["request_id"]))
+    body["inputs"] = generation_inputs(row, links_for(request))
     return JSONResponse(body)
 
 

@@ -1,7 +1,7 @@
-"""POST /sdapi/v1/txt2img: an ordinary Darkroom generation (Admission.submit: the fair
-queue, the 5-active limit, credits, history, vault, metrics) that the call waits for,
-answered as AUTOMATIC1111 1.10 answers: `{images: [bare base64 PNG], parameters: the
-request, info: "<JSON>"}`."""
+"""POST /sdapi/v1/txt2img, hires fix included (img2img.py shares `generate`): an ordinary
+Darkroom generation (Admission.submit: the fair queue, the 5-active limit, credits,
+history, vault, metrics) that the call waits for, answered as AUTOMATIC1111 1.10 answers:
+`{images: [bare base64 PNG], parameters: the request, info: "<JSON>"}`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pipelines.samplers import UnsupportedSampler, resolve
+from pipelines.spec import hires_size
 from server.api.a1111 import checkpoints, models
 from server.api.a1111.checkpoints import Checkpoint
 from server.api.a1111.errors import Invalid, a1111_error, a1111_route, caller, json_object
@@ -30,6 +31,8 @@ from server.store import options
 from server.store.accounts import User
 
 NATIVE_SIZE = 1024  # SDXL's; the tiny model is SDXL-shaped
+MAX_HIRES_SIZE = 4096
+HIRES_STRENGTH = 0.7  # A1111's hires fix default
 WAIT_SECONDS = 0.05
 
 
@@ -52,19 +55,67 @@ async def chosen_checkpoint(state: AppState, user: User, override: Any = None) -
 
 @a1111_route
 async def txt2img(request: Request) -> Response:
-    state, user = state_of(request), caller(request)
+    state = state_of(request)
     if state.draining:
         return a1111_error(503, ErrorCode.SERVICE_UNAVAILABLE, "The server is shutting down")
     req = models.parse(await json_object(request))
+    width, height = req.width or NATIVE_SIZE, req.height or NATIVE_SIZE
+    job = {"hires": hires_job(req, width, height)} if req.enable_hr else None
+    return await generate(request, req, width, height, job)
+
+
+def _sampler(field: str, sampler: str, scheduler: str | None) -> str:
     try:
-        canonical = resolve(req.sampler, req.scheduler)
+        return resolve(sampler, scheduler)
     except UnsupportedSampler as exc:
-        raise Invalid(("sampler_name", str(exc))) from None
+        raise Invalid((field, str(exc))) from None
+
+
+def hires_job(req: models.Txt2ImgRequest, width: int, height: int) -> dict[str, Any]:
+    """The stored hires fix of a txt2img (pipelines.spec.HiresFix's fields, and what the
+    infotext says of it)."""
+    target = hires_size(width, height, req.hr_scale, req.hr_resize_x, req.hr_resize_y)
+    if max(target) > MAX_HIRES_SIZE:
+        raise Invalid(
+            ("hr_scale", f"the hires size {target[0]}x{target[1]} is above {MAX_HIRES_SIZE}")
+        )
+    sampler = None
+    same = (None, "", "Use same sampler")
+    schedule = None if req.hr_scheduler in (None, "", "Use same scheduler") else req.hr_scheduler
+    if req.hr_sampler_name not in same or schedule is not None:
+        name = req.sampler if req.hr_sampler_name in same else str(req.hr_sampler_name)
+        sampler = _sampler("hr_sampler_name", name, schedule or req.scheduler)
+    strength = req.denoising_strength
+    return {
+        "width": target[0],
+        "height": target[1],
+        "upscaler": req.hr_upscaler or "Latent",
+        "steps": req.hr_second_pass_steps or req.steps,
+        "steps_asked": req.hr_second_pass_steps,
+        "denoising_strength": HIRES_STRENGTH if strength is None else strength,
+        "sampler": sampler,
+        "prompt": req.hr_prompt or None,
+        "negative_prompt": req.hr_negative_prompt or None,
+        "scale": req.hr_scale,
+        "resize_x": req.hr_resize_x,
+        "resize_y": req.hr_resize_y,
+    }
+
+
+async def generate(
+    request: Request,
+    req: models.Txt2ImgRequest,
+    width: int,
+    height: int,
+    image_job: dict[str, Any] | None = None,
+) -> Response:
+    """Submit an A1111 call as a Darkroom generation, wait for it, answer as A1111 does."""
+    state, user = state_of(request), caller(request)
+    canonical = _sampler("sampler_name", req.sampler, req.scheduler)
     checkpoint = await chosen_checkpoint(
         state, user, req.override_settings.get("sd_model_checkpoint")
     )
     tags = await run_in_threadpool(parse_tags, req.prompt, state.catalog)
-    width, height = req.width or NATIVE_SIZE, req.height or NATIVE_SIZE
     generation = parse(
         ImageGenerationRequest,
         {
@@ -95,7 +146,7 @@ async def txt2img(request: Request) -> Response:
         "notes": notes,
         "checkpoint": checkpoint.title,
     }
-    row = state.admission.submit(generation, user, {"a1111": kept})
+    row = state.admission.submit(generation, user, {"a1111": kept}, image_job=image_job)
     request.state.request_id = row["request_id"]
     call = Call(row["id"], user.id)
     calls_of(request).add(call)
@@ -139,6 +190,7 @@ async def txt2img(request: Request) -> Response:
         "denoising_strength": req.denoising_strength,
         "extra_generation_params": {
             "Schedule type": schedule,
+            **infotext.image_params(image_job),
             **infotext.extra_params([tuple(p) for p in lora_hashes], notes),
         },
         "index_of_first_image": 0,
@@ -151,6 +203,8 @@ async def txt2img(request: Request) -> Response:
         "request_id": row["request_id"],
     }
     parameters = {**req.model_dump(mode="json"), "width": width, "height": height}
+    if not parameters.pop("include_init_images", True):  # A1111 leaves them out by default
+        parameters.update(init_images=None, mask=None)
     images = [data for data, _ in pngs] if req.send_images else []
     return JSONResponse({"images": images, "parameters": parameters, "info": json.dumps(info)})
 
