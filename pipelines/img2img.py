@@ -43,6 +43,7 @@ def img2img_pipe(renderer: SDXLRenderer) -> Any:
     assert loaded is not None
     if loaded.img2img is None:
         loaded.img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(loaded.pipe)
+        loaded.img2img.set_progress_bar_config(disable=True)
     loaded.img2img.scheduler = loaded.pipe.scheduler
     return loaded.img2img
 
