@@ -75,27 +75,21 @@ def expand_crop_region(
     """Grow `box` to the aspect ratio width:height, as far as the image allows (A1111's
     expand_crop_region)."""
     x1, y1, x2, y2 = box
-    ratio_crop = (x2 - x1) / (y2 - y1)
-    ratio = width / height
-    if ratio_crop > ratio:
-        desired = (x2 - x1) / ratio
-        diff = int(desired - (y2 - y1))
-        y1 -= diff // 2
-        y2 += diff - diff // 2
-        if y2 >= image_h:
-            y1 -= y2 - image_h
-            y2 = image_h
-        y1, y2 = max(y1, 0), min(y2, image_h)
+    if (x2 - x1) / (y2 - y1) > width / height:
+        y1, y2 = _grow(y1, y2, int((x2 - x1) / (width / height) - (y2 - y1)), image_h)
     else:
-        desired = (y2 - y1) * ratio
-        diff = int(desired - (x2 - x1))
-        x1 -= diff // 2
-        x2 += diff - diff // 2
-        if x2 >= image_w:
-            x1 -= x2 - image_w
-            x2 = image_w
-        x1, x2 = max(x1, 0), min(x2, image_w)
+        x1, x2 = _grow(x1, x2, int((y2 - y1) * (width / height) - (x2 - x1)), image_w)
     return x1, y1, x2, y2
+
+
+def _grow(low: int, high: int, diff: int, limit: int) -> tuple[int, int]:
+    """[low, high) widened by `diff`, centred, shifted back inside [0, limit)."""
+    low -= diff // 2
+    high += diff - diff // 2
+    if high >= limit:
+        low -= high - limit
+        high = limit
+    return max(low, 0), min(high, limit)
 
 
 def fill(image: Image.Image, mask: Image.Image) -> Image.Image:

@@ -15,7 +15,6 @@ large size.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from pipelines.sdxl import SDXLRenderer  # noqa: E402
 from pipelines.spec import GenerationSpec, HiresFix, ImageInput  # noqa: E402
 from pipelines.tiny import build_tiny_model  # noqa: E402
-from scripts.bench_models import median_seconds  # noqa: E402
+from scripts.bench_models import median_seconds, write_report  # noqa: E402
 
 
 def main() -> int:
@@ -46,10 +45,7 @@ def main() -> int:
         print(f"{name:<28} {seconds:8.3f} s")
     for name, ratio in report["ratios"].items():
         print(f"{name:<28} {ratio:8.2f}x")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.out}")
+    write_report(report, args.out)
     return 0
 
 

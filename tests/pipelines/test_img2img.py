@@ -4,7 +4,7 @@ round trip, inpainting's overlay and fills, resize modes, hires fix, batching.""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,10 +18,8 @@ BASE = GenerationSpec("a red barn", "", 64, 64, 4, 5.0, "euler", (5,))
 
 
 @pytest.fixture(scope="module")
-def renderer(models_dir: Path) -> SDXLRenderer:
-    renderer = SDXLRenderer("tiny", models_dir)
-    renderer.load()
-    return renderer
+def renderer(tiny_renderer: Any) -> SDXLRenderer:
+    return tiny_renderer._renderer  # the session's loaded tiny model (conftest)
 
 
 @pytest.fixture(scope="module")
