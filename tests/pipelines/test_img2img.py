@@ -129,3 +129,17 @@ def test_img2img_batches_only_with_its_kind(renderer: SDXLRenderer, files: dict)
     both = renderer.render_batch([a, b])
     assert np.array_equal(arr(both[0][0]), arr(renderer.render(a)[0]))
     assert np.array_equal(arr(both[1][0]), arr(renderer.render(b)[0]))
+
+
+def test_inpainting_several_images_each_keep_the_outside(
+    renderer: SDXLRenderer, files: dict
+) -> None:
+    init = arr(Image.open(files["init"]))
+    outside = np.asarray(image_ops.blur_mask(Image.open(files["mask"]), 4)) == 0
+    image = ImageInput(files["init"], 0.9, mask=files["mask"], inpainting_fill=2)
+    first, second = renderer.render(replace(BASE, seeds=(1, 2), image=image))
+    assert np.array_equal(arr(first)[outside], init[outside])
+    assert np.array_equal(arr(second)[outside], init[outside])
+    assert not np.array_equal(arr(first), arr(second))
+    alone = renderer.render(replace(BASE, seeds=(2,), image=image))[0]
+    assert np.array_equal(arr(second), arr(alone))  # image 2 as if rendered alone
