@@ -167,6 +167,8 @@ def test_bad_images_are_refused_and_the_server_stays_up(
 
 def test_inputs_are_kept_once_and_shown(api: webuiapi.WebUIApi, server: ServerProcess) -> None:
     init, mask = noise_image(seed=8), square_mask()
+    inputs_dir = server.data_dir / "vault" / "inputs"  # type: ignore[attr-defined]
+    before = set(inputs_dir.rglob("*.png"))
     for seed in (1, 2):
         result = api.img2img(images=[init], mask_image=mask, prompt="x", seed=seed,
                              denoising_strength=0.5, **SMALL)  # fmt: skip
@@ -178,7 +180,13 @@ def test_inputs_are_kept_once_and_shown(api: webuiapi.WebUIApi, server: ServerPr
     kept = httpx.get(inputs["init_image"]["url"])
     assert kept.status_code == 200
     assert np.array_equal(arr(Image.open(io.BytesIO(kept.content))), arr(init))
-    stored = list((server.data_dir / "vault" / "inputs").rglob("*.png"))
-    assert len(stored) == 2  # the init image and the mask, once each for both calls
+    def path(field: str) -> Path:
+        digest = inputs[field]["sha256"]
+        return inputs_dir / digest[:2] / f"{digest}.png"
+
+    # Content-addressed: this init image is new (one file for both calls); the mask is
+    # the one the inpainting tests sent, stored then and not again.
+    assert set(inputs_dir.rglob("*.png")) - before == {path("init_image")}
+    assert path("mask") in before
     # Cost by steps run: 0.5 of 10 steps at 256x256 is 5 / (16 * 30) credits.
     assert detail["credits_used"] == pytest.approx(5 / (16 * 30), abs=1e-4)
