@@ -41,6 +41,7 @@ class LoadedModel:
     base_scheduler_config: Any
     size_bytes: int
     schedulers: dict[str, Any] = field(default_factory=dict)
+    img2img: Any = None  # its StableDiffusionXLImg2ImgPipeline (from_pipe: the same weights)
 
 
 class ModelPool:

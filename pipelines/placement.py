@@ -19,6 +19,17 @@ def unscale(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     return latents * std / vae.config.scaling_factor + mean
 
 
+def scale(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """The VAE encoder's latents as the UNet sees them: unscale's inverse."""
+    mean = getattr(vae.config, "latents_mean", None)
+    std = getattr(vae.config, "latents_std", None)
+    if mean is None or std is None:
+        return latents * vae.config.scaling_factor
+    mean = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+    std = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+    return (latents - mean) * vae.config.scaling_factor / std
+
+
 # Linears of the SDXL UNet that see one row per image: the time and text-time embedding
 # MLPs and every ResNet block's projection of them (with any LoRA layers inside those).
 _PER_IMAGE_LINEARS = ("time_embedding.", "add_embedding.", "time_emb_proj")

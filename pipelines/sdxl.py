@@ -1,4 +1,5 @@
-"""SDXL text-to-image rendering with diffusers: loaded pipelines, samplers, LoRA stacks."""
+"""SDXL rendering with diffusers: loaded pipelines, samplers, LoRA stacks; text to image
+here, image to image and the hires fix's second pass in pipelines.img2img."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pipelines import img2img
 from pipelines.lora_fit import LoraFit
 from pipelines.lora_hotswap import HotswapAdapters
 from pipelines.loras import AdapterCache
@@ -63,6 +65,15 @@ def resolve_dtype(dtype: str | None, device: str) -> str:
     if name is None:
         raise ValueError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
     return name
+
+
+def _offset(
+    on_step: Callable[[int, int], None] | None, done: int, total: int
+) -> Callable[[int, int], None] | None:
+    """on_step for one pass of several: its steps counted after `done`, out of `total`."""
+    if on_step is None:
+        return None
+    return lambda step, _steps: on_step(done + step, total)
 
 
 class SDXLRenderer(ModelPool):
@@ -260,7 +271,12 @@ class SDXLRenderer(ModelPool):
         if should_stop is not None and should_stop():
             raise RenderInterrupted()
 
-        progress = StepProgress(first.steps, on_step, should_stop, on_latents)
+        if first.image is not None:
+            with torch.inference_mode():
+                return img2img.render_img2img(self, specs, on_step, should_stop, on_latents)
+        total = first.steps + (first.hires.steps if first.hires is not None else 0)
+        steps = _offset(on_step, 0, total)
+        progress = StepProgress(first.steps, steps, should_stop, on_latents)
         generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
         with torch.inference_mode():
             latents = pipe(
@@ -273,7 +289,12 @@ class SDXLRenderer(ModelPool):
                 callback_on_step_end=progress,
                 output_type="latent",
             ).images
-            images = iter(self._decode(latents, first.width * first.height))
+            width, height = first.width, first.height
+            if first.hires is not None:
+                steps = _offset(on_step, first.steps, total)
+                latents = img2img.hires_pass(self, specs, latents, steps, should_stop, on_latents)
+                width, height = first.hires.width, first.hires.height
+            images = iter(self._decode(latents, width * height))
         return [[next(images) for _ in spec.seeds] for spec in specs]
 
     def _encode(self, specs: Sequence[GenerationSpec]) -> dict[str, torch.Tensor | None]:

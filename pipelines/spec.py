@@ -4,8 +4,9 @@ ProcessRenderer, the tests' fakes). No torch here: the server imports this modul
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -44,6 +45,76 @@ class ModelLoadError(Exception):
         return (ModelLoadError, (self.model, self.reason))  # it crosses the render process's pipe
 
 
+# AUTOMATIC1111's resize modes and inpainting fills, by number as its API takes them.
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+INPAINTING_FILLS = ("fill", "original", "latent noise", "latent nothing")
+LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {  # name -> (interpolation, antialias)
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+IMAGE_UPSCALERS = ("None", "Lanczos", "Nearest")
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An image-to-image render's start: `init_image` and `mask` are paths of image files
+    the renderer reads (the server's vault), already decoded and checked by the server;
+    the rest is AUTOMATIC1111's img2img settings, with its meanings."""
+
+    init_image: str
+    denoising_strength: float = 0.75
+    resize_mode: int = 0
+    mask: str | None = None
+    mask_blur: int = 4
+    inpainting_fill: int = 1
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: bool = False
+
+    def steps_run(self, steps: int) -> int:
+        """AUTOMATIC1111: the last ceil(steps * strength) steps of the schedule; none when
+        steps * strength < 1 (the init image comes back through the VAE)."""
+        product = steps * self.denoising_strength
+        return 0 if product < 1 else min(steps, math.ceil(product - 1e-9))
+
+
+@dataclass(frozen=True)
+class HiresFix:
+    """txt2img's second pass: upscale the first pass to `width` x `height` with `upscaler`
+    (a LATENT_UPSCALERS or IMAGE_UPSCALERS name), then denoise exactly `steps` steps of a
+    schedule stretched to steps / denoising_strength, as AUTOMATIC1111 does. `sampler`,
+    `prompt`, `negative_prompt`: None means the first pass's."""
+
+    width: int
+    height: int
+    upscaler: str
+    steps: int
+    denoising_strength: float
+    sampler: str | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+
+
+def hires_size(
+    width: int, height: int, scale: float, resize_x: int = 0, resize_y: int = 0
+) -> tuple[int, int]:
+    """AUTOMATIC1111's hires target: `resize_x`/`resize_y` when given (one of them alone keeps
+    the aspect ratio), else the base size times `scale`; rounded down to multiples of 8."""
+    if resize_x <= 0 and resize_y <= 0:
+        x, y = int(width * scale), int(height * scale)
+    elif resize_y <= 0:
+        x, y = resize_x, resize_x * height // width
+    elif resize_x <= 0:
+        x, y = resize_y * width // height, resize_y
+    else:
+        x, y = resize_x, resize_y
+    return max(8, x // 8 * 8), max(8, y // 8 * 8)
+
+
 @dataclass(frozen=True)
 class GenerationSpec:
     """Everything a pipeline needs to render one request, already validated.
@@ -63,6 +134,25 @@ class GenerationSpec:
     seeds: tuple[int, ...]
     loras: tuple[LoraSpec, ...] = field(default=())
     model: ModelSpec | None = None
+    image: ImageInput | None = None
+    hires: HiresFix | None = None
+
+    @property
+    def total_steps(self) -> int:
+        """The steps a render reports (on_step's total): those run, both passes of a hires
+        fix, the last ceil(steps * strength) of an img2img."""
+        steps = self.steps if self.image is None else self.image.steps_run(self.steps)
+        return steps + (self.hires.steps if self.hires is not None else 0)
+
+    @property
+    def pixel_steps(self) -> int:
+        """Pixels times denoising steps actually run, per image: what a render costs (both
+        passes of a hires fix; an img2img only the steps its strength runs)."""
+        steps = self.steps if self.image is None else self.image.steps_run(self.steps)
+        done = self.width * self.height * steps
+        if self.hires is not None:
+            done += self.hires.width * self.hires.height * self.hires.steps
+        return done
 
     @property
     def num_images(self) -> int:
@@ -87,7 +177,12 @@ def batch_key(spec: GenerationSpec) -> tuple:
     queue batches by this key too (server/jobs/specs.py): the one rule."""
     stack = tuple((lora.key, weight) for lora, weight in effective_stack(spec.loras))
     model = spec.model.key if spec.model is not None else None
-    return (spec.width, spec.height, spec.steps, spec.cfg_scale, spec.sampler, stack, model)
+    # An img2img shares a loop only with the same kind of img2img (its images may differ).
+    image = None
+    if spec.image is not None:
+        image = replace(spec.image, init_image="", mask=spec.image.mask and "")
+    shape = (spec.width, spec.height, spec.steps, spec.cfg_scale, spec.sampler, stack, model)
+    return (*shape, image, spec.hires)
 
 
 class RenderInterrupted(Exception):

@@ -50,11 +50,16 @@ def main() -> int:
             a = a or str(to_single_file(folder, models_dir / "tiny-xl-blocks.safetensors"))
         report = run(ModelSpec("a", a), ModelSpec("b", b), models_dir, args)
     print_report(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.out}")
+    write_report(report, args.out)
     return 0
+
+
+def write_report(report: dict, out: Path | None) -> None:
+    """The figures as JSON at `out` (nothing without one)."""
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {out}")
 
 
 def parse_args() -> argparse.Namespace:

@@ -77,6 +77,9 @@ class Settings:
     poll_burst: float = 3.0
     max_queued: int = 1000  # pending generations, all users together (0: no bound)
     max_body_bytes: int = 64 * 1024
+    # Input images (img2img): each one's decoded size, on top of max_body_bytes; pixels.
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
     max_prompt_chars: int = 2000
     # Webhooks: private/loopback receivers allowed (tests, LANs); seconds per attempt; the
     # retry schedule's scale (1: Standard Webhooks' 5 s ... 24 h; tests shrink it).

@@ -316,6 +316,8 @@ class LoraModel(BaseModel):
     avg_weight: float
 
 
-def credits_for(width: int, height: int, steps: int, num_images: int) -> float:
-    """The documented cost: one credit is one 1024x1024 image at 30 steps, linear in each."""
+def credits_for(width: int, height: int, steps: float, num_images: int) -> float:
+    """The documented cost: one credit is one 1024x1024 image at 30 steps, linear in each.
+    `steps`: the steps run, as base-size steps (an img2img's last ceil(steps * strength);
+    a hires fix's second pass adds its steps times its pixels / the base size's)."""
     return round(num_images * (width * height) / (1024 * 1024) * steps / 30, 4)

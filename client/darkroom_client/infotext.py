@@ -117,6 +117,24 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
     return settings
 
 
+def not_reproducible(text: str) -> str | None:
+    """Why `darkroom reproduce` cannot render an image's parameters again, or None: an
+    img2img's init image is not in its infotext, and a hires fix needs A1111's txt2img."""
+    params = parse_infotext(text)["params"]
+    if any(key.startswith("Hires") for key in params):
+        return (
+            "it was made with a hires fix, which only POST /sdapi/v1/txt2img renders"
+            " (enable_hr); reproduce renders through Darkroom's own API"
+        )
+    if "Denoising strength" in params:
+        return (
+            "it was made by image to image from an init image its parameters cannot carry;"
+            " reproducing it needs that image (--init-image), which this client does not"
+            " take yet: send it to POST /sdapi/v1/img2img with these parameters"
+        )
+    return None
+
+
 def image_format(source: str | Path | bytes | Image.Image) -> str:
     return FORMATS.get(_open(source).format or "", "png")
 

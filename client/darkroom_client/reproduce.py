@@ -22,6 +22,7 @@ def cmd_reproduce(args: argparse.Namespace, client: Client) -> int:
         compare,
         image_format,
         jpeg_quality,
+        not_reproducible,
         read_parameters,
         settings_from_infotext,
     )
@@ -30,6 +31,9 @@ def cmd_reproduce(args: argparse.Namespace, client: Client) -> int:
     text = read_parameters(data)
     if not text:
         raise ValidationError(f"{args.image} holds no generation parameters")
+    why = not_reproducible(text)
+    if why:
+        raise ValidationError(f"{args.image} cannot be reproduced here: {why}")
     settings = settings_from_infotext(text)
     prompt = settings.pop("prompt")
     tags = settings.pop("lora_tags")

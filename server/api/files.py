@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
+from server.api.common import own_generation, user_of
 from server.contract import ApiError, ErrorCode, not_found
+from server.jobs.image_jobs import inputs_of
 from server.state import state_of
 from server.store.vault import EXTENSIONS, MEDIA_TYPES
 
@@ -44,3 +48,18 @@ async def signed_file(request: Request) -> Response:
             ErrorCode.NOT_FOUND, "This link is invalid or has expired", {"name": name}, 404
         )
     return _image_file(request, name, in_vault_only=False)
+
+
+async def generation_input(request: Request) -> Response:
+    """GET /generations/{id}/inputs/{init_image|mask}: an image-to-image's input, for its
+    owner (PNG, content-addressed in the vault)."""
+    row = own_generation(request, user_of(request))
+    field = request.path_params["field"]
+    item = inputs_of(json.loads(row["request_json"])).get(field)
+    if item is None:
+        raise not_found("Input image", field)
+    return FileResponse(
+        state_of(request).vault.path(item["name"]),
+        media_type="image/png",
+        headers={"Cache-Control": "private, max-age=31536000, immutable"},
+    )

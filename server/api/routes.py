@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from server.api import admin
 from server.api.account import account, list_presets, save_preset
-from server.api.files import signed_file, vault_file
+from server.api.files import generation_input, signed_file, vault_file
 from server.api.generations import (
     cancel_generation,
     delete_generation,
@@ -86,6 +86,7 @@ ROUTES = [
     Route("/presets", list_presets, methods=["GET"]),
     Route("/account", account, methods=["GET"]),
     Route("/generations/{request_id:text}/cancel", cancel_generation, methods=["POST"]),
+    Route("/generations/{request_id:text}/inputs/{field:text}", generation_input, methods=["GET"]),
     Route("/generations/{request_id:text}", generation_resource, methods=["GET", "DELETE"]),
     Route("/health", health, methods=["GET"]),
     Route("/health/live", health_live, methods=["GET"]),

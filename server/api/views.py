@@ -17,6 +17,7 @@ from server.contract import (
     ImageMetadata,
     LoraModel,
 )
+from server.jobs import image_jobs
 from server.jobs.admission import Admission
 from server.jobs.queue import JobQueue
 from server.library.checkpoints import ModelEntry
@@ -40,6 +41,9 @@ class Links:
 
     def signed(self, name: str, expires: int) -> str:
         return f"{self.base}/files/{name}?expires={expires}&sig={self.vault.sign(name, expires)}"
+
+    def generation_input(self, request_id: str, field: str) -> str:
+        return f"{self.base}/generations/{request_id}/inputs/{field}"
 
     def lora_thumbnail(self, lora_id: int) -> str:
         return f"{self.base}/loras/{lora_id}/thumbnail"
@@ -146,6 +150,18 @@ def generation(
         fields["error"] = ErrorInfo(**json.loads(row["error_json"] or "{}"))
     body = ImageGenerationResponse(**fields).model_dump(mode="json", exclude_unset=True)
     return {**body, **extra}
+
+
+def generation_inputs(row: dict[str, Any], links: Links) -> dict[str, Any] | None:
+    """An image-to-image's init image and mask (SHA-256, size, link); None for others."""
+    inputs = image_jobs.inputs_of(json.loads(row["request_json"]))
+    if not inputs:
+        return None
+    return {
+        field: {"sha256": item["sha256"], "width": item["width"], "height": item["height"],
+                "url": links.generation_input(row["request_id"], field)}
+        for field, item in inputs.items()
+    }  # fmt: skip
 
 
 def history_item(

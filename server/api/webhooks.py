@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from server.api import views
 from server.api.common import check_poll, links_for, own_generation, user_of
-from server.api.views import iso
+from server.api.views import generation_inputs, iso
 from server.contract import ApiError, ErrorCode, ImageGenerationRequest
 from server.net import ssrf
 from server.state import state_of
@@ -55,7 +55,8 @@ def webhook_view(row: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 async def generation_detail(request: Request) -> Response:
-    """GET /generations/{id}: the status object, plus `webhook` (null without one)."""
+    """GET /generations/{id}: the status object, plus `webhook` (null without one) and
+    `inputs` (an image-to-image's init image and mask; null for others)."""
     state = state_of(request)
     user = user_of(request)
     check_poll(request, user)
@@ -63,6 +64,7 @@ async def generation_detail(request: Request) -> Response:
     images = state.store.images_of([row["id"]])[row["id"]]
     body = views.history_item(row, images, links_for(request), state.queue, state.admission)
     body["webhook"] = webhook_view(state.store.webhook_delivery(row["request_id"]))
+    body["inputs"] = generation_inputs(row, links_for(request))
     # Each image's infotext, read from its file (the console's image page shows it).
     texts = await run_in_threadpool(
         lambda: [read_infotext(state.vault.path(image["file_name"])) for image in images]

@@ -22,9 +22,10 @@ from server.contract import (
     check_limits,
     credits_for,
 )
+from server.jobs import image_jobs
 from server.jobs.limits import retry_after
 from server.jobs.queue import JobQueue
-from server.jobs.specs import model_key, queue_key, resolve_request
+from server.jobs.specs import build_spec, model_key, queue_key, resolve_request
 from server.library.checkpoints import ModelCatalog
 from server.library.loras import LoraCatalog
 from server.store import Store, ledger, webhooks
@@ -37,7 +38,7 @@ DEFAULT_SECONDS_PER_WORK_UNIT = 0.07
 RATE_REFRESH_SECONDS = 1.0
 
 
-def work_units(width: int, height: int, steps: int, num_images: int) -> float:
+def work_units(width: int, height: int, steps: float, num_images: int) -> float:
     """Megapixel-steps: what a render's duration is proportional to."""
     return width * height / 1e6 * steps * num_images
 
@@ -77,6 +78,7 @@ class Admission:
         webhook_base: str = "",
         bind: Callable[[Connection, str], None] | None = None,
         max_images: int = MAX_IMAGES,
+        image_job: dict | None = None,
     ) -> dict:
         """`extra`: keys stored beside the request (txt2img keeps what its client sent under
         `a1111`, for the infotext); the request itself is what renders. `webhook_base`: the
@@ -84,7 +86,8 @@ class Admission:
         is delivered (the one the request arrived on). `bind(db, request_id)` runs in the
         transaction that admits the job (an Idempotency-Key is tied to it there) and may
         raise to refuse it. `max_images`: the bound on `num_images` of the API the request
-        came through (OpenAI's `n` goes to 10)."""
+        came through (OpenAI's `n` goes to 10). `image_job`: an image-to-image's part
+        (server.jobs.image_jobs), stored beside the request; it renders locally."""
         options, settings = request.options, request.settings
         if options.provider != "auto" and self.router is None:
             raise ApiError(
@@ -99,13 +102,18 @@ class Admission:
         model, loras = resolve_request(self.models, self.catalog, request)
         provider = PROVIDER_NAME
         if self.router is not None:
-            provider = self.router.choose(request, loras, self.local_wait)
+            local_only = "image-to-image" if image_job else None
+            provider = self.router.choose(request, loras, self.local_wait, local_only)
         # Stored by title (name and hash): the job renders that file, wherever it moves.
         settings.model = None if model.default else model.title
         seed_fixed = settings.seed != -1
         seed = settings.seed if seed_fixed else secrets.randbelow(MAX_SEED + 1)
-        units = work_units(settings.width, settings.height, settings.steps, options.num_images)
-        cost = credits_for(settings.width, settings.height, settings.steps, options.num_images)
+        extra = {**(extra or {}), **({image_jobs.KEY: image_job} if image_job else {})}
+        parts = image_jobs.image_parts(extra)
+        spec = build_spec(request, seed, loras, model, **parts)
+        steps_run = spec.pixel_steps / (spec.width * spec.height)  # both passes of a hires fix
+        units = work_units(settings.width, settings.height, steps_run, options.num_images)
+        cost = credits_for(settings.width, settings.height, steps_run, options.num_images)
         request_id = uuid.uuid4().hex
 
         def admit(db: Connection) -> None:
@@ -120,7 +128,7 @@ class Admission:
         generation_id = self.store.insert_generation(
             request_id,
             request.prompt,
-            {**request.model_dump(mode="json"), **(extra or {})},
+            {**request.model_dump(mode="json"), **extra},
             seed,
             seed_fixed,
             units,
@@ -133,7 +141,11 @@ class Admission:
         assert row is not None
         if self.router is None or not self.router.dispatch(row):
             self.queue.put(
-                generation_id, units, user.id, queue_key(request, loras, model), model_key(model)
+                generation_id,
+                units,
+                user.id,
+                queue_key(request, loras, model, parts),
+                model_key(model),
             )
         return row
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.samplers import UnsupportedSampler, a1111_samplers, a1111_schedulers, resolve
-from pipelines.spec import GenerationSpec
+from pipelines.spec import INPAINTING_FILLS, GenerationSpec
 
 VERSION = "darkroom-0.1.0"
 # What AUTOMATIC1111 writes as a LoRA's short hash (extensions-builtin/Lora/network.py:
@@ -84,6 +84,44 @@ def extra_params(
     return extra
 
 
+def image_params(image_job: dict[str, Any] | None) -> dict[str, str]:
+    """What AUTOMATIC1111 writes of an img2img or a hires fix (`Denoising strength`, `Mask
+    blur`, `Hires upscale`, ...), from a stored request's image_job."""
+    if not image_job:
+        return {}
+    params: dict[str, Any] = {}
+    image, hires = image_job.get("image"), image_job.get("hires")
+    if image:
+        params["Denoising strength"] = image["denoising_strength"]
+        if image.get("mask"):
+            params["Mask blur"] = image["mask_blur"]
+            if image["inpaint_full_res"]:
+                params["Inpaint area"] = "Only masked"
+                params["Masked area padding"] = image["inpaint_full_res_padding"]
+            if image["inpainting_mask_invert"]:
+                params["Mask mode"] = "Inpaint not masked"
+            params["Masked content"] = INPAINTING_FILLS[image["inpainting_fill"]]
+    if hires:
+        params["Denoising strength"] = hires["denoising_strength"]
+        if hires.get("resize_x") or hires.get("resize_y"):
+            params["Hires resize"] = f"{hires['width']}x{hires['height']}"
+        else:
+            params["Hires upscale"] = f"{hires['scale']:g}"
+        if hires.get("steps_asked"):
+            params["Hires steps"] = hires["steps_asked"]
+        params["Hires upscaler"] = hires["upscaler"]
+        if hires.get("sampler"):
+            sampler, schedule = display_sampler(hires["sampler"])
+            params["Hires sampler"] = sampler
+            params["Hires schedule type"] = schedule
+        if hires.get("prompt"):
+            params["Hires prompt"] = hires["prompt"]
+        if hires.get("negative_prompt"):
+            params["Hires negative prompt"] = hires["negative_prompt"]
+    return {key: f"{value:g}" if isinstance(value, float) else str(value)
+            for key, value in params.items() if value is not None}  # fmt: skip
+
+
 @cache
 def _display_names() -> dict[str, tuple[str, str]]:
     """Darkroom's canonical sampler -> (A1111 sampler, schedule label). The schedule is
@@ -121,6 +159,7 @@ def for_generation(
     as A1111 prompt tags after the prompt (so `darkroom reproduce` and A1111 apply them
     again) and as `Lora hashes`."""
     a1111 = stored_request.get("a1111")
+    images = image_params(stored_request.get("image_job"))
     if a1111:
         return build(
             prompt=a1111["prompt"],
@@ -135,7 +174,7 @@ def for_generation(
             model_hash=model_hash,
             model_name=model_name,
             lora_hashes=[tuple(pair) for pair in a1111["lora_hashes"]],
-            notes=a1111.get("notes") or None,
+            notes={**images, **(a1111.get("notes") or {})} or None,
         )
     sampler, schedule = display_sampler(spec.sampler)
     tags = "".join(f" <lora:{path.stem}:{weight:g}>" for path, _, weight in loras)
@@ -152,6 +191,7 @@ def for_generation(
         model_hash=model_hash,
         model_name=model_name,
         lora_hashes=[(path.stem, digest) for path, digest, _ in loras],
+        notes=images or None,
     )
 
 

@@ -115,7 +115,8 @@ class ResultWriter:
                 zip(written, spec.seeds, images, strict=True)
             )
         ]
-        credits = credits_for(spec.width, spec.height, spec.steps, len(images))
+        steps_run = spec.pixel_steps / (spec.width * spec.height)  # both passes of a hires fix
+        credits = credits_for(spec.width, spec.height, steps_run, len(images))
         recorded = False
         try:
             recorded = self.store.complete(
@@ -135,7 +136,7 @@ class ResultWriter:
             )
             return
         waited = time.time() - seconds - row["created_at"]
-        self.metrics.job_done(waited, seconds, spec.steps, len(images))
+        self.metrics.job_done(waited, seconds, spec.total_steps, len(images))
         log.info(
             "job %s: completed in %.2fs",
             row["request_id"],

@@ -3,11 +3,13 @@ batching key, which is pipelines.spec.batch_key of that spec (the one batching r
 
 from __future__ import annotations
 
+import json
 from collections.abc import Hashable
 from typing import Any
 
-from pipelines.spec import GenerationSpec, LoraSpec, batch_key
+from pipelines.spec import GenerationSpec, HiresFix, ImageInput, LoraSpec, batch_key
 from server.contract import MAX_SEED, ApiError, ImageGenerationRequest, SavePresetRequest
+from server.jobs.image_jobs import image_parts
 from server.jobs.queue import JobQueue
 from server.library.checkpoints import ModelCatalog, ModelEntry
 from server.library.loras import LoraCatalog, ResolvedLora
@@ -28,8 +30,11 @@ def build_spec(
     seed: int,
     loras: list[ResolvedLora],
     model: ModelEntry | None = None,
+    image: ImageInput | None = None,
+    hires: HiresFix | None = None,
 ) -> GenerationSpec:
-    """`model` None: the server's default model."""
+    """`model` None: the server's default model; `image`, `hires`: an image-to-image's
+    parts (server.jobs.image_jobs.image_parts)."""
     settings = request.settings
     return GenerationSpec(
         prompt=request.prompt,
@@ -42,14 +47,20 @@ def build_spec(
         seeds=tuple((seed + i) % (MAX_SEED + 1) for i in range(request.options.num_images)),
         loras=tuple(LoraSpec(lora.sha256, str(lora.path), lora.weight) for lora in loras),
         model=model.spec() if model is not None else None,
+        image=image,
+        hires=hires,
     )
 
 
 def queue_key(
-    request: ImageGenerationRequest, loras: list[ResolvedLora], model: ModelEntry
+    request: ImageGenerationRequest,
+    loras: list[ResolvedLora],
+    model: ModelEntry,
+    parts: dict[str, Any] | None = None,
 ) -> Hashable:
-    """Jobs with equal keys may render as one batch (seeds and prompts do not matter)."""
-    return batch_key(build_spec(request, 0, loras, model))
+    """Jobs with equal keys may render as one batch (seeds and prompts do not matter);
+    `parts`: an image-to-image's (image_jobs.image_parts)."""
+    return batch_key(build_spec(request, 0, loras, model, **(parts or {})))
 
 
 def model_key(model: ModelEntry) -> str | None:
@@ -67,7 +78,8 @@ def describe_stored(
         model, loras = resolve_request(models, catalog, request)
     except ApiError:
         return None, None
-    return queue_key(request, loras, model), model_key(model)
+    parts = image_parts(json.loads(row["request_json"]))
+    return queue_key(request, loras, model, parts), model_key(model)
 
 
 def enqueue_stored(
@@ -81,5 +93,5 @@ def enqueue_stored(
     except ApiError:
         queue.put(row["id"], row["work_units"], row["user_id"])
         return
-    key = queue_key(request, loras, model)
+    key = queue_key(request, loras, model, image_parts(json.loads(row["request_json"])))
     queue.put(row["id"], row["work_units"], row["user_id"], key, model_key(model))

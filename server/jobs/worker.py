@@ -6,6 +6,7 @@ event loop never waits on the GPU.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -25,6 +26,7 @@ from server.jobs.failures import (
     provider_error,
     timeout_error,
 )
+from server.jobs.image_jobs import image_parts
 from server.jobs.queue import JobQueue
 from server.jobs.render_process import RENDER_NICENESS, RenderProcessDied
 from server.jobs.rendering import render_jobs
@@ -386,10 +388,11 @@ class Worker:
         except ApiError as exc:
             self.store.fail(job.generation_id, error_object(exc.code, exc.message, exc.details))
             return None
-        spec = build_spec(request, row["seed"], loras, model)
+        parts = image_parts(json.loads(row["request_json"]), self.vault)
+        spec = build_spec(request, row["seed"], loras, model, **parts)
         if not self.store.mark_processing(job.generation_id):
             return None
-        job.total_steps = spec.steps
+        job.total_steps = spec.total_steps
         return Task(job, row, request, spec, loras, model)
 
     def _stopped(self, job: Progress, request_id: str) -> None:

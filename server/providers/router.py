@@ -84,10 +84,20 @@ class Providers:
         request: ImageGenerationRequest,
         loras: list[ResolvedLora],
         local_wait: Callable[[], float],
+        local_only: str | None = None,
     ) -> str:
         """The provider a request renders on; ApiError if the requested one is not
-        configured or cannot render it as asked."""
+        configured or cannot render it as asked. `local_only`: what kind of job no remote
+        provider takes (auto keeps it here)."""
         wanted = request.options.provider
+        if local_only and wanted != "auto":
+            raise ApiError(
+                ErrorCode.PROVIDER_ERROR,
+                f"Provider {wanted!r} does not take {local_only} jobs; use provider 'auto'",
+                {"provider": wanted, "available": ["auto"]},
+            )
+        if local_only:
+            return LOCAL
         if wanted != "auto":
             provider = self.remotes.get(wanted)
             if provider is None:

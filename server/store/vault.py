@@ -71,6 +71,18 @@ class Vault:
             raise
         return StoredFiles(token, file_name, thumb_name)
 
+    def save_input(self, png: bytes) -> tuple[str, str]:
+        """Store an input image (an img2img's init image or mask) once per content: its
+        vault name and SHA-256. Inputs live outside keep/ and temporary/, so the orphan
+        sweep leaves them to the generations that name them."""
+        digest = hashlib.sha256(png).hexdigest()
+        name = f"inputs/{digest[:2]}/{digest}.png"
+        path = self.root / name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(path, png)
+        return name, digest
+
     def path(self, name: str) -> Path:
         return self.root / name
 

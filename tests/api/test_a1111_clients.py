@@ -74,8 +74,10 @@ def test_sillytavern_sequence_in_open_mode(client: TestClient) -> None:
     generateAutoImage, forwarded whole (with its own `url` and `auth` keys)."""
     ping = client.get("/sdapi/v1/options", headers=EMPTY_BASIC)
     assert ping.status_code == 200
-    assert client.get("/sdapi/v1/upscalers", headers=EMPTY_BASIC).json() == []
-    assert client.get("/sdapi/v1/latent-upscale-modes", headers=EMPTY_BASIC).json() == []
+    upscalers = client.get("/sdapi/v1/upscalers", headers=EMPTY_BASIC).json()
+    assert [u["name"] for u in upscalers] == ["None", "Lanczos", "Nearest"]
+    modes = client.get("/sdapi/v1/latent-upscale-modes", headers=EMPTY_BASIC).json()
+    assert "Latent (nearest-exact)" in [m["name"] for m in modes]
     assert client.get("/sdapi/v1/sd-vae", headers=EMPTY_BASIC).json() == []
     samplers = [s["name"] for s in client.get("/sdapi/v1/samplers", headers=EMPTY_BASIC).json()]
     schedulers = client.get("/sdapi/v1/schedulers", headers=EMPTY_BASIC).json()
@@ -121,5 +123,12 @@ def test_sillytavern_sequence_in_open_mode(client: TestClient) -> None:
     image = decode(result.json()["images"][0])
     assert image.size == (256, 256)
     assert "Sampler: DDIM" in image.text["parameters"]
+    # Its user ticks hires fix: the same body with enable_hr (a 422 before issue 24).
+    hires = client.post("/sdapi/v1/txt2img", json={**body, "enable_hr": True, "seed": 1},
+                        headers=EMPTY_BASIC)  # fmt: skip
+    assert hires.status_code == 200, hires.text
+    image = decode(hires.json()["images"][0])
+    assert image.size == (512, 512)
+    assert "Hires upscale: 2, Hires upscaler: Latent" in image.text["parameters"]
     # The socket-close handler: POST /interrupt with no body; nothing is running now.
     assert client.post("/sdapi/v1/interrupt", headers=EMPTY_BASIC).status_code == 200

@@ -94,7 +94,7 @@ def test_basic_auth_with_the_token_as_password(
         ({"cfg_scale": 50}, "cfg_scale"),
         ({"batch_size": 3, "n_iter": 3}, "batch_size"),
         ({"steps": "many"}, "steps"),
-        ({"enable_hr": True}, "enable_hr"),
+        ({"enable_hr": True, "hr_upscaler": "4x-UltraSharp"}, "hr_upscaler"),
         ({"restore_faces": True}, "restore_faces"),
         ({"styles": ["cinematic"]}, "styles"),
         ({"script_name": "x/y/z plot"}, "script_name"),

@@ -74,7 +74,7 @@ def test_samplers_schedulers_loras(api: webuiapi.WebUIApi) -> None:
     assert all(isinstance(lora["metadata"], dict) for lora in loras)
     # webuiapi has no method for it: its own session, as its get_* methods call.
     assert api.session.post(f"{api.baseurl}/refresh-loras").json() is None
-    assert api.get_upscalers() == [] and api.get_sd_vae() == []
+    assert api.get_sd_vae() == []
     assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
     assert api.get_scripts() == {"txt2img": [], "img2img": []}
     assert api.get_cmd_flags()["api"] is True and "ram" in api.get_memory()

@@ -265,3 +265,23 @@ def test_reproduce_reads_automatic1111_infotext(server: LiveServer, tmp_path: Pa
     assert item.raw["prompt"] == "a castle" and item.raw["loras"][0]["weight"] == 0.7
     assert item.raw["settings"]["sampler"] == "dpmpp_2m_karras"
     assert item.raw["options"]["quality"] == 80
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [("Denoising strength: 0.5, Mask blur: 4", "--init-image"),
+     ("Denoising strength: 0.7, Hires upscale: 2, Hires upscaler: Latent", "hires fix")],
+)  # fmt: skip
+def test_reproduce_explains_an_image_to_image(
+    server: LiveServer, tmp_path: Path, extra: str, says: str
+) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    text = f"a castle\nSteps: 10, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 256x256, {extra}"
+    info = PngInfo()
+    info.add_text("parameters", text)
+    path = tmp_path / "edited.png"
+    Image.new("RGB", (256, 256), "gray").save(path, "PNG", pnginfo=info)
+    result = darkroom(server, "reproduce", str(path))
+    assert result.returncode != 0
+    assert says in result.stderr and "Traceback" not in result.stderr

@@ -258,3 +258,22 @@ def test_auto_goes_remote_when_no_local_device_is_in_service(
     assert body["images"][0]["metadata"]["provider"] == "fal"
     local = client.get("/health").json()["providers"]["darkroom"]
     assert local == {"configured": True, "state": "failed", "in_service": False}
+
+
+def test_image_to_image_stays_local_and_a_named_provider_refuses_it(
+    make_client: AppFactory, fal: FalDouble
+) -> None:
+    from server.contract import ApiError, ImageGenerationRequest
+
+    client = fal_client(make_client, fal, renderer=NeverLoads(), wait=False)
+    wait_for(lambda: client.get("/health").json()["status"] == "failed")
+    router = client.app.state.darkroom.admission.router  # type: ignore[attr-defined]
+    auto = ImageGenerationRequest.model_validate({"prompt": "a fox"})
+    # No local device in service: a text-to-image would go to fal; an image-to-image not.
+    assert router.choose(auto, [], lambda: 1e9) == "fal"
+    assert router.choose(auto, [], lambda: 1e9, "image-to-image") == "darkroom"
+    options = {"provider": "fal"}
+    named = ImageGenerationRequest.model_validate({"prompt": "a fox", "options": options})
+    with pytest.raises(ApiError) as caught:
+        router.choose(named, [], lambda: 0.0, "image-to-image")
+    assert caught.value.code == "PROVIDER_ERROR" and "image-to-image" in caught.value.message

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pipelines.samplers import a1111_samplers, a1111_schedulers
+from pipelines.spec import IMAGE_UPSCALERS, LATENT_UPSCALERS
 from server.api.a1111 import checkpoints
 from server.api.a1111.errors import Invalid, a1111_route, caller, json_object
 from server.api.a1111.prompts import lora_entries
@@ -118,8 +119,24 @@ def _empty_list(request: Request) -> Response:
 
 @a1111_route
 async def empty_list(request: Request) -> Response:
-    """/upscalers, /latent-upscale-modes, /sd-vae: Darkroom has none of them."""
+    """/sd-vae: Darkroom has none."""
     return _empty_list(request)
+
+
+@a1111_route
+async def upscalers(request: Request) -> Response:
+    """The image upscalers the hires fix runs (A1111 lists latent modes separately)."""
+    caller(request)
+    return JSONResponse(
+        [{"name": name, "model_name": None, "model_path": None, "model_url": None,
+          "scale": 4.0} for name in IMAGE_UPSCALERS]
+    )  # fmt: skip
+
+
+@a1111_route
+async def latent_upscale_modes(request: Request) -> Response:
+    caller(request)
+    return JSONResponse([{"name": name} for name in LATENT_UPSCALERS])
 
 
 @a1111_route

@@ -10,7 +10,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipelines.spec import IMAGE_UPSCALERS, LATENT_UPSCALERS
 from server.api.a1111.errors import Invalid, from_validation
+
+HIRES_UPSCALERS = (*LATENT_UPSCALERS, *IMAGE_UPSCALERS)
 
 
 class Txt2ImgRequest(BaseModel):
@@ -90,9 +93,31 @@ class Txt2ImgRequest(BaseModel):
         return self.batch_size * self.n_iter
 
 
-def parse(data: dict[str, Any]) -> Txt2ImgRequest:
+class Img2ImgRequest(Txt2ImgRequest):
+    """AUTOMATIC1111 1.10's img2img request (StableDiffusionImg2ImgProcessingAPI): txt2img's
+    fields (its hires fix refused) and the image ones, with A1111's defaults."""
+
+    init_images: list[Any] = Field(default_factory=list)
+    resize_mode: int = 0
+    denoising_strength: float | None = 0.75
+    image_cfg_scale: float | None = None
+    mask: str | None = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_blur: int | None = None
+    mask_round: bool = True
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    include_init_images: bool = False
+
+
+def parse(data: dict[str, Any], model: type[Txt2ImgRequest] = Txt2ImgRequest) -> Txt2ImgRequest:
     try:
-        request = Txt2ImgRequest.model_validate(data)
+        request = model.model_validate(data)
     except ValidationError as exc:
         raise from_validation(exc) from None
     problems = refusals(request)
@@ -112,10 +137,8 @@ _NO_OP: dict[str, tuple[Any, ...]] = {
     "subseed_strength": (0.0,),
     "tiling": (None, False),
     "restore_faces": (None, False),
-    "enable_hr": (False,),
 }
 _WHY = {
-    "enable_hr": "hires fix is not supported",
     "restore_faces": "face restoration is not supported",
     "tiling": "tiling is not supported",
     "subseed_strength": "variation seeds are not supported",
@@ -150,4 +173,58 @@ def refusals(request: Txt2ImgRequest) -> list[tuple[str, str]]:
         problems.append(("override_settings.sd_vae", "only the model's own VAE is available"))
     if request.batch_size < 1 or request.n_iter < 1:
         problems.append(("batch_size", "batch_size and n_iter must be at least 1"))
+    if isinstance(request, Img2ImgRequest):
+        return problems + img2img_refusals(request)
+    if request.enable_hr:
+        problems += hires_refusals(request)
+    return problems
+
+
+def _strength(request: Txt2ImgRequest) -> list[tuple[str, str]]:
+    strength = request.denoising_strength
+    if strength is not None and not 0 <= strength <= 1:
+        return [("denoising_strength", f"must be between 0 and 1, got {strength}")]
+    return []
+
+
+def hires_refusals(request: Txt2ImgRequest) -> list[tuple[str, str]]:
+    problems = _strength(request)
+    if request.hr_upscaler not in (None, *HIRES_UPSCALERS):
+        problems.append(
+            ("hr_upscaler", f"upscaler {request.hr_upscaler!r} not available; available: "
+             + ", ".join(HIRES_UPSCALERS))
+        )  # fmt: skip
+    if not 1 <= request.hr_scale <= 4 and not (request.hr_resize_x or request.hr_resize_y):
+        problems.append(("hr_scale", f"must be between 1 and 4, got {request.hr_scale}"))
+    if not 0 <= request.hr_second_pass_steps <= 150:
+        problems.append(("hr_second_pass_steps", "must be between 0 and 150"))
+    if min(request.hr_resize_x, request.hr_resize_y) < 0:
+        problems.append(("hr_resize_x", "must not be negative"))
+    if request.hr_checkpoint_name not in (None, "", "Use same checkpoint"):
+        problems.append(("hr_checkpoint_name", "a second checkpoint is not supported"))
+    return problems
+
+
+def img2img_refusals(request: Img2ImgRequest) -> list[tuple[str, str]]:
+    problems = _strength(request)
+    if request.enable_hr:
+        problems.append(("enable_hr", "hires fix applies to txt2img only"))
+    if len(request.init_images) != 1:
+        problems.append(("init_images", "exactly one init image is supported"))
+    if request.resize_mode not in range(4):
+        problems.append(("resize_mode", f"must be 0, 1, 2 or 3, got {request.resize_mode}"))
+    if request.inpainting_fill not in range(4):
+        problems.append(("inpainting_fill", "must be 0, 1, 2 or 3"))
+    if request.mask_blur is None and request.mask_blur_x != request.mask_blur_y:
+        problems.append(("mask_blur_x", "separate X and Y mask blurs are not supported"))
+    if not 0 <= (request.mask_blur if request.mask_blur is not None else request.mask_blur_x) <= 64:
+        problems.append(("mask_blur", "must be between 0 and 64"))
+    if not 0 <= request.inpaint_full_res_padding <= 256:
+        problems.append(("inpaint_full_res_padding", "must be between 0 and 256"))
+    if not request.mask_round:
+        problems.append(("mask_round", "only rounded (binary) masks are supported"))
+    if request.latent_mask:
+        problems.append(("latent_mask", "a separate latent mask is not supported"))
+    if request.initial_noise_multiplier not in (None, 1.0):
+        problems.append(("initial_noise_multiplier", "only 1 is supported"))
     return problems

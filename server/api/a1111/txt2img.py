@@ -1,7 +1,8 @@
-"""POST /sdapi/v1/txt2img: an ordinary Darkroom generation (Admission.submit: the fair
-queue, the 5-active limit, credits, history, vault, metrics) that the call waits for,
-answered as AUTOMATIC1111 1.10 answers: `{images: [bare base64 PNG], parameters: the
-request, info: "<JSON>"}`."""
+"""POST /sdapi/v1/txt2img, hires fix included (img2img.py shares `generate`): an ordinary
+Darkroom generation (Admission.submit: the fair queue, the 5-active limit, credits,
+history, vault, metrics) that the call waits for, answered as AUTOMATIC1111 1.10 answers:
+`{images: [bare base64 PNG], parameters: the request, info: "<JSON>"}`. Once per
+Idempotency-Key."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import io
 import json
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pipelines.samplers import UnsupportedSampler, resolve
+from pipelines.spec import hires_size
 from server.api.a1111 import checkpoints, models
 from server.api.a1111.checkpoints import Checkpoint
 from server.api.a1111.errors import Invalid, a1111_error, a1111_route, caller, json_object
@@ -28,13 +31,17 @@ from server.api.a1111.progress import Call, calls_of
 from server.api.a1111.prompts import parse_tags
 from server.api.idempotency import HEADER, Keyed, conflict, idempotent, key_of
 from server.contract import MAX_SEED, ErrorCode, ImageGenerationRequest, parse
-from server.jobs import infotext
+from server.jobs import image_jobs, infotext
 from server.state import AppState, state_of
 from server.store import options
 from server.store.accounts import User
 
 NATIVE_SIZE = 1024  # SDXL's; the tiny model is SDXL-shaped
+MAX_HIRES_SIZE = 4096
+HIRES_STRENGTH = 0.7  # A1111's hires fix default
 WAIT_SECONDS = 0.05
+# An img2img's part of the job (its inputs stored in the vault), made only when admitting.
+ImageJob = Callable[[], Awaitable[dict[str, Any] | None]]
 
 
 async def chosen_checkpoint(state: AppState, user: User, override: Any = None) -> Checkpoint:
@@ -67,13 +74,72 @@ class Prepared:
 
 @a1111_route
 async def txt2img(request: Request) -> Response:
-    state, user = state_of(request), caller(request)
-    if state.draining:
+    if state_of(request).draining:
         return a1111_error(503, ErrorCode.SERVICE_UNAVAILABLE, "The server is shutting down")
     payload = await json_object(request)
+    req = models.parse(payload)
+    width, height = req.width or NATIVE_SIZE, req.height or NATIVE_SIZE
+    job = {"hires": hires_job(req, width, height)} if req.enable_hr else None
+
+    async def image_job() -> dict[str, Any] | None:
+        return job
+
+    return await generate(request, "sdapi/v1/txt2img", payload, req, (width, height), image_job)
+
+
+def _sampler(field: str, sampler: str, scheduler: str | None) -> str:
+    try:
+        return resolve(sampler, scheduler)
+    except UnsupportedSampler as exc:
+        raise Invalid((field, str(exc))) from None
+
+
+def hires_job(req: models.Txt2ImgRequest, width: int, height: int) -> dict[str, Any]:
+    """The stored hires fix of a txt2img (pipelines.spec.HiresFix's fields, and what the
+    infotext says of it)."""
+    target = hires_size(width, height, req.hr_scale, req.hr_resize_x, req.hr_resize_y)
+    if max(target) > MAX_HIRES_SIZE:
+        raise Invalid(
+            ("hr_scale", f"the hires size {target[0]}x{target[1]} is above {MAX_HIRES_SIZE}")
+        )
+    sampler = None
+    same = (None, "", "Use same sampler")
+    schedule = None if req.hr_scheduler in (None, "", "Use same scheduler") else req.hr_scheduler
+    if req.hr_sampler_name not in same or schedule is not None:
+        name = req.sampler if req.hr_sampler_name in same else str(req.hr_sampler_name)
+        sampler = _sampler("hr_sampler_name", name, schedule or req.scheduler)
+    strength = req.denoising_strength
+    return {
+        "width": target[0],
+        "height": target[1],
+        "upscaler": req.hr_upscaler or "Latent",
+        "steps": req.hr_second_pass_steps or req.steps,
+        "steps_asked": req.hr_second_pass_steps,
+        "denoising_strength": HIRES_STRENGTH if strength is None else strength,
+        "sampler": sampler,
+        "prompt": req.hr_prompt or None,
+        "negative_prompt": req.hr_negative_prompt or None,
+        "scale": req.hr_scale,
+        "resize_x": req.hr_resize_x,
+        "resize_y": req.hr_resize_y,
+    }
+
+
+async def generate(
+    request: Request,
+    route: str,
+    payload: dict[str, Any],
+    req: models.Txt2ImgRequest,
+    size: tuple[int, int],
+    image_job: ImageJob,
+) -> Response:
+    """Submit an A1111 call as a Darkroom generation (once per Idempotency-Key), wait for
+    it, answer as A1111 does."""
+    state, user = state_of(request), caller(request)
 
     async def run(keyed: Keyed | None) -> Response:
-        prepared = await _prepare(state, user, payload)
+        prepared = await _prepare(state, user, req, size)
+        job = await image_job()
         # What would differ between two answers for one generation is kept with it, so a
         # repeat under the same Idempotency-Key is answered alike.
         subseed = prepared.req.subseed
@@ -89,6 +155,7 @@ async def txt2img(request: Request) -> Response:
                 user,
                 {"a1111": kept},
                 bind=keyed.bind if keyed else None,
+                image_job=job,
             )
         )
         return await _answer(request, prepared, row)
@@ -96,18 +163,16 @@ async def txt2img(request: Request) -> Response:
     async def replay(row: dict[str, Any], first: tuple[int, Any] | None) -> Response:
         if row["status"] not in ("completed", "failed"):
             raise conflict(f"The call with {HEADER} {key_of(request)!r} is still rendering")
-        return await _answer(request, await _prepare(state, user, payload), row)
+        return await _answer(request, await _prepare(state, user, req, size), row)
 
     # Answers hold every image: rebuilt from the generation rather than stored.
-    return await idempotent(request, user, "sdapi/v1/txt2img", payload, run, replay, False)
+    return await idempotent(request, user, route, payload, run, replay, False)
 
 
-async def _prepare(state: AppState, user: User, payload: dict[str, Any]) -> Prepared:
-    req = models.parse(payload)
-    try:
-        canonical = resolve(req.sampler, req.scheduler)
-    except UnsupportedSampler as exc:
-        raise Invalid(("sampler_name", str(exc))) from None
+async def _prepare(
+    state: AppState, user: User, req: models.Txt2ImgRequest, size: tuple[int, int]
+) -> Prepared:
+    canonical = _sampler("sampler_name", req.sampler, req.scheduler)
     checkpoint = await chosen_checkpoint(
         state, user, req.override_settings.get("sd_model_checkpoint")
     )
@@ -121,8 +186,8 @@ async def _prepare(state: AppState, user: User, payload: dict[str, Any]) -> Prep
                 "steps": req.steps,
                 "sampler": canonical,
                 "seed": req.seed,
-                "width": req.width or NATIVE_SIZE,
-                "height": req.height or NATIVE_SIZE,
+                "width": size[0],
+                "height": size[1],
                 "negative_prompt": req.negative_prompt,
                 "model": checkpoint.setting(),
             },
@@ -161,7 +226,8 @@ async def _answer(request: Request, prepared: Prepared, row: dict[str, Any]) -> 
             return a1111_error(500, error.get("code", "Error"), error.get("message", ""))
     pngs = await run_in_threadpool(_read_images, state, row)
     req, n = prepared.req, prepared.req.num_images
-    kept = json.loads(row["request_json"]).get("a1111") or {}
+    stored = json.loads(row["request_json"])
+    kept = stored.get("a1111") or {}
     width, height = prepared.generation.settings.width, prepared.generation.settings.height
     subseed = kept.get("subseed", req.subseed)
     info = {
@@ -191,6 +257,7 @@ async def _answer(request: Request, prepared: Prepared, row: dict[str, Any]) -> 
         "denoising_strength": req.denoising_strength,
         "extra_generation_params": {
             "Schedule type": kept["schedule"],
+            **infotext.image_params(stored.get(image_jobs.KEY)),
             **infotext.extra_params([tuple(p) for p in kept["lora_hashes"]], kept["notes"]),
         },
         "index_of_first_image": 0,
@@ -203,6 +270,8 @@ async def _answer(request: Request, prepared: Prepared, row: dict[str, Any]) -> 
         "request_id": row["request_id"],
     }
     parameters = {**req.model_dump(mode="json"), "width": width, "height": height}
+    if not parameters.pop("include_init_images", True):  # A1111 leaves them out by default
+        parameters.update(init_images=None, mask=None)
     images = [data for data, _ in pngs] if req.send_images else []
     return JSONResponse({"images": images, "parameters": parameters, "info": json.dumps(info)})
 

@@ -1,0 +1,83 @@
+"""POST /sdapi/v1/img2img: AUTOMATIC1111 1.10's img2img and inpainting as a Darkroom
+generation (txt2img.generate: queue, limits, credits, history, infotext). The init image
+and mask are decoded off the event loop (server.api.image_input), kept in the vault once
+per content, and named in the stored request; the render process reads them from there."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server.api.a1111 import models
+from server.api.a1111.errors import Invalid, a1111_error, a1111_route, json_object
+from server.api.a1111.txt2img import generate
+from server.api.image_input import ImageInputError, InputImage, body_limit, read_base64
+from server.contract import ErrorCode
+from server.state import AppState, state_of
+
+MAX_SIZE = 2048  # the contract's largest width and height
+
+
+@a1111_route
+async def img2img(request: Request) -> Response:
+    state = state_of(request)
+    if state.draining:
+        return a1111_error(503, ErrorCode.SERVICE_UNAVAILABLE, "The server is shutting down")
+    data = await json_object(request, body_limit(state.settings, images=2))
+    req = models.parse(data, models.Img2ImgRequest)
+    assert isinstance(req, models.Img2ImgRequest)
+    try:
+        init = await read_base64("init_images.0", req.init_images[0], state.settings)
+        mask = await read_base64("mask", req.mask, state.settings) if req.mask else None
+    except ImageInputError as exc:
+        if exc.status == 422:
+            raise Invalid((exc.field, exc.message)) from None
+        return a1111_error(exc.status, ErrorCode.VALIDATION_ERROR, str(exc))
+    width, height = req.width, req.height
+    if not width or not height:
+        width, height = default_size(init)
+
+    async def job() -> dict[str, Any]:  # the inputs go to the vault only when admitting
+        return await run_in_threadpool(image_job, state, req, init, mask)
+
+    return await generate(request, "sdapi/v1/img2img", data, req, (width, height), job)
+
+
+def default_size(init: InputImage) -> tuple[int, int]:
+    """Without width and height: the init image's size, within the largest size the
+    server renders, in multiples of 8."""
+    w, h = init.size
+    scale = min(1.0, MAX_SIZE / max(w, h))
+    return max(8, int(w * scale) // 8 * 8), max(8, int(h * scale) // 8 * 8)
+
+
+def image_job(
+    state: AppState, req: models.Img2ImgRequest, init: InputImage, mask: InputImage | None
+) -> dict[str, Any]:
+    """Store the inputs in the vault and describe the job (pipelines.spec.ImageInput's
+    fields, vault names for the files; `inputs` for GET /generations/{id})."""
+    inputs = {}
+    for field, image in (("init_image", init), ("mask", mask)):
+        if image is not None:
+            name, digest = state.vault.save_input(image.png)
+            inputs[field] = {"name": name, "sha256": digest, "width": image.size[0],
+                             "height": image.size[1]}  # fmt: skip
+    blur = req.mask_blur if req.mask_blur is not None else req.mask_blur_x
+    strength = 0.75 if req.denoising_strength is None else req.denoising_strength
+    return {
+        "image": {
+            "init_image": inputs["init_image"]["name"],
+            "mask": inputs["mask"]["name"] if "mask" in inputs else None,
+            "denoising_strength": strength,
+            "resize_mode": req.resize_mode,
+            "mask_blur": blur,
+            "inpainting_fill": req.inpainting_fill,
+            "inpaint_full_res": req.inpaint_full_res,
+            "inpaint_full_res_padding": req.inpaint_full_res_padding,
+            "inpainting_mask_invert": bool(req.inpainting_mask_invert),
+        },
+        "inputs": inputs,
+    }

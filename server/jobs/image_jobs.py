@@ -1,0 +1,36 @@
+"""A stored generation's image-to-image part: what AUTOMATIC1111's img2img and hires fix
+asked for, kept beside the request under `image_job` (init image and mask as vault names),
+and the pipeline's ImageInput / HiresFix made from it."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from pipelines.spec import HiresFix, ImageInput
+from server.store.vault import Vault
+
+KEY = "image_job"
+_HIRES_FIELDS = tuple(f.name for f in fields(HiresFix))
+
+
+def image_parts(stored: dict[str, Any], vault: Vault | None = None) -> dict[str, Any]:
+    """build_spec's `image` and `hires` of a stored request ({} for a text-to-image);
+    with `vault`, the init image and mask as the files the render process reads."""
+    job = stored.get(KEY) or {}
+    parts: dict[str, Any] = {}
+    if job.get("image"):
+        image = dict(job["image"])
+        if vault is not None:
+            image["init_image"] = str(vault.path(image["init_image"]))
+            if image.get("mask"):
+                image["mask"] = str(vault.path(image["mask"]))
+        parts["image"] = ImageInput(**image)
+    if job.get("hires"):
+        parts["hires"] = HiresFix(**{k: job["hires"][k] for k in _HIRES_FIELDS})
+    return parts
+
+
+def inputs_of(stored: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The generation's input images: {"init_image": {name, sha256, width, height}, ...}."""
+    return (stored.get(KEY) or {}).get("inputs") or {}
