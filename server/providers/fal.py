@@ -16,6 +16,7 @@ from server.providers.base import (
     RemoteProvider,
     RemoteResult,
     UpstreamError,
+    redact_url,
     unusable_loras,
 )
 
@@ -52,11 +53,12 @@ class FalProvider(RemoteProvider):
             settings.remote_timeout,
             settings.remote_retries,
             settings.remote_retry_base,
-            headers={"Authorization": f"Key {settings.fal_key}"},
+            self.url,
+            {"Authorization": f"Key {settings.fal_key}"},
         )
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "url": self.url, "app": self.app}
+        return {**super().describe(), "url": redact_url(self.url), "app": self.app}
 
     def route(self, request: ImageGenerationRequest, loras: list[dict[str, Any]]) -> tuple:
         """(app, scheduler or None) for a request; ApiError if fal cannot render it."""
@@ -162,7 +164,7 @@ class FalProvider(RemoteProvider):
         job.queued(answer.get("queue_position"))
         return handle
 
-    def cancel(self, handle: dict[str, Any] | None) -> None:
+    def cancel(self, generation_id: int, handle: dict[str, Any] | None) -> None:
         if not handle or not handle.get("cancel_url"):
             return
         # 400 ALREADY_COMPLETED, or gone: nothing more to stop.

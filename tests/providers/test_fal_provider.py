@@ -150,14 +150,14 @@ def test_unconfigured_provider_names_the_configured_ones(
     assert error["details"]["available"] == ["auto", "fal"]
 
 
-def test_5xx_answers_are_retried_then_the_job_completes(
+def test_5xx_answers_to_status_polls_are_retried_then_the_job_completes(
     make_client: AppFactory, fal: FalDouble
 ) -> None:
     client = fal_client(make_client, fal)
-    fal.fail_next = [503, 502]
+    fal.fail_route, fal.fail_next = "status", [503, 502]
     submitted = generate(client, options={"provider": "fal"})
     assert wait_done(client, submitted["request_id"])["status"] == "completed"
-    assert len(fal.submits) == 1
+    assert len(fal.submits) == 1 and fal.fail_next == []
 
 
 def test_a_4xx_fails_the_job_with_the_upstream_detail_and_charges_nothing(
