@@ -41,3 +41,4 @@ def test_cancelling_a_queued_job_leaves_the_remote_render_alone(
         # the remote rendered the long job to its end and never saw the cancelled one
         history = httpx.get(f"{remote.base}/generations/history").json()["items"]
         assert [(item["prompt"], item["status"]) for item in history] == [("long", "completed")]
+        assert "/sdapi/v1/interrupt" not in (tmp_path / "remote.log").read_text()
