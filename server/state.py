@@ -168,7 +168,7 @@ def open_state(
     pool: DevicePool | None = None
     providers = Providers(store, vault, settings, metrics, lambda: local_in_service(pool))
     queue = (
-        cluster_queue(settings, store, models, catalog)
+        cluster_queue(settings, store, models, catalog, providers)
         if cluster
         else local_queue(settings, store, models, catalog, providers)
     )
@@ -242,10 +242,16 @@ def local_queue(
 
 
 def cluster_queue(
-    settings: Settings, store: Store, models: ModelCatalog, catalog: LoraCatalog
+    settings: Settings,
+    store: Store,
+    models: ModelCatalog,
+    catalog: LoraCatalog,
+    providers: Providers,
 ) -> JobQueue:
     """PostgreSQL: the shared queue. Only this node's own jobs (it restarted) and jobs whose
-    lease expired go back to the queue; other nodes' running jobs are left alone."""
+    lease expired go back to the queue; other nodes' running jobs are left alone. Remote
+    jobs no node watches (this node's before it restarted, too) are watched again by the
+    first node with their provider to see them, resumed by their stored handle."""
     from server.jobs.cluster import ClusterQueue
     from server.store.cluster import ClusterStore
 
@@ -256,13 +262,16 @@ def cluster_queue(
     if returned:
         log.info("returned %d job(s) to the shared queue (ours, or leases expired)", returned)
     log.info("node %s on the shared queue (leases of %gs)", settings.node, settings.lease_seconds)
-    return ClusterQueue(
+    queue = ClusterQueue(
         shared,
         partial(describe_stored, models, catalog),
         settings.max_attempts,
         gave_up,
         devices=lambda: [settings.device or "auto"],
     )
+    providers.cluster = shared
+    queue.remote = providers
+    return queue
 
 
 def webhook_status(state: AppState) -> RenderStatus:

@@ -2,6 +2,12 @@
 
 Counts of finished jobs and images are read from the database, so they survive restarts;
 durations are observed by the workers as jobs finish (server/metrics.py).
+
+Several nodes on one database: every sample carries `node="..."`. What is read from the
+shared database (CLUSTER_SCOPED: jobs by status, images, queue depth, per-provider jobs)
+is the cluster's, so only one node reports it, the live node with the smallest id, with
+`scope="cluster"` added; the others leave those series out. Summing any metric over every
+node's /metrics so gives the true total.
 """
 
 from __future__ import annotations
@@ -16,8 +22,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.api.auth import api_token, unauthorized
+from server.providers.metrics import CLUSTER_SCOPED as PROVIDER_CLUSTER_SCOPED
 from server.providers.metrics import provider_metrics
 from server.state import AppState, state_of
+
+CLUSTER_SCOPED = frozenset(
+    {"darkroom_queue_depth", "darkroom_jobs", "darkroom_images_generated"}
+) | PROVIDER_CLUSTER_SCOPED
 
 
 class StateCollector:
@@ -102,23 +113,39 @@ def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily
 class NodeLabelled:
     """The registry as a node of a cluster reports it: every sample also carries
     `node="..."`, so one Prometheus scraping several nodes (or a dashboard summing them)
-    tells them apart. A sample that already names its node keeps its own."""
+    tells them apart. A sample that already names its node keeps its own. The cluster's
+    series (CLUSTER_SCOPED) are left out unless `reporter`, and then carry
+    `scope="cluster"`."""
 
-    def __init__(self, registry: Any, node: str) -> None:
+    def __init__(self, registry: Any, node: str, reporter: bool) -> None:
         self.registry = registry
         self.node = node
+        self.reporter = reporter
 
     def collect(self) -> Iterator[Metric]:
         for metric in self.registry.collect():
+            shared = metric.name in CLUSTER_SCOPED
+            if shared and not self.reporter:
+                continue
             family = Metric(metric.name, metric.documentation, metric.type, metric.unit)
             for sample in metric.samples:
                 labels = sample.labels if "node" in sample.labels else {
                     **sample.labels, "node": self.node
                 }
+                if shared:
+                    labels = {**labels, "scope": "cluster"}
                 family.add_sample(
                     sample.name, labels, sample.value, sample.timestamp, sample.exemplar
                 )
             yield family
+
+
+def reports_cluster(node: str, nodes: list[dict[str, Any]], state: AppState) -> bool:
+    """Whether this node reports the cluster's series: it is the live node (heartbeat
+    within a lease) with the smallest id. While a node dies or joins, a scrape or two may
+    see the cluster's series twice or not at all."""
+    live = [n["id"] for n in nodes if n["seconds_since_heartbeat"] <= state.settings.lease_seconds]
+    return min([*live, node]) == node
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -132,6 +159,8 @@ async def metrics_endpoint(request: Request) -> Response:
                 "invalid_token" if given else None,
             )
     registry: Any = state.metrics.registry
-    if getattr(state.queue, "nodes", None) is not None:  # several nodes share one database
-        registry = NodeLabelled(registry, state.settings.node)
+    nodes = getattr(state.queue, "nodes", None)
+    if nodes is not None:  # several nodes share one database
+        node = state.settings.node
+        registry = NodeLabelled(registry, node, reports_cluster(node, nodes(), state))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -8,6 +8,11 @@ with a slow poll as a safety net. A keeper thread renews this node's leases and 
 heartbeat, stops a running job that was cancelled on another node (or whose lease was
 lost), and returns jobs whose lease expired (their node died) to the queue. Cancels also
 arrive by NOTIFY, so the rendering node stops at its next step.
+
+Remote providers' jobs are not claimed by workers: the node that admits one watches it
+(`RemoteWatch`, the providers' runner) under the same lease, renewed by the same keeper;
+when that node dies or stops, any node with the provider configured takes the job over
+and resumes watching it by its stored handle.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Container, Hashable
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -30,6 +35,18 @@ log = logging.getLogger("darkroom.cluster")
 POLL_SECONDS = 2.0  # the safety net under NOTIFY
 SNAPSHOT_SECONDS = 0.5  # how stale queue positions and estimates may be
 Describe = Callable[[dict[str, Any]], tuple[Hashable, str | None]]
+
+
+class RemoteWatch(Protocol):
+    """The remote jobs this node watches (server/providers/router.py's Providers)."""
+
+    def watching(self) -> list[int]: ...
+
+    def stop(self, generation_id: int, reason: str) -> None: ...
+
+    def adopt(self) -> int:
+        """Watch the remote jobs no node watches; how many were taken."""
+        ...
 
 
 class ClusterQueue(JobQueue):
@@ -55,6 +72,7 @@ class ClusterQueue(JobQueue):
         self._snapshot: tuple[float, list[dict[str, Any]], list[dict[str, Any]]] | None = None
         self._stop_threads = threading.Event()
         self._listen_conn: psycopg.Connection[Any] | None = None
+        self.remote: RemoteWatch | None = None  # set by state.py when providers exist
         self._threads = [
             threading.Thread(target=self._listen, name="darkroom-listen", daemon=True),
             threading.Thread(target=self._keep, name="darkroom-leases", daemon=True),
@@ -62,6 +80,7 @@ class ClusterQueue(JobQueue):
 
     def start(self) -> None:
         self._heartbeat()
+        self._adopt()
         for thread in self._threads:
             thread.start()
 
@@ -225,9 +244,12 @@ class ClusterQueue(JobQueue):
 
     def _heard(self, payload: str) -> None:
         if payload.startswith("cancel:"):
-            job = self.progress_of(int(payload.partition(":")[2]))
+            generation_id = int(payload.partition(":")[2])
+            job = self.progress_of(generation_id)
             if job is not None:
                 job.request_stop("cancelled")
+            elif self.remote is not None:
+                self.remote.stop(generation_id, "cancelled")
         self._wake()
 
     def _keep(self) -> None:
@@ -235,21 +257,31 @@ class ClusterQueue(JobQueue):
         while not self._stop_threads.wait(every):
             try:
                 self._heartbeat()
+                watched = self.remote.watching() if self.remote is not None else []
                 for generation_id, reason in self.cluster.renew(
-                    [job.generation_id for job in self.running]
+                    [*(job.generation_id for job in self.running), *watched]
                 ).items():
+                    log.warning("job %d: stopping here (%s)", generation_id, reason)
                     job = self.progress_of(generation_id)
                     if job is not None:
-                        log.warning("job %d: stopping here (%s)", generation_id, reason)
                         job.request_stop(reason)
+                    elif self.remote is not None:
+                        self.remote.stop(generation_id, reason)
                 if self.cluster.has_expired():
                     returned = self.cluster.reclaim(self.max_attempts, self.gave_up)
                     if returned:
                         log.warning("%d job(s) of a node that stopped answering requeued",
                                     returned)
                         self.cluster.notify("job")
+                self._adopt()
             except psycopg.Error:
                 log.warning("could not renew leases", exc_info=True)
+
+    def _adopt(self) -> None:
+        if self.remote is not None:
+            taken = self.remote.adopt()
+            if taken:
+                log.info("watching %d remote job(s) no node watched", taken)
 
     def _heartbeat(self) -> None:
         self.cluster.heartbeat(socket.gethostname(), self.devices(), self.started_at)

@@ -3,9 +3,11 @@ client that retries what is worth retrying, and the health it reports."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -18,9 +20,57 @@ from PIL import Image
 from server.contract import ApiError, ErrorCode, ImageGenerationRequest, error_object
 from server.progress import Progress
 
-# Worth another try: the request was not taken (rate limit, gateway, overload).
+# Worth another try of a read (a status poll, a download): the request was not answered.
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 MAX_BACKOFF_SECONDS = 10.0
+# A submit (paid work) is tried again only where the remote surely did not take it: the
+# connection was never made (refused, connect timeout, no pooled connection), or the
+# remote said so (429, 503 with Retry-After). Anything else after the request left (a
+# read timeout, 502/503/504 from a gateway, a reset or a response cut short) may have
+# started a render there: the job fails as `submit_uncertain` instead of paying twice.
+NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def submit_retryable(response: httpx.Response) -> bool:
+    """Whether a submit's answer says the remote did not take the request."""
+    if response.status_code == 429:
+        return True
+    return response.status_code == 503 and "retry-after" in response.headers
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for /health and logs: no user-info, no query or fragment (tokens)."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "(invalid URL)"
+    return str(parsed.copy_with(username=None, password=None, query=None, fragment=None))
+
+
+def same_origin(url: httpx.URL, origin: httpx.URL) -> bool:
+    ports = {"http": 80, "https": 443}
+    return (url.scheme, url.host, url.port or ports.get(url.scheme)) == (
+        origin.scheme, origin.host, origin.port or ports.get(origin.scheme),
+    )  # fmt: skip
+
+
+class OriginAuth(httpx.Auth):
+    """Credentials sent to the provider's own origin only: a result or image URL it hands
+    out on another host (a CDN, a bucket) is fetched without them."""
+
+    def __init__(self, origin: str, headers: dict[str, str]) -> None:
+        self.origin = httpx.URL(origin)
+        self.headers = headers
+
+    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+        if same_origin(request.url, self.origin):
+            request.headers.update(self.headers)
+        yield request
+
+
+def basic_auth(credentials: str) -> dict[str, str]:
+    """`user:password` as an HTTP Basic Authorization header."""
+    return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
 
 
 class Stopped(Exception):
@@ -67,6 +117,14 @@ class UpstreamError(Exception):
     @property
     def unreachable(self) -> bool:
         return self.reason == "unreachable" or (self.status or 0) >= 500
+
+    def summary(self) -> str:
+        """For /health: status code and a short reason of our own words, never the
+        upstream's body or a URL (its query may hold a token)."""
+        reason = re.sub(r"[^A-Za-z0-9_.-]", "", self.reason)[:40] or "upstream_error"
+        if self.status is None:
+            return self.message if self.reason == "unreachable" else f"{self.provider}: {reason}"
+        return f"{self.provider} answered HTTP {self.status} ({reason})"
 
 
 @dataclass
@@ -141,7 +199,7 @@ class Health:
         with self.lock:
             if exc.unreachable:
                 self.reachable = False
-            self.last_error, self.last_error_at = exc.message, time.time()
+            self.last_error, self.last_error_at = exc.summary(), time.time()
 
     def view(self) -> dict[str, Any]:
         return {
@@ -155,8 +213,10 @@ class Health:
 class Http:
     """httpx with bounded retries: 408/429/502/503/504 and network errors, backoff doubling
     from `base` seconds (with jitter, honouring Retry-After up to the cap). A request that
-    is not idempotent is retried after a network error only when it surely never left
-    (the connection failed). Any other 4xx or 5xx raises UpstreamError at once."""
+    is not idempotent (a submit) is retried only where the remote surely did not take it
+    (NEVER_SENT, `submit_retryable`); any other failure after it left raises UpstreamError
+    with reason `submit_uncertain` at once. Any other 4xx or 5xx raises UpstreamError at
+    once. `auth` goes to the provider's own origin only (OriginAuth)."""
 
     def __init__(
         self,
@@ -165,14 +225,17 @@ class Http:
         timeout: float,
         retries: int,
         base: float,
-        headers: dict[str, str] | None = None,
-        auth: httpx.Auth | None = None,
+        origin: str,
+        credentials: dict[str, str] | None = None,
     ) -> None:
+        """`credentials`: headers sent with every request to `origin` (the provider's
+        configured URL), and to no other host."""
         self.provider = provider
         self.health = health
         self.retries = retries
         self.base = base
-        self.client = httpx.Client(timeout=timeout, headers=headers or {}, auth=auth)
+        auth = OriginAuth(origin, credentials) if credentials else None
+        self.client = httpx.Client(timeout=timeout, auth=auth)
 
     def request(
         self,
@@ -200,13 +263,15 @@ class Http:
                     detail=str(exc) or type(exc).__name__,
                     reason="unreachable",
                 )
-                if idempotent or isinstance(exc, httpx.ConnectError):
+                if idempotent or isinstance(exc, NEVER_SENT):
                     continue
-                raise last from exc
+                raise uncertain(last, f"{type(exc).__name__} after the {what} was sent") from exc
             if response.status_code in RETRY_STATUSES:
                 last = self._error(response, what)
                 last.retry_after = response.headers.get("retry-after")  # type: ignore[attr-defined]
-                continue
+                if idempotent or submit_retryable(response):
+                    continue
+                raise uncertain(last, f"HTTP {response.status_code} to the {what}")
             if response.status_code >= 400:
                 raise self._error(response, what)
             return response
@@ -254,6 +319,16 @@ class Http:
         self.client.close()
 
 
+def uncertain(exc: UpstreamError, how: str) -> UpstreamError:
+    """A submit that may have reached the remote: not tried again (it could pay twice)."""
+    exc.reason = "submit_uncertain"
+    exc.message = (
+        f"{exc.provider} may or may not have taken the request ({how}); it was not sent"
+        " again, so as not to render and charge twice"
+    )
+    return exc
+
+
 class RemoteProvider:
     """A remote place to render. Subclasses: fal.FalProvider, rundiffusion.RunDiffusion."""
 
@@ -275,8 +350,9 @@ class RemoteProvider:
     def run(self, job: RemoteJob) -> RemoteResult:
         raise NotImplementedError
 
-    def cancel(self, handle: dict[str, Any] | None) -> None:
-        """Pass a cancel on to the remote (best effort)."""
+    def cancel(self, generation_id: int, handle: dict[str, Any] | None) -> None:
+        """Pass a cancel (or timeout) of this job on to the remote (best effort), touching
+        nothing else that renders there."""
 
     def close(self) -> None:
         pass

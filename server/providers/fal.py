@@ -17,6 +17,7 @@ from server.providers.base import (
     RemoteProvider,
     RemoteResult,
     UpstreamError,
+    redact_url,
     unusable_loras,
 )
 
@@ -53,11 +54,12 @@ class FalProvider(RemoteProvider):
             settings.remote_timeout,
             settings.remote_retries,
             settings.remote_retry_base,
-            headers={"Authorization": f"Key {settings.fal_key}"},
+            self.url,
+            {"Authorization": f"Key {settings.fal_key}"},
         )
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "url": self.url, "app": self.app}
+        return {**super().describe(), "url": redact_url(self.url), "app": self.app}
 
     def route(self, request: ImageGenerationRequest, loras: list[dict[str, Any]]) -> tuple:
         """(app, scheduler or None) for a request; ApiError if fal cannot render it."""
@@ -177,7 +179,7 @@ class FalProvider(RemoteProvider):
                 detail={"url": url[:300]}, reason="refused_url",
             )
 
-    def cancel(self, handle: dict[str, Any] | None) -> None:
+    def cancel(self, generation_id: int, handle: dict[str, Any] | None) -> None:
         if not handle or not handle.get("cancel_url"):
             return
         # 400 ALREADY_COMPLETED, or gone: nothing more to stop.

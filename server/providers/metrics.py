@@ -14,6 +14,13 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 
+from server.contract import ErrorCode
+
+# Read from the database: on several nodes, reported by one node for the whole cluster.
+CLUSTER_SCOPED = frozenset(
+    {"darkroom_provider_jobs", "darkroom_provider_failures", "darkroom_provider_latency_seconds"}
+)
+
 
 def provider_metrics(state: Any) -> Iterator[Metric]:
     providers = state.providers
@@ -23,7 +30,9 @@ def provider_metrics(state: Any) -> Iterator[Metric]:
         labels=["provider", "status", "code"],
     )
     failures = CounterMetricFamily(
-        "darkroom_provider_failures", "Failed generations by provider", labels=["provider"]
+        "darkroom_provider_failures",
+        "Failed generations by provider (a user's cancellation is not a failure)",
+        labels=["provider"],
     )
     latency = SummaryMetricFamily(
         "darkroom_provider_latency_seconds",
@@ -34,6 +43,8 @@ def provider_metrics(state: Any) -> Iterator[Metric]:
     for row in state.store.provider_counts():
         jobs.add_metric([row["provider"], row["status"], row["code"]], row["n"])
         if row["status"] == "failed":
+            if row["code"] == ErrorCode.CANCELLED:
+                continue
             failed[row["provider"]] = failed.get(row["provider"], 0) + int(row["n"])
         else:
             latency.add_metric([row["provider"]], row["n"], float(row["seconds"] or 0.0))

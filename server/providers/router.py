@@ -20,6 +20,7 @@ from server.providers.fal import FalProvider
 from server.providers.rundiffusion import RunDiffusion
 from server.providers.runner import RemoteRunner
 from server.store import Store
+from server.store.cluster import ClusterStore
 from server.store.vault import Vault
 
 log = logging.getLogger("darkroom.providers")
@@ -58,6 +59,8 @@ class Providers:
         if unknown:
             raise ValueError(f"--overflow-to: unknown provider(s) {', '.join(unknown)}")
         self.overflow_to = [name for name in order if name in self.remotes]
+        # Several nodes on PostgreSQL: a remote job is watched by the node that leases it.
+        self.cluster: ClusterStore | None = None
         if self.remotes:
             log.info("remote providers: %s", ", ".join(self.remotes))
 
@@ -153,11 +156,30 @@ class Providers:
                 },
             )
             return True
+        if self.cluster is not None and not self.cluster.watch_remote([provider], [row["id"]]):
+            return True  # another node watches it already
         self.runner.dispatch(row["id"], provider, row["work_units"])
         return True
 
     def cancel(self, generation_id: int) -> bool:
         return self.runner.cancel(generation_id)
+
+    # -- several nodes (server/jobs/cluster.py's RemoteWatch) ----------------------------------
+
+    def watching(self) -> list[int]:
+        return list(self.runner.jobs)
+
+    def stop(self, generation_id: int, reason: str) -> None:
+        """A cancel on another node ('cancelled'), or another node took the job ('lost')."""
+        self.runner.stop(generation_id, reason)
+
+    def adopt(self) -> int:
+        if self.cluster is None:
+            return 0
+        rows = self.cluster.watch_remote(list(self.remotes))
+        for row in rows:
+            self.runner.dispatch(row["id"], row["provider"], row["work_units"])
+        return len(rows)
 
     def progress_of(self, generation_id: int) -> RemoteProgress | None:
         return self.runner.jobs.get(generation_id)

@@ -1,8 +1,10 @@
 """rundiffusion: any server speaking AUTOMATIC1111's API (/work/shared/notes/automatic1111-api.md)
 - a RunDiffusion session, Forge, SD.Next, another Darkroom. One blocking `txt2img` call
-per job (in a thread), `/sdapi/v1/progress` polled meanwhile, `/sdapi/v1/interrupt` to
-cancel. AUTOMATIC1111 has no request ids: a job cut short by a restart is submitted again
-(same seed and settings, so the same images), counted as a try."""
+per job (in a thread), `/sdapi/v1/progress` polled meanwhile. AUTOMATIC1111 has no
+request ids and one global `/sdapi/v1/interrupt`: a cancel interrupts only while this very
+job's call is in flight and the remote says it renders; a job not sent yet is just never
+sent. A job cut short by a restart is submitted again (same seed and settings, so the same
+images), counted as a try."""
 
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from server.providers.base import (
     RemoteProvider,
     RemoteResult,
     UpstreamError,
+    basic_auth,
+    redact_url,
     unusable_loras,
 )
 
@@ -60,9 +64,11 @@ class RunDiffusion(RemoteProvider):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__()
-        self.url = settings.rundiffusion_url.rstrip("/")
-        user, _, password = settings.rundiffusion_auth.partition(":")
-        auth = httpx.BasicAuth(user, password) if settings.rundiffusion_auth else None
+        url = httpx.URL(settings.rundiffusion_url.rstrip("/"))
+        # Credentials in the URL's user-info are used as the Basic ones, never shown.
+        userinfo = url.userinfo.decode()
+        credentials = settings.rundiffusion_auth or (userinfo if ":" in userinfo else "")
+        self.url = str(url.copy_with(username=None, password=None))
         self.job_timeout = settings.job_timeout if settings.job_timeout > 0 else 24 * 3600.0
         self.http = Http(
             self.name,
@@ -70,13 +76,15 @@ class RunDiffusion(RemoteProvider):
             settings.remote_timeout,
             settings.remote_retries,
             settings.remote_retry_base,
-            auth=auth,
+            self.url,
+            basic_auth(credentials) if credentials else None,
         )
         self._loras: tuple[float, set[str]] | None = None
         self._lock = threading.Lock()
+        self._in_flight: set[int] = set()  # jobs whose txt2img call has been sent
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "url": self.url}
+        return {**super().describe(), "url": redact_url(self.url)}
 
     def remote_loras(self, fresh: bool = False) -> set[str]:
         """The names (and aliases) the remote lists at /sdapi/v1/loras, kept 30 s."""
@@ -160,8 +168,14 @@ class RunDiffusion(RemoteProvider):
                 )
             except Exception as exc:  # handed to the job's thread
                 outcome["error"] = exc
+            finally:
+                with self._lock:
+                    self._in_flight.discard(job.generation_id)
 
         job.processing()
+        job.check()  # cancelled meanwhile: never sent
+        with self._lock:
+            self._in_flight.add(job.generation_id)
         caller = threading.Thread(target=call, name="darkroom-rundiffusion", daemon=True)
         caller.start()
         while caller.is_alive():
@@ -206,9 +220,24 @@ class RunDiffusion(RemoteProvider):
         model = info.get("sd_model_name") or self.name
         return RemoteResult(images, seeds, model, info.get("sd_model_hash"))
 
-    def cancel(self, handle: dict[str, Any] | None) -> None:
+    def cancel(self, generation_id: int, handle: dict[str, Any] | None) -> None:
+        """Interrupt the remote only while this job's own call is in flight and the remote
+        reports a render: /interrupt stops whatever it renders, and a job still queued
+        here (or a call of someone else's) must not be hit."""
+        with self._lock:
+            sent = generation_id in self._in_flight
+        if not sent or not self._rendering():
+            return
         with contextlib.suppress(UpstreamError):
             self.http.request("POST", f"{self.url}/sdapi/v1/interrupt", what="interrupt")
+
+    def _rendering(self) -> bool:
+        try:
+            answer = self.http.client.get(f"{self.url}/sdapi/v1/progress").json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        state = answer.get("state") or {}
+        return bool(state.get("job_count") or state.get("sampling_step") or answer.get("progress"))
 
     def close(self) -> None:
         self.http.close()

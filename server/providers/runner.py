@@ -79,10 +79,13 @@ class RemoteRunner:
         thread.start()
 
     def cancel(self, generation_id: int) -> bool:
+        return self.stop(generation_id, "cancelled")
+
+    def stop(self, generation_id: int, reason: str) -> bool:
         job = self.jobs.get(generation_id)
         if job is None:
             return False
-        job.request_stop("cancelled")
+        job.request_stop(reason)
         return True
 
     def active(self, provider: str) -> int:
@@ -176,11 +179,11 @@ class RemoteRunner:
 
     def _stopped(self, provider: RemoteProvider, job: RemoteJob, reason: str) -> None:
         log.info("remote job %d on %s: stopped (%s)", job.generation_id, provider.name, reason)
-        if reason == "shutdown":
-            return  # stays active: the next start resumes (or resubmits) it
-        handle = self.store.generation_by_id(job.generation_id)
-        stored = json.loads(handle["remote_json"]) if handle and handle["remote_json"] else None
-        provider.cancel(stored)
+        if reason in ("shutdown", "lost"):
+            return  # stays active: the next start (or the node that took it) resumes it
+        row = self.store.generation_by_id(job.generation_id)
+        stored = json.loads(row["remote_json"]) if row and row["remote_json"] else None
+        provider.cancel(job.generation_id, stored)
         if reason == "timeout":
             self.store.fail(job.generation_id, timeout_error(self.settings.job_timeout))
 

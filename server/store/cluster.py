@@ -28,6 +28,8 @@ CHANNEL = "darkroom"
 UNCLAIMED = (
     "status = 'pending' AND node_id IS NULL AND (provider IS NULL OR provider = 'darkroom')"
 )
+# A remote provider's job: its node only watches it, so any node with that provider can.
+REMOTE = "provider IS NOT NULL AND provider <> 'darkroom'"
 FAIR = (
     "SELECT g.id, g.user_id, g.work_units, g.request_json FROM generations g"
     " JOIN (SELECT id, row_number() OVER (PARTITION BY user_id ORDER BY id) AS lane"
@@ -75,14 +77,16 @@ class ClusterStore:
             )
 
     def unclaim(self, ids: Sequence[int] | None = None) -> int:
-        """Hand back claimed jobs not started yet (all of this node's when `ids` is None)."""
+        """Hand back claimed jobs not started yet (all of this node's when `ids` is None,
+        with the remote jobs it watched: another node resumes watching them at once)."""
         with self.engine.unlocked() as db:
             sql = (
                 "UPDATE generations SET node_id = NULL, lease_until = NULL"
                 " WHERE node_id = ? AND status = 'pending'"
             )
             if ids is None:
-                return int(db.execute(sql, (self.node_id,)).rowcount)
+                watched = f" OR (node_id = ? AND status = 'processing' AND {REMOTE})"
+                return int(db.execute(sql + watched, (self.node_id, self.node_id)).rowcount)
             return sum(
                 int(db.execute(sql + " AND id = ?", (self.node_id, i)).rowcount) for i in ids
             )
@@ -124,11 +128,18 @@ class ClusterStore:
         mine = " OR node_id = ?" if own else ""
         with self.store.transaction() as db:
             rows = db.execute(
-                "SELECT id, status, attempts FROM generations WHERE node_id IS NOT NULL"
-                f" AND status IN ('pending', 'processing') AND (lease_until < {NOW}{mine})",
+                f"SELECT id, status, attempts, {REMOTE} AS remote FROM generations"
+                " WHERE node_id IS NOT NULL AND status IN ('pending', 'processing')"
+                f" AND (lease_until < {NOW}{mine})",
                 (self.node_id,) if own else (),
             ).fetchall()
-            for generation_id, status, attempts in rows:
+            for generation_id, status, attempts, remote in rows:
+                if remote:  # unwatched: the next watcher resumes it by its stored handle
+                    db.execute(
+                        "UPDATE generations SET node_id = NULL, lease_until = NULL WHERE id = ?",
+                        (generation_id,),
+                    )
+                    continue
                 if status == "processing" and attempts >= max_attempts:
                     self.store._finish_failed(db, generation_id, gave_up)
                     continue
@@ -138,6 +149,25 @@ class ClusterStore:
                     (generation_id,),
                 )
         return len(rows)
+
+    def watch_remote(
+        self, providers: Sequence[str], ids: Sequence[int] | None = None
+    ) -> list[dict[str, Any]]:
+        """Lease to this node the active remote jobs of `providers` that no node watches
+        (just admitted here, handed back, or their node died), all or only `ids`."""
+        if not providers or (ids is not None and not ids):
+            return []
+        names = ",".join("?" * len(providers))
+        only = f" AND id IN ({','.join('?' * len(ids))})" if ids is not None else ""
+        with self.engine.unlocked() as db:
+            rows = db.execute(
+                f"UPDATE generations SET node_id = ?, lease_until = {NOW} + ? WHERE id IN ("
+                " SELECT id FROM generations WHERE status IN ('pending', 'processing')"
+                f" AND node_id IS NULL AND provider IN ({names}){only}"
+                " ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING id, provider, work_units",
+                (self.node_id, self.lease, *providers, *(ids or ())),
+            ).fetchall()
+        return [dict(row) for row in rows]
 
     def notify(self, payload: str) -> None:
         with self.engine.reading() as db:

@@ -67,6 +67,15 @@ def open_engine(target: str | Path) -> Engine:
 
 
 class Database:
+    # On PostgreSQL with several nodes, the node this process is: a job it did not claim
+    # (or whose lease it lost) is neither started, completed nor released by it.
+    node_id: str | None = None
+
+    def _owned(self) -> tuple[str, tuple[Any, ...]]:
+        if self.node_id is None:
+            return "", ()
+        return " AND node_id = ?", (self.node_id,)
+
     def __init__(self, target: str | Path) -> None:
         self.engine = open_engine(target)
         self.dialect = self.engine.dialect

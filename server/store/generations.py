@@ -72,15 +72,6 @@ class HistoryFilters:
 
 
 class GenerationQueries(Database):
-    # On PostgreSQL with several nodes, the node this process is: a job it did not claim
-    # (or whose lease it lost) is neither started, completed nor released by it.
-    node_id: str | None = None
-
-    def _owned(self) -> tuple[str, tuple[Any, ...]]:
-        if self.node_id is None:
-            return "", ()
-        return " AND node_id = ?", (self.node_id,)
-
     def insert_generation(
         self,
         request_id: str,

@@ -13,21 +13,24 @@ from server.store.database import Database
 class RemoteQueries(Database):
     def remote_attempt(self, generation_id: int, handle: dict[str, Any], max_attempts: int) -> bool:
         """About to submit to a remote: count the try and record that a submit is under
-        way; False (nothing changed) if the job is finished or out of tries."""
+        way; False (nothing changed) if the job is finished, out of tries, or (several
+        nodes) watched by another node now."""
+        owned, args = self._owned()
         with self.transaction() as db:
             cursor = db.execute(
                 "UPDATE generations SET attempts = attempts + 1, remote_json = ?"
-                " WHERE id = ? AND status IN ('pending', 'processing') AND attempts < ?",
-                (json.dumps(handle), generation_id, max_attempts),
+                f" WHERE id = ? AND status IN ('pending', 'processing') AND attempts < ?{owned}",
+                (json.dumps(handle), generation_id, max_attempts, *args),
             )
             return cursor.rowcount == 1
 
     def save_remote(self, generation_id: int, handle: dict[str, Any]) -> None:
         """The remote accepted the job: its request id and URLs, kept for a restart."""
+        owned, args = self._owned()
         with self.transaction() as db:
             db.execute(
-                "UPDATE generations SET remote_json = ? WHERE id = ?",
-                (json.dumps(handle), generation_id),
+                f"UPDATE generations SET remote_json = ? WHERE id = ?{owned}",
+                (json.dumps(handle), generation_id, *args),
             )
 
     def mark_remote_processing(self, generation_id: int) -> bool:

@@ -14,11 +14,17 @@ depends on the seed, and its knobs script the failure modes Darkroom must surviv
 - `PUT /{owner}/{app}/requests/{id}/cancel`: 202 CANCELLATION_REQUESTED (recorded), 400
   ALREADY_COMPLETED.
 - `GET /files/{id}/{n}.png`: the images (`image_status` answers otherwise).
-- `fail_next`: statuses the next requests get first (503, 502, ...), one each.
+- `fail_next`: statuses the next requests get first (503, 502, ...), one each, with
+  `fail_headers` (e.g. Retry-After); only requests to `fail_route` ("submit", "status",
+  "result") when it is set. Every submit that reached the double is in `attempts`.
+- `submit_delay`: seconds a submit is held (after it was taken) before it is answered.
+- `image_base`: where the result's image URLs point (another host: they must be fetched
+  without the key).
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 import time
@@ -50,6 +56,11 @@ class FalDouble:
         self.cancels: list[str] = []
         self.jobs: dict[str, dict[str, Any]] = {}
         self.fail_next: list[int] = []
+        self.fail_headers: dict[str, str] = {}
+        self.fail_route: str | None = None
+        self.attempts = 0
+        self.submit_delay = 0.0
+        self.image_base: str | None = None
         self.reject_422 = False
         self.queue_polls = 1
         self.release = threading.Event()
@@ -86,21 +97,24 @@ class FalDouble:
         self.server.should_exit = True
         self.thread.join(10)
 
-    def _scripted(self, request: Request) -> Response | None:
+    def _scripted(self, request: Request, route: str) -> Response | None:
         if request.headers.get("authorization") != f"Key {self.key}":
             return JSONResponse({"detail": "Unauthorized"}, 401)
         with self.lock:
-            if self.fail_next:
+            if self.fail_next and self.fail_route in (None, route):
                 code = self.fail_next.pop(0)
                 return JSONResponse(
                     {"detail": "upstream trouble", "error_type": "runner_scheduling_failure"},
                     code,
-                    headers={"X-Fal-Error-Type": "runner_scheduling_failure"},
-                )
+                    headers={"X-Fal-Error-Type": "runner_scheduling_failure",
+                             **self.fail_headers},
+                )  # fmt: skip
         return None
 
     async def submit(self, request: Request) -> Response:
-        scripted = self._scripted(request)
+        with self.lock:
+            self.attempts += 1
+        scripted = self._scripted(request, "submit")
         if scripted is not None:
             return scripted
         body = await request.json()
@@ -115,6 +129,8 @@ class FalDouble:
         with self.lock:
             self.submits.append({"app": app, "body": body, "request_id": rid})
             self.jobs[rid] = {"app": app, "body": body, "polls": 0, "cancelled": False}
+        if self.submit_delay:
+            await asyncio.sleep(self.submit_delay)
         return JSONResponse(
             {
                 "status": "IN_QUEUE",
@@ -127,7 +143,7 @@ class FalDouble:
         )
 
     async def status(self, request: Request) -> Response:
-        scripted = self._scripted(request)
+        scripted = self._scripted(request, "status")
         if scripted is not None:
             return scripted
         job = self.jobs.get(request.path_params["rid"])
@@ -144,7 +160,7 @@ class FalDouble:
         return JSONResponse(answer, 200)
 
     async def result(self, request: Request) -> Response:
-        scripted = self._scripted(request)
+        scripted = self._scripted(request, "result")
         if scripted is not None:
             return scripted
         rid = request.path_params["rid"]

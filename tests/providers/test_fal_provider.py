@@ -5,48 +5,19 @@ from __future__ import annotations
 
 import io
 import json
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fal_double import KEY, FalDouble, colour
 from PIL import Image
-from starlette.testclient import TestClient
+from remote_fixtures import FAST, alice, credits, fal, fal_client, wait_for
 
-from conftest import AppFactory, bearer, generate, wait_done
+from conftest import AppFactory, generate, wait_done
 from fakes import NeverLoads, Stalls
 from processes import free_port
 
-FAST = {"remote_poll": 0.05, "remote_retry_base": 0.01, "remote_retries": 3, "remote_timeout": 5}
-
-
-@pytest.fixture
-def fal() -> Iterator[FalDouble]:
-    with FalDouble() as double:
-        yield double
-
-
-def fal_client(make_client: AppFactory, fal: FalDouble, **overrides: Any) -> TestClient:
-    return make_client(fal_key=KEY, fal_url=fal.url, **{**FAST, **overrides})
-
-
-def alice(client: TestClient, credits: float = 10.0) -> dict[str, str]:
-    _, token = client.app.state.darkroom.accounts.add_user("alice", credits)  # type: ignore[attr-defined]
-    return bearer(token)
-
-
-def credits(client: TestClient, headers: dict[str, str]) -> dict[str, Any]:
-    return client.get("/account", headers=headers).json()["credits"]
-
-
-def wait_for(check: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
+__all__ = ["fal"]  # the fixture
 
 def test_fal_renders_copies_into_the_vault_and_charges_once(
     make_client: AppFactory, fal: FalDouble
@@ -150,14 +121,14 @@ def test_unconfigured_provider_names_the_configured_ones(
     assert error["details"]["available"] == ["auto", "fal"]
 
 
-def test_5xx_answers_are_retried_then_the_job_completes(
+def test_5xx_answers_to_status_polls_are_retried_then_the_job_completes(
     make_client: AppFactory, fal: FalDouble
 ) -> None:
     client = fal_client(make_client, fal)
-    fal.fail_next = [503, 502]
+    fal.fail_route, fal.fail_next = "status", [503, 502]
     submitted = generate(client, options={"provider": "fal"})
     assert wait_done(client, submitted["request_id"])["status"] == "completed"
-    assert len(fal.submits) == 1
+    assert len(fal.submits) == 1 and fal.fail_next == []
 
 
 def test_a_4xx_fails_the_job_with_the_upstream_detail_and_charges_nothing(
