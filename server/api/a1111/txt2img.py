@@ -23,7 +23,7 @@ from server.api.a1111.checkpoints import Checkpoint
 from server.api.a1111.errors import Invalid, a1111_error, a1111_route, caller, json_object
 from server.api.a1111.progress import Call, calls_of
 from server.api.a1111.prompts import parse_tags
-from server.contract import MAX_SEED, ErrorCode, ImageGenerationRequest, parse
+from server.contract import ANY_STEPS, MAX_SEED, ErrorCode, ImageGenerationRequest, parse
 from server.jobs import infotext
 from server.state import AppState, state_of
 from server.store import options
@@ -64,7 +64,7 @@ async def txt2img(request: Request) -> Response:
         state, user, req.override_settings.get("sd_model_checkpoint")
     )
     tags = await run_in_threadpool(parse_tags, req.prompt, state.catalog)
-    width, height = req.width or NATIVE_SIZE, req.height or NATIVE_SIZE
+    width, height = latent_size(req.width), latent_size(req.height)
     generation = parse(
         ImageGenerationRequest,
         {
@@ -82,6 +82,7 @@ async def txt2img(request: Request) -> Response:
             "loras": [{"id": m.lora_id, "weight": m.weight} for m in tags.loras],
             "options": {"num_images": req.num_images, "format": "png"},
         },
+        ANY_STEPS,  # AUTOMATIC1111's range: Turbo and Lightning models take 4-8 steps
     )
     sampler, schedule = infotext.display_sampler(canonical)
     notes = {"Lora not found": ", ".join(tags.not_found)} if tags.not_found else {}
@@ -153,6 +154,12 @@ async def txt2img(request: Request) -> Response:
     parameters = {**req.model_dump(mode="json"), "width": width, "height": height}
     images = [data for data, _ in pngs] if req.send_images else []
     return JSONResponse({"images": images, "parameters": parameters, "info": json.dumps(info)})
+
+
+def latent_size(side: int | None) -> int:
+    """A side as AUTOMATIC1111 renders it: its latent is side // 8, so the image is rounded
+    down to a multiple of 8 (0 stays 0, which the size range refuses)."""
+    return NATIVE_SIZE if side is None else side - side % 8
 
 
 def _read_images(state: AppState, row: dict[str, Any]) -> list[tuple[str, str]]:
