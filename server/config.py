@@ -71,6 +71,9 @@ class Settings:
     poll_rate: float = 1.0  # status requests per second per generation, sustained
     poll_burst: float = 3.0
     max_queued: int = 1000  # pending generations, all users together (0: no bound)
+    # Seconds an AUTOMATIC1111 txt2img beyond its user's active limit waits for a slot
+    # (A1111 queues blocking calls) before its 429; 0: refuse at once.
+    a1111_wait: float = 600.0
     max_body_bytes: int = 64 * 1024
     max_prompt_chars: int = 2000
     # Webhooks: private/loopback receivers allowed (tests, LANs); seconds per attempt; the

@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from server.api import views
 from server.contract import CONTRACT_PREFIX, ApiError, ErrorCode, not_found
+from server.jobs.limits import UserLimits, retry_after
 from server.state import state_of
 from server.store.accounts import User
 
@@ -43,6 +44,22 @@ def user_of(request: Request) -> User:
     """Who the request acts as (raises 401 UNAUTHORIZED)."""
     forwarded = "forwarded" in request.headers or "x-forwarded-for" in request.headers
     return state_of(request).auth.user(request.headers.get("authorization"), forwarded)
+
+
+def check_poll_rate(request: Request, user: User) -> None:
+    """Refuse a status poll beyond the user's poll rate (429 with Retry-After)."""
+    state = state_of(request)
+    limits = UserLimits.of(user, state.settings)
+    wait = state.polls.wait(user.id, request.path_params["request_id"], limits)
+    if wait > 0:
+        rate = limits.poll_rate
+        raise ApiError(
+            ErrorCode.LIMIT_EXCEEDED,
+            f"Polling too fast: at most {rate:g} status request(s) per second per generation",
+            {"field": "polling", "limit_per_second": rate, "retry_after_seconds": round(wait, 2)},
+            429,
+            {"Retry-After": retry_after(wait)},
+        )
 
 
 async def json_body(request: Request) -> dict:

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from server.api import views
 from server.api.common import (
+    check_poll_rate,
     generation_view,
     json_body,
     links_for,
@@ -20,7 +21,6 @@ from server.api.events import stream_events
 from server.api.webhooks import check_webhook_url
 from server.contract import ApiError, ErrorCode, HistoryQuery, ImageGenerationRequest, parse
 from server.jobs.failures import cancelled_error
-from server.jobs.limits import retry_after
 from server.state import state_of
 
 
@@ -46,16 +46,7 @@ async def generate(request: Request) -> Response:
 
 async def generation_status(request: Request) -> Response:
     user = user_of(request)
-    wait = state_of(request).polls.wait(user.id, request.path_params["request_id"])
-    if wait > 0:
-        rate = state_of(request).settings.poll_rate
-        raise ApiError(
-            ErrorCode.LIMIT_EXCEEDED,
-            f"Polling too fast: at most {rate:g} status request(s) per second per generation",
-            {"field": "polling", "limit_per_second": rate, "retry_after_seconds": round(wait, 2)},
-            429,
-            {"Retry-After": retry_after(wait)},
-        )
+    check_poll_rate(request, user)
     return JSONResponse(generation_view(request, own_generation(request, user)))
 
 

@@ -11,11 +11,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from server.api.common import generation_view, own_generation, user_of
+from server.api.common import check_poll_rate, generation_view, own_generation, user_of
 from server.api.views import iso
 from server.contract import ApiError, ErrorCode, ImageGenerationRequest
 from server.jobs import ssrf
-from server.jobs.limits import retry_after
 from server.state import state_of
 from server.store import Store
 from server.store.webhooks import FINISHED
@@ -57,17 +56,7 @@ async def generation_detail(request: Request) -> Response:
     """GET /generations/{id}: the status object, plus `webhook` (null without one)."""
     state = state_of(request)
     user = user_of(request)
-    wait = state.polls.wait(user.id, request.path_params["request_id"])
-    if wait > 0:
-        raise ApiError(
-            ErrorCode.LIMIT_EXCEEDED,
-            f"Polling too fast: at most {state.settings.poll_rate:g} status request(s) per"
-            " second per generation",
-            {"field": "polling", "limit_per_second": state.settings.poll_rate,
-             "retry_after_seconds": round(wait, 2)},
-            429,
-            {"Retry-After": retry_after(wait)},
-        )
+    check_poll_rate(request, user)
     row = own_generation(request, user)
     body = generation_view(request, row)
     body["webhook"] = webhook_view(state.store.webhook_delivery(row["request_id"]))

@@ -21,7 +21,7 @@ from server.contract import (
     check_limits,
     credits_for,
 )
-from server.jobs.limits import retry_after
+from server.jobs.limits import UserLimits, retry_after
 from server.jobs.queue import JobQueue
 from server.jobs.specs import model_key, queue_key, resolve_request
 from server.library.checkpoints import ModelCatalog
@@ -74,11 +74,13 @@ class Admission:
         user: User,
         extra: dict | None = None,
         webhook_base: str = "",
+        blocking: bool = False,
     ) -> dict:
         """`extra`: keys stored beside the request (txt2img keeps what its client sent under
         `a1111`, for the infotext); the request itself is what renders. `webhook_base`: the
         base URL the status object's links are rendered under when `options.webhook_url`
-        is delivered (the one the request arrived on)."""
+        is delivered (the one the request arrived on). `blocking`: the caller waits on its
+        connection to this node (a restart of the node cancels the job)."""
         options, settings = request.options, request.settings
         if options.provider != "auto" and self.router is None:
             raise ApiError(
@@ -118,6 +120,7 @@ class Admission:
             cost,
             admit,
             provider,
+            self.settings.node if blocking else None,
         )
         row = self.store.generation_by_id(generation_id)
         assert row is not None
@@ -132,7 +135,7 @@ class Admission:
         return self.estimate_seconds(self.queue.work_ahead_of_new_job())
 
     def _check_user_limit(self, db: Connection, user: User) -> None:
-        limit = self.settings.max_active_per_user
+        limit = UserLimits.of(user, self.settings).max_active
         active = self.store.active_count(db, user.id)
         if limit > 0 and active >= limit:
             wait = self.estimate_seconds(self.queue.units_until_first_done(user.id))

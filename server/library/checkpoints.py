@@ -159,14 +159,10 @@ class ModelCatalog:
             for path in sorted(folder.rglob("*")):
                 if any(part.startswith(".") for part in path.relative_to(folder).parts):
                     continue  # staging folders and hidden files
-                if (
-                    path.is_dir()
-                    and (path / "model_index.json").is_file()
-                    or (
-                        path.is_file()
-                        and path.suffix.lower() in CHECKPOINT_SUFFIXES
-                        and not _inside_diffusers_folder(path, folder)
-                    )
+                if path.is_dir() and (path / "model_index.json").is_file() or (
+                    path.is_file()
+                    and path.suffix.lower() in CHECKPOINT_SUFFIXES
+                    and not _inside_diffusers_folder(path, folder)
                 ):
                     paths.append(path)
         default = self._default_path()

@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import secrets
+import time
 from typing import Any
 
 from PIL import Image
@@ -23,7 +24,14 @@ from server.api.a1111.checkpoints import Checkpoint
 from server.api.a1111.errors import Invalid, a1111_error, a1111_route, caller, json_object
 from server.api.a1111.progress import Call, calls_of
 from server.api.a1111.prompts import parse_tags
-from server.contract import ANY_STEPS, MAX_SEED, ErrorCode, ImageGenerationRequest, parse
+from server.contract import (
+    ANY_STEPS,
+    MAX_SEED,
+    ApiError,
+    ErrorCode,
+    ImageGenerationRequest,
+    parse,
+)
 from server.jobs import infotext
 from server.state import AppState, state_of
 from server.store import options
@@ -31,6 +39,7 @@ from server.store.accounts import User
 
 NATIVE_SIZE = 1024  # SDXL's; the tiny model is SDXL-shaped
 WAIT_SECONDS = 0.05
+SLOT_POLL_SECONDS = 0.25  # how often a call over its user's active limit retries admission
 
 
 async def chosen_checkpoint(state: AppState, user: User, override: Any = None) -> Checkpoint:
@@ -96,7 +105,7 @@ async def txt2img(request: Request) -> Response:
         "notes": notes,
         "checkpoint": checkpoint.title,
     }
-    row = state.admission.submit(generation, user, {"a1111": kept})
+    row = await admit_when_free(request, state, generation, user, {"a1111": kept})
     request.state.request_id = row["request_id"]
     call = Call(row["id"], user.id)
     calls_of(request).add(call)
@@ -154,6 +163,28 @@ async def txt2img(request: Request) -> Response:
     parameters = {**req.model_dump(mode="json"), "width": width, "height": height}
     images = [data for data, _ in pngs] if req.send_images else []
     return JSONResponse({"images": images, "parameters": parameters, "info": json.dumps(info)})
+
+
+async def admit_when_free(
+    request: Request,
+    state: AppState,
+    generation: ImageGenerationRequest,
+    user: User,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Admit a blocking call. Over its user's active limit it waits for a slot, as
+    AUTOMATIC1111 queues its calls, up to --a1111-wait seconds, then answers the 429; it
+    stops waiting when the caller hangs up. Every other refusal (credits, a full queue:
+    --max-queued's 503) is answered at once."""
+    deadline = time.monotonic() + state.settings.a1111_wait
+    while True:
+        try:
+            return state.admission.submit(generation, user, extra, blocking=True)
+        except ApiError as exc:
+            over_limit = exc.http_status == 429 and exc.code == ErrorCode.LIMIT_EXCEEDED
+            if not over_limit or time.monotonic() >= deadline or await request.is_disconnected():
+                raise
+        await asyncio.sleep(SLOT_POLL_SECONDS)
 
 
 def latent_size(side: int | None) -> int:
