@@ -119,12 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     amount.add_argument("--unlimited", action="store_true", help="no credit limit (default)")
     change = user_commands.add_parser("set", help="change a user's own limits")
     change.add_argument("name")
-    for parser, default in ((add, None), (change, argparse.SUPPRESS)):
-        parser.add_argument(
+    for sub, default in ((add, None), (change, argparse.SUPPRESS)):
+        sub.add_argument(
             "--max-active", type=_limit(int), default=default, metavar="N",
             help="their active generations at once (0: no limit; 'default': the server's)",
         )  # fmt: skip
-        parser.add_argument(
+        sub.add_argument(
             "--poll-rate", type=_limit(float), default=default, metavar="R",
             help="their status polls/s per generation (0: no limit; 'default': the server's)",
         )  # fmt: skip
