@@ -130,7 +130,7 @@ def classify_header(header: LoraHeader) -> CheckpointInfo:
 def classify_diffusers_folder(folder: Path) -> CheckpointInfo:
     try:
         index = _read_json(folder / "model_index.json")
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return _incompatible(
             DIFFUSERS, "unknown", "not a diffusers model: no readable model_index.json"
         )
@@ -141,7 +141,7 @@ def classify_diffusers_folder(folder: Path) -> CheckpointInfo:
         return _incompatible(DIFFUSERS, "SD3", "a Stable Diffusion 3 model, not SDXL")
     try:
         unet = _read_json(folder / "unet" / "config.json")
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return _incompatible(
             DIFFUSERS, "unknown", f"a {pipeline or 'diffusers'} model without a UNet config"
         )

@@ -9,6 +9,7 @@ size and safe for any content.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -52,9 +53,11 @@ def read_header(path: Path) -> LoraHeader:
             raise LoraFileError("not a safetensors file: no valid header")
         raw = file.read(length)
     try:
-        header = json.loads(raw)
+        header = json.loads(raw, parse_constant=refuse_json_constant)
     except (UnicodeDecodeError, ValueError):
         raise LoraFileError("not a safetensors file: its header is not JSON") from None
+    except RecursionError:
+        raise LoraFileError("damaged safetensors header: JSON nested too deep") from None
     if not isinstance(header, dict):
         raise LoraFileError("not a safetensors file: its header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -63,11 +66,13 @@ def read_header(path: Path) -> LoraHeader:
     spans: dict[str, tuple[int, int]] = {}
     for name, entry in header.items():
         try:
-            shapes[name] = tuple(int(n) for n in entry["shape"])
+            shapes[name] = tuple(_count(n) for n in entry["shape"])
             dtypes[name] = str(entry["dtype"])
-            start, stop = (8 + length + int(offset) for offset in entry["data_offsets"])
+            start, stop = (8 + length + _count(offset) for offset in entry["data_offsets"])
         except (TypeError, KeyError, IndexError, ValueError):
             raise LoraFileError(f"damaged safetensors header: bad entry for {name!r}") from None
+        if stop < start:
+            raise LoraFileError(f"damaged safetensors header: bad entry for {name!r}")
         spans[name] = (start, stop)
     end = max((stop for _, stop in spans.values()), default=0)
     if end > size:
@@ -76,7 +81,21 @@ def read_header(path: Path) -> LoraHeader:
         raise LoraFileError("contains no tensors")
     if not isinstance(metadata, dict):
         metadata = {}
-    return LoraHeader(shapes, dtypes, {str(k): str(v) for k, v in metadata.items()}, spans)
+    # The format's metadata is text to text; nested values are dropped, not stringified.
+    text = {str(k): str(v) for k, v in metadata.items() if isinstance(v, str | int | float)}
+    return LoraHeader(shapes, dtypes, text, spans)
+
+
+def refuse_json_constant(name: str) -> None:
+    """json.loads' parse_constant: NaN and Infinity from a file are refused."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _count(value: Any) -> int:
+    """A shape dimension or a byte offset: a non-negative JSON integer (1e999 is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"not a count: {value!r}")
+    return value
 
 
 def adapter_metadata(header: LoraHeader) -> dict[str, Any] | None:
@@ -84,7 +103,7 @@ def adapter_metadata(header: LoraHeader) -> dict[str, Any] | None:
     raw = header.metadata.get("lora_adapter_metadata")
     try:
         value = json.loads(raw) if raw else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -157,7 +176,7 @@ def _family(declared: str) -> str:
 
 
 def rank(header: LoraHeader) -> int | None:
-    declared = _number(header.metadata.get("ss_network_dim"))
+    declared = finite_number(header.metadata.get("ss_network_dim"))
     if declared:
         return int(declared)
     ranks = Counter(
@@ -178,18 +197,22 @@ def training_info(header: LoraHeader) -> dict[str, Any]:
         "tags": _top_tags(meta.get("ss_tag_frequency")),
         "base_model": base_model(header),
         "rank": rank(header),
-        "alpha": _number(meta.get("ss_network_alpha")),
+        "alpha": finite_number(meta.get("ss_network_alpha")),
         "format": key_format(header.names),
     }
     return {key: value for key, value in info.items() if value not in (None, [])}
 
 
-def _number(text: str | None) -> float | None:
-    try:
-        value = float(text) if text is not None else None
-    except ValueError:
+def finite_number(value: Any) -> float | None:
+    """A finite number from a file's text or JSON, or None (inf and nan would break every
+    JSON answer that shows them)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
-    return value if value is not None and value == value else None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _top_tags(text: str | None) -> list[str]:
@@ -198,13 +221,13 @@ def _top_tags(text: str | None) -> list[str]:
         return []
     try:
         datasets = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return []
     counts: Counter[str] = Counter()
     for tags in datasets.values() if isinstance(datasets, dict) else ():
         if isinstance(tags, dict):
             for tag, count in tags.items():
-                if str(tag).strip() and isinstance(count, int | float):
+                if str(tag).strip() and isinstance(count, int | float) and math.isfinite(count):
                     counts[str(tag).strip()] += count
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     return [tag for tag, _ in ranked[:TOP_TAGS]]

@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-active-per-user", type=int, help="active generations (default 5)")
     serve.add_argument("--poll-rate", type=float, help="status polls/s per generation (1)")
     serve.add_argument("--max-queued", type=int, help="pending generations in all (1000)")
+    serve.add_argument(
+        "--a1111-wait", type=float,
+        help="seconds an AUTOMATIC1111 txt2img over its user's active limit waits (600)",
+    )  # fmt: skip
     serve.add_argument("--max-batch", type=int, help="same-shape jobs per batch (CUDA 4, else 1)")
     serve.add_argument(
         "--models-loaded",
@@ -122,13 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
     amount.add_argument("--credits", type=float, help="starting balance (default: unlimited)")
     amount.add_argument("--unlimited", action="store_true", help="no credit limit (default)")
     add.add_argument("--admin", action="store_true", help="may use the console's operator page")
-    change = user_commands.add_parser("set", help="change a user's settings")
+    change = user_commands.add_parser("set", help="change a user's role or own limits")
     change.add_argument("name")
     change.add_argument(
         "--admin", action=argparse.BooleanOptionalAction, default=None,
         help="make the user an administrator (--no-admin: no longer)",
     )  # fmt: skip
-    user_commands.add_parser("list", help="users, credits and usage")
+    for sub, default in ((add, None), (change, argparse.SUPPRESS)):
+        sub.add_argument(
+            "--max-active", type=_limit(int), default=default, metavar="N",
+            help="their active generations at once (0: no limit; 'default': the server's)",
+        )  # fmt: skip
+        sub.add_argument(
+            "--poll-rate", type=_limit(float), default=default, metavar="R",
+            help="their status polls/s per generation (0: no limit; 'default': the server's)",
+        )  # fmt: skip
+    user_commands.add_parser("list", help="users, credits, limits and usage")
     for action, text in (
         ("revoke", "revoke every token of a user"),
         ("token", "print a new token for a user (older ones stay valid)"),
@@ -168,6 +181,21 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_commands(commands)
     return parser
+
+
+def _limit(kind: type[int] | type[float]) -> Any:
+    """A limit flag's value: a number, or 'default' (None: the server's flag applies)."""
+
+    def parse(text: str) -> int | float | None:
+        if text.strip().lower() == "default":
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number or 'default': {text!r}") from None
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,6 +76,9 @@ class Settings:
     poll_rate: float = 1.0  # status requests per second per generation, sustained
     poll_burst: float = 3.0
     max_queued: int = 1000  # pending generations, all users together (0: no bound)
+    # Seconds an AUTOMATIC1111 txt2img beyond its user's active limit waits for a slot
+    # (A1111 queues blocking calls) before its 429; 0: refuse at once.
+    a1111_wait: float = 600.0
     max_body_bytes: int = 64 * 1024
     # Input images (img2img): each one's decoded size, on top of max_body_bytes; pixels.
     max_image_bytes: int = 20 * 1024 * 1024

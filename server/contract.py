@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -25,6 +26,10 @@ from server.net.ssrf import url_problem
 CONTRACT_PREFIX = "/api:_WUcacrv"
 MAX_SEED = 2**32 - 1
 MAX_IMAGES = 8
+CONTRACT_MIN_STEPS = 10
+# Validation context of a request admitted before (a stored row), or of an API with
+# AUTOMATIC1111's ranges: steps from 1, not the contract's 10.
+ANY_STEPS = {"min_steps": 1}
 PROVIDER_NAME = "darkroom"
 
 Status = Literal["pending", "processing", "completed", "failed"]
@@ -90,7 +95,7 @@ SIZE = {"multipleOf": 8}
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -102,7 +107,7 @@ class _Strict(BaseModel):
 
 class GenerationSettings(_Strict):
     cfg_scale: float = Field(7.5, ge=1.0, le=30.0)
-    steps: JsonInt = Field(30, ge=10, le=150)
+    steps: JsonInt = Field(30, ge=1, le=150, json_schema_extra={"minimum": CONTRACT_MIN_STEPS})
     sampler: str = Field(
         "euler",
         json_schema_extra={"enum": list(SAMPLER_SPELLINGS)},
@@ -127,6 +132,14 @@ class GenerationSettings(_Strict):
                 f"unknown sampler {value!r}; valid samplers: {', '.join(SAMPLER_NAMES)}"
             )
         return name
+
+    @field_validator("steps")
+    @classmethod
+    def _route_min_steps(cls, value: int, info: ValidationInfo) -> int:
+        least = (info.context or {}).get("min_steps", CONTRACT_MIN_STEPS)
+        if value < least:
+            raise ValueError(f"Input should be greater than or equal to {least}")
+        return value
 
     @field_validator("width", "height")
     @classmethod
@@ -212,12 +225,17 @@ class HistoryQuery(BaseModel):
     date_to: str | None = None
 
 
-def parse(model: type[BaseModel], data: Any) -> Any:
+def parse(model: type[BaseModel], data: Any, context: dict[str, Any] | None = None) -> Any:
     """Validate `data` against `model`, or raise a VALIDATION_ERROR naming every bad field."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         raise validation_error(exc) from None
+
+
+def stored_request(request_json: str) -> ImageGenerationRequest:
+    """A stored generation's request: it passed its route's ranges when it was admitted."""
+    return ImageGenerationRequest.model_validate_json(request_json, context=ANY_STEPS)
 
 
 def validation_error(exc: ValidationError) -> ApiError:

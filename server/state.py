@@ -20,7 +20,7 @@ from server.api.auth import Authenticator
 from server.config import Settings
 from server.jobs.admission import Admission
 from server.jobs.devices import DevicePool, device_names, device_settings
-from server.jobs.failures import cancelled_error, gave_up_error
+from server.jobs.failures import caller_gone_error, cancelled_error, gave_up_error
 from server.jobs.limits import PollLimits
 from server.jobs.queue import JobQueue
 from server.jobs.render_process import ProcessRenderer
@@ -235,7 +235,8 @@ def local_queue(
     """SQLite, one node: the queue in memory, jobs interrupted by a crash put back in it
     (a remote provider's job resumes with its provider instead)."""
     queue = JobQueue()
-    for row in store.recover(settings.max_attempts, gave_up_error(settings.max_attempts)):
+    gave_up = gave_up_error(settings.max_attempts)
+    for row in store.recover(settings.max_attempts, gave_up, caller_gone_error()):
         if not providers.dispatch(row):
             enqueue_stored(queue, models, catalog, row)
     return queue
@@ -258,7 +259,9 @@ def cluster_queue(
     store.node_id = settings.node
     shared = ClusterStore(store, settings.node, settings.lease_seconds)
     gave_up = gave_up_error(settings.max_attempts)
-    returned = shared.reclaim(settings.max_attempts, gave_up, own=True)
+    returned = shared.reclaim(
+        settings.max_attempts, gave_up, own=True, caller_gone=caller_gone_error()
+    )
     if returned:
         log.info("returned %d job(s) to the shared queue (ours, or leases expired)", returned)
     log.info("node %s on the shared queue (leases of %gs)", settings.node, settings.lease_seconds)

@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse, Response
 from server.api import views
 from server.api.common import json_body, user_of
 from server.contract import MAX_IMAGES, SavePresetRequest, check_lengths, check_limits, parse
+from server.jobs.limits import UserLimits
 from server.jobs.specs import resolve_request
 from server.state import state_of
 
@@ -40,6 +41,7 @@ async def list_presets(request: Request) -> Response:
 async def account(request: Request) -> Response:
     """Who the token belongs to, their credits and limits."""
     state, user = state_of(request), user_of(request)
+    limits = UserLimits.of(user, state.settings)
     with state.store.reading() as db:
         active = state.store.active_count(db, user.id)
     return JSONResponse(
@@ -51,8 +53,8 @@ async def account(request: Request) -> Response:
             "active_generations": active,
             "webhook_secret": state.store.webhook_secret(user.id),
             "limits": {
-                "concurrent_generations": state.settings.max_active_per_user,
-                "polls_per_second": state.settings.poll_rate,
+                "concurrent_generations": limits.max_active,
+                "polls_per_second": limits.poll_rate,
                 "images_per_request": MAX_IMAGES,
                 "loras_per_request": state.settings.max_loras,
                 "prompt_characters": state.settings.max_prompt_chars,

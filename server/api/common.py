@@ -10,7 +10,7 @@ from starlette.requests import Request
 from server.api import views
 from server.api.body import BodyProblem, parse_json, read_body
 from server.contract import CONTRACT_PREFIX, ApiError, ErrorCode, not_found
-from server.jobs.limits import retry_after
+from server.jobs.limits import UserLimits, retry_after
 from server.state import state_of
 from server.store.accounts import User
 
@@ -46,6 +46,22 @@ def user_of(request: Request, scheme: str = "Bearer") -> User:
     return state_of(request).auth.user(request.headers, scheme)
 
 
+def check_poll_rate(request: Request, user: User) -> None:
+    """Refuse a status poll beyond the user's poll rate (429 with Retry-After)."""
+    state = state_of(request)
+    limits = UserLimits.of(user, state.settings)
+    wait = state.polls.wait(user.id, request.path_params["request_id"], limits)
+    if wait > 0:
+        rate = limits.poll_rate
+        raise ApiError(
+            ErrorCode.LIMIT_EXCEEDED,
+            f"Polling too fast: at most {rate:g} status request(s) per second per generation",
+            {"field": "polling", "limit_per_second": rate, "retry_after_seconds": round(wait, 2)},
+            429,
+            {"Retry-After": retry_after(wait)},
+        )
+
+
 async def json_body(request: Request) -> dict:
     """The body's JSON object, within --max-body-bytes; errors in the contract's shape."""
     try:
@@ -72,21 +88,6 @@ def body_error(problem: BodyProblem) -> ApiError:
     return ApiError(
         ErrorCode.VALIDATION_ERROR, problem.message, {"fields": {problem.field: problem.message}}
     )
-
-
-def check_poll(request: Request, user: User) -> None:
-    """Raise 429 if the user polls the generation in the path faster than --poll-rate."""
-    state = state_of(request)
-    wait = state.polls.wait(user.id, request.path_params["request_id"])
-    if wait > 0:
-        rate = state.settings.poll_rate
-        raise ApiError(
-            ErrorCode.LIMIT_EXCEEDED,
-            f"Polling too fast: at most {rate:g} status request(s) per second per generation",
-            {"field": "polling", "limit_per_second": rate, "retry_after_seconds": round(wait, 2)},
-            429,
-            {"Retry-After": retry_after(wait)},
-        )
 
 
 def own_generation(request: Request, user: User) -> dict:

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from server.api import views
 from server.api.common import (
-    check_poll,
+    check_poll_rate,
     generation_view,
     json_body,
     links_for,
@@ -68,7 +68,7 @@ async def generate(request: Request) -> Response:
 
 async def generation_status(request: Request) -> Response:
     user = user_of(request)
-    check_poll(request, user)
+    check_poll_rate(request, user)
     return JSONResponse(generation_view(request, own_generation(request, user)))
 
 

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api import views
-from server.api.common import check_poll, links_for, own_generation, user_of
+from server.api.common import check_poll_rate, links_for, own_generation, user_of
 from server.api.views import generation_inputs, iso
 from server.contract import ApiError, ErrorCode, ImageGenerationRequest
 from server.net import ssrf
@@ -59,7 +59,7 @@ async def generation_detail(request: Request) -> Response:
     `inputs` (an image-to-image's init image and mask; null for others)."""
     state = state_of(request)
     user = user_of(request)
-    check_poll(request, user)
+    check_poll_rate(request, user)
     row = own_generation(request, user)
     images = state.store.images_of([row["id"]])[row["id"]]
     body = views.history_item(row, images, links_for(request), state.queue, state.admission)

@@ -23,7 +23,7 @@ from server.contract import (
     credits_for,
 )
 from server.jobs import image_jobs
-from server.jobs.limits import retry_after
+from server.jobs.limits import UserLimits, retry_after
 from server.jobs.queue import JobQueue
 from server.jobs.specs import build_spec, model_key, queue_key, resolve_request
 from server.library.checkpoints import ModelCatalog
@@ -79,6 +79,7 @@ class Admission:
         bind: Callable[[Connection, str], None] | None = None,
         max_images: int = MAX_IMAGES,
         image_job: dict | None = None,
+        blocking: bool = False,
     ) -> dict:
         """`extra`: keys stored beside the request (txt2img keeps what its client sent under
         `a1111`, for the infotext); the request itself is what renders. `webhook_base`: the
@@ -87,7 +88,9 @@ class Admission:
         transaction that admits the job (an Idempotency-Key is tied to it there) and may
         raise to refuse it. `max_images`: the bound on `num_images` of the API the request
         came through (OpenAI's `n` goes to 10). `image_job`: an image-to-image's part
-        (server.jobs.image_jobs), stored beside the request; it renders locally."""
+        (server.jobs.image_jobs), stored beside the request; it renders locally.
+        `blocking`: the caller waits on its connection to this node (a restart of the node
+        cancels the job)."""
         options, settings = request.options, request.settings
         if options.provider != "auto" and self.router is None:
             raise ApiError(
@@ -136,6 +139,7 @@ class Admission:
             cost,
             admit,
             provider,
+            self.settings.node if blocking else None,
         )
         row = self.store.generation_by_id(generation_id)
         assert row is not None
@@ -154,7 +158,7 @@ class Admission:
         return self.estimate_seconds(self.queue.work_ahead_of_new_job())
 
     def _check_user_limit(self, db: Connection, user: User) -> None:
-        limit = self.settings.max_active_per_user
+        limit = UserLimits.of(user, self.settings).max_active
         active = self.store.active_count(db, user.id)
         if limit > 0 and active >= limit:
             wait = self.estimate_seconds(self.queue.units_until_first_done(user.id))

@@ -23,6 +23,16 @@ def cancelled_error() -> dict:
     )
 
 
+def caller_gone_error() -> dict:
+    """A blocking call (AUTOMATIC1111's txt2img) whose server restarted under it: its caller's
+    connection is gone (it will retry), so nothing is rendered or charged for no one."""
+    return error_object(
+        ErrorCode.CANCELLED,
+        "The server restarted while the call waited; its caller's connection is gone",
+        {"reason": "caller_gone"},
+    )
+
+
 def timeout_error(limit: float) -> dict:
     return error_object(
         ErrorCode.TIMEOUT,

@@ -8,7 +8,13 @@ from collections.abc import Hashable
 from typing import Any
 
 from pipelines.spec import GenerationSpec, HiresFix, ImageInput, LoraSpec, batch_key
-from server.contract import MAX_SEED, ApiError, ImageGenerationRequest, SavePresetRequest
+from server.contract import (
+    MAX_SEED,
+    ApiError,
+    ImageGenerationRequest,
+    SavePresetRequest,
+    stored_request,
+)
 from server.jobs.image_jobs import image_parts
 from server.jobs.queue import JobQueue
 from server.library.checkpoints import ModelCatalog, ModelEntry
@@ -73,7 +79,7 @@ def describe_stored(
     models: ModelCatalog, catalog: LoraCatalog, row: dict[str, Any]
 ) -> tuple[Hashable, str | None]:
     """A stored generation's batching key and model (None, None if they are gone)."""
-    request = ImageGenerationRequest.model_validate_json(row["request_json"])
+    request = stored_request(row["request_json"])
     try:
         model, loras = resolve_request(models, catalog, request)
     except ApiError:
@@ -87,7 +93,7 @@ def enqueue_stored(
 ) -> None:
     """Queue a stored pending generation (recovered at start-up, or after a crash). One whose
     model or LoRAs are gone gets no batching key; the worker fails it when it comes up."""
-    request = ImageGenerationRequest.model_validate_json(row["request_json"])
+    request = stored_request(row["request_json"])
     try:
         model, loras = resolve_request(models, catalog, request)
     except ApiError:

@@ -16,7 +16,7 @@ import time
 from pipelines.loras import LoraLoadError
 from pipelines.spec import ModelLoadError, Renderer, RenderInterrupted
 from server.config import Settings
-from server.contract import ApiError, ErrorCode, ImageGenerationRequest, error_object
+from server.contract import ApiError, ErrorCode, error_object, stored_request
 from server.jobs.device_health import COMPLETED, REQUEST_ERROR, STOPPED, DeviceHealth
 from server.jobs.failures import (
     OutOfMemory,
@@ -382,7 +382,7 @@ class Worker:
                 ),
             )
             return None
-        request = ImageGenerationRequest.model_validate_json(row["request_json"])
+        request = stored_request(row["request_json"])
         try:
             model, loras = resolve_request(self.models, self.catalog, request)
         except ApiError as exc:

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.checkpoint_files import PICKLE_SUFFIXES, classify_checkpoint
+from pipelines.checkpoint_files import PICKLE_SUFFIXES, CheckpointInfo, classify_checkpoint
 from pipelines.spec import ModelSpec
 from server.contract import ApiError, ErrorCode
-from server.library.layout import checkpoint_dirs
+from server.library.layout import BAD_NAME_REASON, checkpoint_dirs, has_bad_name, text_path
 from server.library.loras import file_sha256
 from server.store import Store
 
@@ -91,8 +92,7 @@ class ModelCatalog:
         with self._lock:
             before = {row["id"] for row in self.store.models()}
             found = [entry for path in self._candidates() if (entry := self._describe(path))]
-            unique = {entry["sha256"]: entry for entry in sorted(found, key=lambda e: e["path"])}
-            self.store.sync_models(list(unique.values()))
+            self.store.sync_models(self._unique(found))
             rows = self.store.models()
             self._entries = self._with_default([self._entry(row) for row in rows])
         after = {row["id"] for row in rows}
@@ -166,11 +166,28 @@ class ModelCatalog:
                 ):
                     paths.append(path)
         default = self._default_path()
-        if default is not None and default.exists() and default.resolve() not in {
-            p.resolve() for p in paths
-        }:
+        if default is not None and default.exists() and _key(default) not in map(_key, paths):
             paths.append(default)
         return paths
+
+    def _unique(self, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One entry per content hash. Of identical files the default model stays (a copy
+        of it must not hide its hash), else the one already cataloged, else the first by
+        path."""
+        default = self._default_path()
+        default_key = _key(default) if default is not None else None
+        stored = {row["sha256"]: row["path"] for row in self.store.models(available_only=False)}
+        unique: dict[str, dict[str, Any]] = {}
+        for entry in sorted(
+            found,
+            key=lambda e: (
+                e["path"] != default_key,
+                e["path"] != stored.get(e["sha256"]),
+                e["path"],
+            ),
+        ):
+            unique.setdefault(entry["sha256"], entry)
+        return list(unique.values())
 
     def _default_path(self) -> Path | None:
         if self.default_model == "tiny":
@@ -185,30 +202,36 @@ class ModelCatalog:
         return None
 
     def _describe(self, path: Path) -> dict[str, Any] | None:
+        key = _key(path)
         try:
             size, mtime = _size_and_mtime(path)
-            key = str(path.resolve())
             row = self.store.model_by_path(key)
             known = row and (row["file_size"], row["file_mtime"]) == (size, mtime)
             sha256 = row["sha256"] if known else _content_hash(path)
         except OSError as exc:
-            log.warning("skipping checkpoint %s: %s", path, exc)
+            log.warning("skipping checkpoint %s: %s", key, exc)
             return None
-        info = classify_checkpoint(path)
+        try:
+            info = classify_checkpoint(path)
+            reason = BAD_NAME_REASON if has_bad_name(path) else info.reason
+        except Exception as exc:  # one bad file must not hide the rest of the library
+            log.exception("could not classify checkpoint %s", key)
+            info = CheckpointInfo("single-file", "unknown", False)
+            reason = f"could not be read: {type(exc).__name__}: {exc}"[:300]
         return {
             "sha256": sha256,
             "path": key,
-            "name": path.name if path.is_dir() else path.stem,
+            "name": text_path(path.name if path.is_dir() else path.stem),
             "file_size": size,
             "file_mtime": mtime,
             "format": info.format,
             "base_model": info.base_model,
-            "reason": info.reason,
+            "reason": reason,
         }
 
     def _entry(self, row: dict[str, Any]) -> ModelEntry:
         default = self._default_path()
-        is_default = default is not None and str(default.resolve()) == row["path"]
+        is_default = default is not None and _key(default) == row["path"]
         return ModelEntry(
             id=row["id"],
             name=row["name"],
@@ -249,6 +272,12 @@ def _invalid(message: str, catalog: ModelCatalog) -> ApiError:
         f"Invalid request: settings.model: {message}; available: {', '.join(names)}",
         {"fields": {"settings.model": message}, "available": names},
     )
+
+
+def _key(path: Path) -> str:
+    """A checkpoint's path as the library lists it: absolute, through symlinks, not to
+    their targets (a linked file is listed where the user put the link)."""
+    return text_path(os.path.abspath(path))
 
 
 def _inside_diffusers_folder(path: Path, top: Path) -> bool:

@@ -4,6 +4,7 @@ at the models folder they already have."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 CHECKPOINT_FOLDERS = ("checkpoints", "Stable-diffusion")
@@ -21,3 +22,16 @@ def lora_dir(models_dir: Path) -> Path:
         if (models_dir / name).is_dir():
             return models_dir / name
     return models_dir / LORA_FOLDERS[0]
+
+
+BAD_NAME_REASON = "its file name is not valid UTF-8: rename it to use it"
+
+
+def text_path(path: Path | str) -> str:
+    """A path as text that any database and JSON can hold: bytes of a name that is not
+    UTF-8 become U+FFFD (such a file is listed, never opened by that text)."""
+    return os.fsencode(path).decode("utf-8", "replace")
+
+
+def has_bad_name(path: Path | str) -> bool:
+    return text_path(path) != os.fspath(path)

@@ -14,7 +14,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipelines.lora_files import LoraFileError, read_header, training_info, unsupported_reason
+from pipelines.lora_files import (
+    LoraFileError,
+    finite_number,
+    read_header,
+    refuse_json_constant,
+    training_info,
+    unsupported_reason,
+)
 
 log = logging.getLogger("darkroom.catalog")
 
@@ -58,7 +65,25 @@ def preview_for(path: Path) -> Path | None:
 def describe(path: Path) -> dict[str, Any]:
     """Everything the catalog shows about one file. `problem` is set when no model could
     load the file (unreadable, truncated, not a LoRA); `warnings` lists what was ignored."""
-    meta: dict[str, Any] = {
+    meta = describe_unreadable(path, None)
+    try:
+        header = read_header(path)
+    except (LoraFileError, OSError) as exc:
+        meta["problem"] = str(exc) if isinstance(exc, LoraFileError) else f"unreadable: {exc}"
+    else:
+        meta.update(training_info(header))
+        meta["problem"] = unsupported_reason(header)
+        if str(meta["format"]).startswith("lycoris"):
+            meta["type"] = "lycoris"
+    sidecar = path.with_name(stem(path) + ".json")
+    meta["has_sidecar"] = sidecar.is_file()
+    _apply_sidecar(sidecar, meta)
+    return {key: _utf8(value) for key, value in meta.items()}
+
+
+def describe_unreadable(path: Path, problem: str | None) -> dict[str, Any]:
+    """The catalog fields of a file known by its name alone."""
+    return {
         "name": stem(path),
         "type": "lora",
         "personality": "",
@@ -74,31 +99,23 @@ def describe(path: Path) -> dict[str, Any]:
         "rank": None,
         "alpha": None,
         "format": None,
-        "problem": None,
+        "problem": problem,
         "warnings": [],
+        "has_sidecar": False,
     }
-    try:
-        header = read_header(path)
-    except (LoraFileError, OSError) as exc:
-        meta["problem"] = str(exc) if isinstance(exc, LoraFileError) else f"unreadable: {exc}"
-    else:
-        meta.update(training_info(header))
-        meta["problem"] = unsupported_reason(header)
-        if str(meta["format"]).startswith("lycoris"):
-            meta["type"] = "lycoris"
-    sidecar = path.with_name(stem(path) + ".json")
-    meta["has_sidecar"] = sidecar.is_file()
-    _apply_sidecar(sidecar, meta)
-    return meta
 
 
 def _apply_sidecar(sidecar: Path, meta: dict[str, Any]) -> None:
     if not sidecar.is_file():
         return
     try:
-        data = json.loads(sidecar.read_text(encoding="utf-8"))
+        data = json.loads(sidecar.read_text(encoding="utf-8"), parse_constant=refuse_json_constant)
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
+    except RecursionError:
+        log.warning("ignoring sidecar %s: nested too deep", sidecar)
+        meta["warnings"].append(f"{sidecar.name} ignored: JSON nested too deep")
+        return
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         log.warning("ignoring sidecar %s: %s", sidecar, exc)
         meta["warnings"].append(f"{sidecar.name} ignored: {_first_line(exc)}")
@@ -115,9 +132,9 @@ def _apply_sidecar(sidecar: Path, meta: dict[str, Any]) -> None:
             elif tags:
                 meta["tags"] = tags
         elif key in ("preferred weight", "preferred_weight"):
-            weight = _number(value)
+            weight = finite_number(value)
             if weight is None:
-                meta["warnings"].append(f"{sidecar.name}: preferred weight is not a number")
+                meta["warnings"].append(f"{sidecar.name}: preferred weight is not a finite number")
             elif weight > 0:  # AUTOMATIC1111 writes 0 for "not set"
                 meta["preferred_weight"] = weight
         elif key in ("sd version", "sd_version") and isinstance(value, str):
@@ -135,17 +152,14 @@ def _tags(value: Any) -> list[str] | None:
     return None
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
+def _utf8(value: Any) -> Any:
+    """Text as UTF-8 can carry it: a JSON escape like \\udcff in a file decodes to a lone
+    surrogate, which no answer could encode."""
     if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, list):
+        return [_utf8(item) for item in value]
+    return value
 
 
 def _first_line(exc: Exception) -> str:

@@ -23,7 +23,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from server.contract import ApiError, ErrorCode, LoraRef, error_object
-from server.library.lora_meta import LORA_SUFFIX, describe, preview_for
+from server.library.layout import BAD_NAME_REASON, has_bad_name, text_path
+from server.library.lora_meta import LORA_SUFFIX, describe, describe_unreadable, preview_for
 from server.store import Store
 
 log = logging.getLogger("darkroom.catalog")
@@ -126,7 +127,7 @@ class LoraCatalog:
         )
 
     def _describe(self, path: Path) -> dict[str, Any] | None:
-        relative = path.relative_to(self.loras_dir).as_posix()
+        relative = text_path(path.relative_to(self.loras_dir).as_posix())
         try:
             stat = path.stat()
             sha256 = self._known_hash(relative, stat.st_size, stat.st_mtime) or file_sha256(path)
@@ -139,8 +140,18 @@ class LoraCatalog:
             "path": relative,
             "file_size": stat.st_size,
             "file_mtime": stat.st_mtime,
-            "meta": describe(path),
+            "meta": self._meta(path, relative),
         }
+
+    def _meta(self, path: Path, relative: str) -> dict[str, Any]:
+        try:
+            meta = describe(path)
+        except Exception as exc:  # one bad file must not hide the rest of the library
+            log.exception("could not describe LoRA %s", relative)
+            meta = describe_unreadable(path, f"could not be read: {type(exc).__name__}: {exc}")
+        if has_bad_name(path):
+            meta = {**meta, "name": text_path(meta["name"]), "problem": BAD_NAME_REASON}
+        return meta
 
     def _known_hash(self, relative: str, size: int, mtime: float) -> str | None:
         known = self._hashes.get(relative)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from server.config import Settings
-from server.contract import ErrorCode, ImageGenerationRequest, error_object
+from server.contract import ErrorCode, ImageGenerationRequest, error_object, stored_request
 from server.jobs.failures import gave_up_error, provider_error, timeout_error
 from server.jobs.results import ResultWriter, Task
 from server.jobs.specs import build_spec
@@ -135,7 +135,7 @@ class RemoteRunner:
         if row is None or row["status"] not in ACTIVE:
             return
         provider = self.providers[progress.provider]
-        request = ImageGenerationRequest.model_validate_json(row["request_json"])
+        request = stored_request(row["request_json"])
         loras = self._lora_rows(request)
         if loras is None:
             self.store.fail(generation_id, _gone_lora())

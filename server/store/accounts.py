@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import math
 import re
 import secrets
 import time
@@ -32,17 +33,36 @@ class User:
     unlimited: bool
     builtin: bool = False
     admin: bool = False
+    # The user's own limits; None: the server's --max-active-per-user / --poll-rate.
+    max_active: int | None = None
+    poll_rate: float | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> User:
         return cls(
-            row["id"], row["name"], bool(row["unlimited"]), bool(row["builtin"]),
+            row["id"],
+            row["name"],
+            bool(row["unlimited"]),
+            bool(row["builtin"]),
             bool(row.get("admin")),
-        )  # fmt: skip
+            row.get("max_active"),
+            row.get("poll_rate"),
+        )
+
+
+# `users set`: a limit left as it is (None means "back to the server's default").
+UNCHANGED: Any = object()
 
 
 class AccountError(Exception):
     """An operator's account command cannot be done (unknown user, taken name...)."""
+
+
+def _check_limits(max_active: int | None, poll_rate: float | None) -> None:
+    if max_active is not None and max_active < 0:
+        raise AccountError(f"--max-active must be 0 (no limit) or more, not {max_active}")
+    if poll_rate is not None and not (math.isfinite(poll_rate) and poll_rate >= 0):
+        raise AccountError(f"--poll-rate must be 0 (no limit) or more, not {poll_rate:g}")
 
 
 def _digest(secret: str) -> str:
@@ -69,22 +89,30 @@ class Accounts:
         self._checked_at = -1
 
     def add_user(
-        self, name: str, credits: float | None, admin: bool = False
+        self,
+        name: str,
+        credits: float | None,
+        max_active: int | None = None,
+        poll_rate: float | None = None,
+        admin: bool = False,
     ) -> tuple[User, str]:
-        """Create a user (credits None: unlimited) and their first token."""
+        """Create a user (credits None: unlimited; limits None: the server's) and their
+        first token."""
         if not NAME_PATTERN.fullmatch(name):
             raise AccountError(
                 f"invalid user name {name!r}: use 1-64 letters, digits, '_', '.', '@' or '-'"
             )
+        _check_limits(max_active, poll_rate)
         with self.store.transaction() as db:
             if db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
                 raise AccountError(f"user {name!r} already exists")
             user_id = insert_id(
                 db,
-                "INSERT INTO users (name, unlimited, admin, created_at) VALUES (?, ?, ?, ?)",
-                (name, int(credits is None), int(admin), time.time()),
+                "INSERT INTO users (name, unlimited, created_at, max_active, poll_rate, admin)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (name, int(credits is None), time.time(), max_active, poll_rate, int(admin)),
             )
-            user = User(user_id, name, credits is None, admin=admin)
+            user = User(user_id, name, credits is None, False, admin, max_active, poll_rate)
             if credits:
                 ledger.grant(db, user.id, credits, "initial credits")
             token = self._issue(db, user.id)
@@ -112,6 +140,30 @@ class Accounts:
             revoked = cursor.rowcount
         self._checked = {}
         return revoked
+
+    def set_limits(
+        self, name: str, max_active: int | None = UNCHANGED, poll_rate: float | None = UNCHANGED
+    ) -> User:
+        """Set a user's own limits (None: back to the server's default). Servers see the
+        change at their next request: the database's data_version moves."""
+        _check_limits(
+            None if max_active is UNCHANGED else max_active,
+            None if poll_rate is UNCHANGED else poll_rate,
+        )
+        user = self._user(name)
+        changes = {
+            column: value
+            for column, value in (("max_active", max_active), ("poll_rate", poll_rate))
+            if value is not UNCHANGED
+        }
+        if changes:
+            with self.store.transaction() as db:
+                assignments = ", ".join(f"{column} = ?" for column in changes)
+                db.execute(
+                    f"UPDATE users SET {assignments} WHERE id = ?", (*changes.values(), user.id)
+                )
+        self._checked = {}
+        return self._user(name)
 
     def add_credits(self, name: str, amount: float) -> ledger.Balance:
         user = self._user(name)

@@ -120,13 +120,24 @@ class ClusterStore:
             ).fetchone()
         return row is not None
 
-    def reclaim(self, max_attempts: int, gave_up: dict[str, Any], own: bool = False) -> int:
+    def reclaim(
+        self,
+        max_attempts: int,
+        gave_up: dict[str, Any],
+        own: bool = False,
+        caller_gone: dict[str, Any] | None = None,
+    ) -> int:
         """Return jobs whose lease expired (and, with `own`, this node's: it starts anew) to
         the queue. A job that had started counts that try (mark_processing counted it);
-        one tried `max_attempts` times fails with `gave_up`. Takes the write lock: failing
-        releases credits. Returns how many jobs changed."""
+        one tried `max_attempts` times fails with `gave_up`. With `caller_gone`, the
+        blocking calls whose callers waited on this node end with it (the restart closed
+        their connections). Takes the write lock: failing releases credits. Returns how
+        many jobs changed."""
         mine = " OR node_id = ?" if own else ""
         with self.store.transaction() as db:
+            cancelled = 0
+            if caller_gone is not None:
+                cancelled = self.store.cancel_callerless(db, self.node_id, caller_gone)
             rows = db.execute(
                 f"SELECT id, status, attempts, {REMOTE} AS remote FROM generations"
                 " WHERE node_id IS NOT NULL AND status IN ('pending', 'processing')"
@@ -148,7 +159,7 @@ class ClusterStore:
                     " lease_until = NULL WHERE id = ?",
                     (generation_id,),
                 )
-        return len(rows)
+        return cancelled + len(rows)
 
     def watch_remote(
         self, providers: Sequence[str], ids: Sequence[int] | None = None

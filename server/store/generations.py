@@ -84,17 +84,20 @@ class GenerationQueries(Database):
         cost: float,
         admit: Callable[[Connection], None] | None = None,
         provider: str | None = None,
+        caller_node: str | None = None,
     ) -> int:
         """Record a pending generation and hold its cost, in one transaction; `admit` runs
-        first inside it and may raise to refuse the request (nothing is then written)."""
+        first inside it and may raise to refuse the request (nothing is then written).
+        `caller_node`: the node whose open connection waits for a blocking call."""
         with self.transaction() as db:
             if admit is not None:
                 admit(db)
             generation_id = insert_id(
                 db,
                 "INSERT INTO generations (request_id, status, prompt, request_json, seed,"
-                " seed_fixed, work_units, user_id, cost, created_at, provider, lora_ids)"
-                " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " seed_fixed, work_units, user_id, cost, created_at, provider, lora_ids,"
+                " caller_node)"
+                " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     request_id,
                     prompt,
@@ -107,6 +110,7 @@ class GenerationQueries(Database):
                     time.time(),
                     provider,
                     lora_ids(request),
+                    caller_node,
                 ),
             )
             ledger.hold(db, user_id, generation_id, cost)
@@ -139,11 +143,15 @@ class GenerationQueries(Database):
     def image_by_token(self, token: str) -> dict[str, Any] | None:
         return self.fetch_one("SELECT * FROM images WHERE token = ? AND purged = 0", (token,))
 
-    def recover(self, max_attempts: int, gave_up: dict[str, Any]) -> list[dict[str, Any]]:
+    def recover(
+        self, max_attempts: int, gave_up: dict[str, Any], caller_gone: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         """At start-up: a job that was processing when the server died runs again, unless it
         has already been tried `max_attempts` times (then it fails with the error `gave_up`).
-        Returns the pending jobs, oldest first."""
+        A blocking call's job ends with `caller_gone`, uncharged: its caller's connection
+        died with the server. Returns the pending jobs, oldest first."""
         with self.transaction() as db:
+            self.cancel_callerless(db, None, caller_gone)
             given_up = db.execute(
                 "SELECT id FROM generations WHERE status = 'processing' AND attempts >= ?",
                 (max_attempts,),
@@ -152,6 +160,16 @@ class GenerationQueries(Database):
                 self._finish_failed(db, generation_id, gave_up)
             db.execute("UPDATE generations SET status = 'pending' WHERE status = 'processing'")
         return self.fetch_all("SELECT * FROM generations WHERE status = 'pending' ORDER BY id")
+
+    def cancel_callerless(self, db: Connection, node: str | None, error: dict[str, Any]) -> int:
+        """End the unfinished blocking calls whose caller waited on `node` (None: on any
+        node) with `error`, releasing their holds; their rows stay in history."""
+        query = "SELECT id FROM generations WHERE status IN ('pending', 'processing') AND "
+        if node is None:
+            rows = db.execute(query + "caller_node IS NOT NULL").fetchall()
+        else:
+            rows = db.execute(query + "caller_node = ?", (node,)).fetchall()
+        return sum(self._finish_failed(db, generation_id, error) for (generation_id,) in rows)
 
     def mark_processing(self, generation_id: int) -> bool:
         """Start a pending job; False if it was finished meanwhile (cancelled)."""

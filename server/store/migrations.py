@@ -257,6 +257,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE generations ADD COLUMN deleted_at REAL;
     CREATE INDEX generations_by_user_created ON generations(user_id, created_at);
     """,
+    # Per-user limits (`darkroom users set NAME --max-active N --poll-rate R`); NULL: the
+    # server's flags.
+    """
+    ALTER TABLE users ADD COLUMN max_active INTEGER;
+    ALTER TABLE users ADD COLUMN poll_rate REAL;
+    """,
+    # A blocking call (AUTOMATIC1111's txt2img) waits on an open connection to the node
+    # named here; NULL: a contract call, whose caller polls. When that node restarts, the
+    # connection is gone: the call's generation is cancelled, not rendered for no one.
+    """
+    ALTER TABLE generations ADD COLUMN caller_node TEXT;
+    """,
 ]
 
 

@@ -88,9 +88,10 @@ def test_basic_auth_with_the_token_as_password(
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"steps": 5}, "steps"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 151}, "steps"),
         ({"width": 4096}, "width"),
-        ({"height": 300}, "height"),
+        ({"height": 200}, "height"),
         ({"cfg_scale": 50}, "cfg_scale"),
         ({"batch_size": 3, "n_iter": 3}, "batch_size"),
         ({"steps": "many"}, "steps"),

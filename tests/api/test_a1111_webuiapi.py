@@ -113,3 +113,12 @@ def test_png_info(api: webuiapi.WebUIApi) -> None:
     assert parameters["Seed"] == "5" and parameters["Size-1"] == "256"
     assert parameters["Model"] == "tiny-sdxl"
     assert api.png_info(Image.new("RGB", (8, 8))).info == ""
+
+
+def test_turbo_steps_and_a_size_off_the_grid(api: webuiapi.WebUIApi) -> None:
+    """Open WebUI sends what its user typed: 4 steps (Turbo, Lightning), 1023 wide."""
+    result = api.txt2img(prompt="a lighthouse", seed=5, steps=4, width=1023, height=256)
+    assert result.images[0].size == (1016, 256)
+    info = result.info
+    assert (info["steps"], info["width"], info["height"]) == (4, 1016, 256)
+    assert "Steps: 4, " in result.images[0].info["parameters"]

@@ -3,6 +3,7 @@ claims handed back, cancels across nodes (two queues on one database stand for t
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from conftest import AppFactory, generate, render, wait_done
 from pgtest import fresh_database
 from server.jobs.cluster import ClusterQueue
-from server.jobs.failures import gave_up_error
+from server.jobs.failures import caller_gone_error, gave_up_error
 from server.store import Store
 from server.store.cluster import ClusterStore
 
@@ -116,3 +117,30 @@ def test_one_node_on_postgres_renders_cancels_and_reports_itself(
         time.sleep(0.02)
     client.post(f"/generations/{slow}/cancel")
     assert wait_done(client, slow)["error"]["code"] == "CANCELLED"
+
+
+def test_a_restarting_node_cancels_only_its_own_blocking_calls(database_url: str) -> None:
+    """A blocking call's caller waits on the node that admitted it: when that node starts
+    anew its callers are gone (cancelled, uncharged); other nodes' callers still wait."""
+    store = Store(database_url)
+    try:
+        jobs = {
+            caller: store.insert_generation(
+                f"r-{caller}", "p", {"r": 1}, 1, False, 1.0, 1, 0.0, caller_node=caller
+            )
+            for caller in ("one", "two")
+        }
+        polled = add_job(store, 1, "polled")
+        store.node_id = "one"
+        claimed = queue(store, "one").take(timeout=0)
+        assert [p.generation_id for p in claimed] == [jobs["one"]]
+        restarted = ClusterStore(store, "one", 30.0)
+        assert restarted.reclaim(3, gave_up_error(3), own=True, caller_gone=caller_gone_error())
+        mine = store.generation_by_id(jobs["one"])
+        assert mine and mine["status"] == "failed"
+        assert json.loads(mine["error_json"])["details"]["reason"] == "caller_gone"
+        for other in (jobs["two"], polled):
+            row = store.generation_by_id(other)
+            assert row and row["status"] == "pending"
+    finally:
+        store.close()

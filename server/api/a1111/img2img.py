@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from server.api.a1111 import models
 from server.api.a1111.errors import Invalid, a1111_error, a1111_route, json_object
-from server.api.a1111.txt2img import generate
+from server.api.a1111.txt2img import generate, latent_size
 from server.api.image_input import ImageInputError, InputImage, body_limit, read_base64
 from server.contract import ErrorCode
 from server.state import AppState, state_of
@@ -39,6 +39,7 @@ async def img2img(request: Request) -> Response:
     width, height = req.width, req.height
     if not width or not height:
         width, height = default_size(init)
+    width, height = latent_size(width), latent_size(height)
 
     async def job() -> dict[str, Any]:  # the inputs go to the vault only when admitting
         return await run_in_threadpool(image_job, state, req, init, mask)

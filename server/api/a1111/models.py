@@ -6,6 +6,7 @@ both). What Darkroom cannot honour is refused by `refusals`; what clients send a
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -116,6 +117,14 @@ class Img2ImgRequest(Txt2ImgRequest):
 
 
 def parse(data: dict[str, Any], model: type[Txt2ImgRequest] = Txt2ImgRequest) -> Txt2ImgRequest:
+    """The request, or a 422 naming every bad field. Non-finite numbers are refused
+    anywhere in the body (free-form fields like override_settings included): they
+    could be neither rendered nor echoed back in `parameters`."""
+    non_finite = non_finite_fields(data)
+    if non_finite:
+        raise Invalid(
+            *((f, "Input should be a finite number") for f in non_finite), kind="finite_number"
+        )
     try:
         request = model.model_validate(data)
     except ValidationError as exc:
@@ -126,13 +135,28 @@ def parse(data: dict[str, Any], model: type[Txt2ImgRequest] = Txt2ImgRequest) ->
     return request
 
 
+def non_finite_fields(data: Any) -> list[str]:
+    """The dotted paths of every NaN or infinity in a parsed JSON value (walked without
+    recursion: the value may be nested deep)."""
+    found, stack = [], [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(path)
+        elif isinstance(value, dict):
+            stack.extend((f"{path}.{key}" if path else str(key), v) for key, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{i}" if path else str(i), v) for i, v in enumerate(value))
+    return sorted(found)
+
+
 # Values that change nothing (A1111's defaults, or what clients send meaning "off").
 _NO_OP: dict[str, tuple[Any, ...]] = {
     "eta": (None, 1.0),
     "s_min_uncond": (None, 0.0),
     "s_churn": (None, 0.0),
     "s_tmin": (None, 0.0),
-    "s_tmax": (None, 0.0, float("inf")),
+    "s_tmax": (None, 0.0),
     "s_noise": (None, 1.0),
     "subseed_strength": (0.0,),
     "tiling": (None, False),

@@ -12,6 +12,7 @@ is `dyn`; an unknown name is left out and reported (A1111 generates without it t
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +107,8 @@ def _weight(args: list[str]) -> float:
         unet = float(named.get("unet", positional[1] if len(positional) > 1 else te))
     except ValueError:
         raise Invalid(("prompt", f"{where}: weights must be numbers")) from None
+    if not (math.isfinite(te) and math.isfinite(unet)):
+        raise Invalid(("prompt", f"{where}: the weight must be a finite number"))
     if "dyn" in named or len(positional) > 2:
         raise Invalid(("prompt", f"{where}: dyn (dynamic rank) is not supported"))
     if te != unet:

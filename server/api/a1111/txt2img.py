@@ -30,7 +30,14 @@ from server.api.a1111.errors import Invalid, a1111_error, a1111_route, caller, j
 from server.api.a1111.progress import Call, calls_of
 from server.api.a1111.prompts import parse_tags
 from server.api.idempotency import HEADER, Keyed, conflict, idempotent, key_of
-from server.contract import MAX_SEED, ErrorCode, ImageGenerationRequest, parse
+from server.contract import (
+    ANY_STEPS,
+    MAX_SEED,
+    ApiError,
+    ErrorCode,
+    ImageGenerationRequest,
+    parse,
+)
 from server.jobs import image_jobs, infotext
 from server.state import AppState, state_of
 from server.store import options
@@ -42,6 +49,7 @@ HIRES_STRENGTH = 0.7  # A1111's hires fix default
 WAIT_SECONDS = 0.05
 # An img2img's part of the job (its inputs stored in the vault), made only when admitting.
 ImageJob = Callable[[], Awaitable[dict[str, Any] | None]]
+SLOT_POLL_SECONDS = 0.25  # how often a call over its user's active limit retries admission
 
 
 async def chosen_checkpoint(state: AppState, user: User, override: Any = None) -> Checkpoint:
@@ -78,7 +86,7 @@ async def txt2img(request: Request) -> Response:
         return a1111_error(503, ErrorCode.SERVICE_UNAVAILABLE, "The server is shutting down")
     payload = await json_object(request)
     req = models.parse(payload)
-    width, height = req.width or NATIVE_SIZE, req.height or NATIVE_SIZE
+    width, height = latent_size(req.width), latent_size(req.height)
     job = {"hires": hires_job(req, width, height)} if req.enable_hr else None
 
     async def image_job() -> dict[str, Any] | None:
@@ -148,17 +156,16 @@ async def generate(
             "subseed": subseed if subseed != -1 else secrets.randbelow(MAX_SEED + 1),
             "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
         }
-        row = await run_in_threadpool(
-            functools.partial(
-                state.admission.submit,
-                prepared.generation,
-                user,
-                {"a1111": kept},
-                bind=keyed.bind if keyed else None,
-                image_job=job,
-            )
+        admit = functools.partial(
+            state.admission.submit,
+            prepared.generation,
+            user,
+            {"a1111": kept},
+            bind=keyed.bind if keyed else None,
+            image_job=job,
+            blocking=True,
         )
-        return await _answer(request, prepared, row)
+        return await _answer(request, prepared, await admit_when_free(request, state, admit))
 
     async def replay(row: dict[str, Any], first: tuple[int, Any] | None) -> Response:
         if row["status"] not in ("completed", "failed"):
@@ -194,6 +201,7 @@ async def _prepare(
             "loras": [{"id": m.lora_id, "weight": m.weight} for m in tags.loras],
             "options": {"num_images": req.num_images, "format": "png"},
         },
+        ANY_STEPS,  # AUTOMATIC1111's range: Turbo and Lightning models take 4-8 steps
     )
     sampler, schedule = infotext.display_sampler(canonical)
     kept = {
@@ -274,6 +282,30 @@ async def _answer(request: Request, prepared: Prepared, row: dict[str, Any]) -> 
         parameters.update(init_images=None, mask=None)
     images = [data for data, _ in pngs] if req.send_images else []
     return JSONResponse({"images": images, "parameters": parameters, "info": json.dumps(info)})
+
+
+async def admit_when_free(
+    request: Request, state: AppState, submit: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """Admit a blocking call. Over its user's active limit it waits for a slot, as
+    AUTOMATIC1111 queues its calls, up to --a1111-wait seconds, then answers the 429; it
+    stops waiting when the caller hangs up. Every other refusal (credits, a full queue:
+    --max-queued's 503) is answered at once."""
+    deadline = time.monotonic() + state.settings.a1111_wait
+    while True:
+        try:
+            return await run_in_threadpool(submit)
+        except ApiError as exc:
+            over_limit = exc.http_status == 429 and exc.code == ErrorCode.LIMIT_EXCEEDED
+            if not over_limit or time.monotonic() >= deadline or await request.is_disconnected():
+                raise
+        await asyncio.sleep(SLOT_POLL_SECONDS)
+
+
+def latent_size(side: int | None) -> int:
+    """A side as AUTOMATIC1111 renders it: its latent is side // 8, so the image is rounded
+    down to a multiple of 8 (0 stays 0, which the size range refuses)."""
+    return NATIVE_SIZE if side is None else side - side % 8
 
 
 def _read_images(state: AppState, row: dict[str, Any]) -> list[tuple[str, str]]:

@@ -58,7 +58,7 @@ async def render(
         submit = functools.partial(
             state.admission.submit, generation, user, {"openai": kept},
             webhook_base=links_for(request).base, bind=keyed.bind if keyed else None,
-            max_images=MAX_N,
+            max_images=MAX_N, blocking=True,
         )  # fmt: skip
         if image_job is not None:
             submit = functools.partial(submit, image_job=image_job)
