@@ -1,0 +1,78 @@
+"""A render process that stops answering (SIGSTOP: as a stuck kernel looks from outside)
+behind a real server with two CPU devices: past --job-timeout its job fails as TIMEOUT, the
+process is killed and replaced, its device comes back and renders again; the other device
+is never touched."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from processes import ServerProcess
+from test_devices_process import add_user, devices, status, submit, wait_until
+
+JOB_TIMEOUT = 5
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("hung")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DARKROOM_DEVICE_RETRY", "1")  # out of service for a second
+        process = ServerProcess(
+            root / "data", models_dir, root / "server.log",
+            "--devices", "cpu,cpu", "--job-timeout", str(JOB_TIMEOUT),
+        )  # fmt: skip
+    with process:
+        process.tokens = [add_user(root / "data", name) for name in ("ada", "bob")]  # type: ignore[attr-defined]
+        yield process
+
+
+def finished(server: ServerProcess, auth: dict, request_id: str) -> dict | None:
+    body = status(server, auth, request_id)
+    return body if body["status"] in ("completed", "failed") else None
+
+
+def test_a_stopped_render_process_is_killed_and_its_device_renders_again(
+    server: ServerProcess,
+) -> None:
+    ada, bob = server.tokens  # type: ignore[attr-defined]
+    wait_until(lambda: {e["state"] for e in devices(server).values()} == {"ready"})
+    hung = submit(server, ada, 150, "hung")
+    (victim,) = wait_until(lambda: [e for e in devices(server).values() if e["running_jobs"]])
+    (other,) = [e for e in devices(server).values() if e["name"] != victim["name"]]
+    os.kill(victim["pid"], signal.SIGSTOP)
+
+    # The other device serves meanwhile, and the server stays ready.
+    meanwhile = submit(server, bob, 10, "meanwhile")
+    assert wait_until(lambda: finished(server, bob, meanwhile))["status"] == "completed"
+    assert httpx.get(f"{server.base}/health/ready").status_code == 200
+
+    failed = wait_until(lambda: finished(server, ada, hung))
+    assert failed["status"] == "failed" and failed["error"]["code"] == "TIMEOUT", failed
+    assert failed["error"]["details"]["limit_seconds"] == JOB_TIMEOUT
+    # The stopped process is killed (and reaped), a new one takes its place.
+    wait_until(lambda: not Path(f"/proc/{victim['pid']}").exists())
+    back = wait_until(lambda: (e := devices(server)[victim["name"]])["state"] == "ready" and e)
+    assert back["pid"] not in (None, victim["pid"]) and back["reason"] is None
+    assert "killed" in back["last_reason"] and "hung" in back["last_reason"]
+    assert back["outcomes"].get("requeued", 0) == 0  # the timed-out job is not run again
+
+    # Both devices render again: two jobs at once take one each.
+    jobs = [(ada, submit(server, ada, 30, "after a")), (bob, submit(server, bob, 30, "after b"))]
+    for auth, request_id in jobs:
+        done = wait_until(lambda a=auth, r=request_id: finished(server, a, r))
+        assert done["status"] == "completed", done
+    entries = devices(server)
+    assert entries[victim["name"]]["jobs_done"] >= 1
+    # The other device was never touched.
+    assert entries[other["name"]]["pid"] == other["pid"]
+    assert entries[other["name"]]["failures"] == 0
+    health = httpx.get(f"{server.base}/health").json()
+    assert health["status"] == "ok"
+    assert status(server, ada, hung)["status"] == "failed"  # nothing brought it back
