@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_devices_process import add_user, devices, status, submit, wait_until
 
 from processes import ServerProcess
-from test_devices_process import add_user, devices, status, submit, wait_until
 
 JOB_TIMEOUT = 5
 
