@@ -14,13 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from server.jobs.device_health import STOPPED, Backoff
+from pipelines.spec import Renderer
+from server.config import Settings
+from server.jobs.device_health import STOPPED, Backoff, DeviceHealth
 from server.jobs.failures import timeout_error
-
-if TYPE_CHECKING:
-    from server.jobs.worker import Worker
+from server.jobs.queue import Progress
+from server.store import Store
 
 log = logging.getLogger("darkroom.worker")
 
@@ -30,8 +31,29 @@ SUPERVISE_SECONDS = 0.1
 HANG_GRACE_SECONDS = 10.0
 
 
+class Supervised(Protocol):
+    """What the supervisor sees of its worker (server.jobs.worker.Worker)."""
+
+    renderer: Renderer
+    store: Store
+    settings: Settings
+    health: DeviceHealth
+    state: str  # loading, ready or failed
+    load_error: str | None
+    current: list[Progress]  # the batch being rendered
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def run(self) -> None:
+        """The render thread's body."""
+        ...
+
+    def requeue(self, generation_ids: list[int]) -> int: ...
+
+
 class Supervisor:
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Supervised) -> None:
         self.worker = worker
         self.health = worker.health
         self.restarts = 0
