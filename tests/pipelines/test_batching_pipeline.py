@@ -100,6 +100,32 @@ def test_render_batch_gives_each_spec_its_images_alone(renderer: SDXLRenderer) -
     assert all(np.abs(a - b).mean() > 1 for i, a in enumerate(flat) for b in flat[i + 1 :])
 
 
+def test_every_image_of_a_batch_is_its_lone_seed_s_render_bit_for_bit(
+    renderer: SDXLRenderer, lora: LoraSpec
+) -> None:
+    """Darkroom's promise on the CPU: a seed's pixels do not depend on what it was batched
+    with. The UNet runs once per image, on the rows the image has alone, so no kernel
+    sees another shape; checked with two threads, where one UNet call for the whole batch
+    once put a batched image one level off its lone render."""
+    rows: list[int] = []
+    hook = renderer.pipeline.unet.conv_in.register_forward_pre_hook(
+        lambda module, args: rows.append(args[0].shape[0])
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        base = replace(BASE, loras=(lora,), sampler="dpmpp_2m_sde")
+        specs = [replace(base, seeds=(11, 12)), replace(base, prompt="a cat", seeds=(13,))]
+        batches = renderer.render_batch(specs)
+        assert set(rows) == {2}  # an image's unconditional and conditional rows, as alone
+        for spec, images in zip(specs, batches, strict=True):
+            for seed, together in zip(spec.seeds, images, strict=True):
+                assert_as_alone(together, renderer.render(replace(spec, seeds=(seed,)))[0])
+    finally:
+        torch.set_num_threads(threads)
+        hook.remove()
+
+
 @pytest.mark.parametrize("sampler", ["euler_a", "dpmpp_2m_sde", "heun"])
 def test_render_batch_with_a_lora_stack_and_noisy_samplers(
     renderer: SDXLRenderer, lora: LoraSpec, sampler: str
