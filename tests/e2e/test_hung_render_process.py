@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_devices_process import add_user, devices, status, submit, wait_until
+from test_devices_process import devices, status, submit, two_devices, wait_until
 
 from processes import ServerProcess
 
@@ -22,15 +22,7 @@ JOB_TIMEOUT = 5
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("hung")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DARKROOM_DEVICE_RETRY", "1")  # out of service for a second
-        process = ServerProcess(
-            root / "data", models_dir, root / "server.log",
-            "--devices", "cpu,cpu", "--job-timeout", str(JOB_TIMEOUT),
-        )  # fmt: skip
-    with process:
-        process.tokens = [add_user(root / "data", name) for name in ("ada", "bob")]  # type: ignore[attr-defined]
-        yield process
+    yield from two_devices(root, models_dir, "--job-timeout", str(JOB_TIMEOUT))
 
 
 def finished(server: ServerProcess, auth: dict, request_id: str) -> dict | None:

@@ -24,10 +24,11 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 
 def assert_as_alone(together: Image.Image, alone: Image.Image) -> None:
-    """Bit-identical on CPU, thanks to plan.batch_invariant: without it MKL's sgemm sums
-    the UNet's per-image time-embedding rows in another order for 1, 2-3 and 4+ rows, and
-    a one-image spec (2 rows with CFG) moves by ~1e-7 in a batch, which the tiny model
-    with a LoRA amplifies to several levels."""
+    """Bit-identical on CPU, thanks to plan.batch_invariant: the UNet runs per image, on
+    the rows the image has alone. Without it MKL's sgemm sums the UNet's per-image
+    time-embedding rows in another order for 1, 2-3 and 4+ rows, and a one-image spec (2
+    rows with CFG) moves by ~1e-7 in a batch, which the tiny model with a LoRA amplifies
+    to several levels."""
     assert pixels(together).tobytes() == pixels(alone).tobytes()
 
 
