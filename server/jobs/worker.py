@@ -287,8 +287,10 @@ class Worker:
             for task in tasks:
                 self._stopped(task.job, task.row["request_id"])
             return
-        log.error("device %s: %s; out of service, its jobs re-queued", self.health.name, reason)
-        self.health.died(reason, self.requeue([task.job.generation_id for task in tasks]))
+        requeued = self.requeue([task.job.generation_id for task in tasks])
+        name = self.health.name
+        log.error("device %s: %s; out of service, %d job(s) re-queued", name, reason, requeued)
+        self.health.died(reason, requeued)
 
     def _prepare(self, job: Progress) -> Task | None:
         """Check a job is still wanted and startable; mark it processing."""
