@@ -3,6 +3,8 @@ the latents the VAE decodes. Chosen per device by pipelines.tuning."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -78,3 +80,47 @@ def use_sdpa(model: Any) -> None:
     processors = model.attn_processors.values()
     if any(not isinstance(processor, AttnProcessor2_0) for processor in processors):
         model.set_attn_processor(AttnProcessor2_0())
+
+
+@contextmanager
+def unet_per_image(unet: Any, images: int) -> Iterator[None]:
+    """While a batch of `images` denoises, call the UNet once per image on just its own rows
+    (its unconditional and conditional pair under classifier-free guidance), so that every
+    kernel sees the shapes it sees when the image renders alone: CPU kernels pick their
+    blocking and split their work among threads by batch size, and a batched image came
+    out one level off its lone render on a few pixels. On the CPU a batch gains little
+    over its images one by one (pipelines.tuning); scripts/bench_batch_split.py measures
+    what this costs (0.88x-0.95x of one call for the batch, with the tiny model)."""
+    if images <= 1:
+        yield
+        return
+    forward = unet.forward
+
+    def per_image(sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        rows = sample.shape[0]
+        if rows % images:
+            return forward(sample, *args, **kwargs)
+        out = torch.empty_like(sample)
+        for image in range(images):
+            index = torch.arange(image, rows, images)  # row i, i + images, ...
+
+            def pick(value: Any, index: torch.Tensor = index) -> Any:
+                if isinstance(value, dict):
+                    return {key: pick(one) for key, one in value.items()}
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == rows:
+                    return value[index]
+                return value
+
+            result = forward(pick(sample), *map(pick, args), **pick(kwargs))
+            out[index] = result[0] if isinstance(result, tuple) else result.sample
+        return (out,) if not kwargs.get("return_dict", True) else type(result)(sample=out)
+
+    own = unet.__dict__.get("forward")  # a hook's wrapper (accelerate's) to put back
+    unet.forward = per_image
+    try:
+        yield
+    finally:
+        if own is None:
+            del unet.forward
+        else:
+            unet.forward = own

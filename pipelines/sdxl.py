@@ -19,7 +19,7 @@ from pipelines.model_files import (
     TINY,
 )
 from pipelines.model_pool import LoadedModel, ModelPool
-from pipelines.placement import pad_per_image_linears, unscale, use_sdpa
+from pipelines.placement import pad_per_image_linears, unet_per_image, unscale, use_sdpa
 from pipelines.progress import StepProgress
 from pipelines.samplers import canonical_sampler, make_scheduler
 from pipelines.spec import GenerationSpec, ModelSpec, RenderInterrupted, batch_key
@@ -194,6 +194,17 @@ class SDXLRenderer(ModelPool):
         if self._active is None:
             self._use(None)
 
+    def close(self) -> None:
+        """Nothing to end: the models stay loaded for the next load()."""
+
+    def kill(self, reason: str) -> bool:
+        """A render in this process cannot be ended from outside it."""
+        return False
+
+    @property
+    def pid(self) -> int | None:
+        return None  # renders in its caller's process
+
     def warmup(self, sizes: Iterable[tuple[int, int]], images: Iterable[int] = (1, 2)) -> None:
         """Render once per (width, height) and image count, so that compiled graphs, kernel
         choices and allocator pools exist before the first request. Two image counts:
@@ -278,7 +289,8 @@ class SDXLRenderer(ModelPool):
         steps = _offset(on_step, 0, total)
         progress = StepProgress(first.steps, steps, should_stop, on_latents)
         generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
-        with torch.inference_mode():
+        per_image = len(seeds) if self.plan.batch_invariant else 1
+        with torch.inference_mode(), unet_per_image(pipe.unet, per_image):
             latents = pipe(
                 **self._encode(specs),
                 width=first.width,

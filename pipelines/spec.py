@@ -5,7 +5,7 @@ ProcessRenderer, the tests' fakes). No torch here: the server imports this modul
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -194,13 +194,73 @@ StopCheck = Callable[[], bool]  # polled between steps: True stops the render
 LatentsCallback = Callable[[int, Any], None]  # (step, latents) for previews
 
 
+class RenderPlan(Protocol):
+    """What the server reads of a renderer's device plan (pipelines.tuning.Plan)."""
+
+    max_batch: int
+
+
+class AdapterCounts(Protocol):
+    """The renderer's LoRA cache counts, for the metrics."""
+
+    hits: int
+    misses: int
+
+
+LoraCheck = Callable[[str], "str | None"]  # a LoRA file's path -> why it does not fit, or None
+
+
 class Renderer(Protocol):
-    """What the workers render with."""
+    """What the workers render with: every method and attribute the server uses (it never
+    probes for one). Implemented by pipelines.sdxl.SDXLRenderer, the server's
+    ProcessRenderer (the same in a child process) and the tests' fakes."""
 
     model: str
     device: str
+    plan: RenderPlan
+    adapters: AdapterCounts
+
+    @property
+    def loaded_models(self) -> list[str]:
+        """The keys of the models held now, least recently used first."""
+        ...
+
+    @property
+    def lora_compatibility(self) -> LoraCheck | None:
+        """Judges LoRA files against the default model; None: judge none."""
+        ...
+
+    @property
+    def pid(self) -> int | None:
+        """The process rendering (None: this one)."""
+        ...
 
     def load(self) -> None: ...
+
+    def close(self) -> None:
+        """Release the renderer (end its process); load() starts it again."""
+        ...
+
+    def kill(self, reason: str) -> bool:
+        """From another thread, end a render that does not answer, at once: its call
+        raises. False if this renderer cannot be killed (it renders in this process)."""
+        ...
+
+    def model_key(self, model: ModelSpec | None) -> str | None:
+        """The key a model is held under (None: the default's)."""
+        ...
+
+    def warmup(self, sizes: Iterable[tuple[int, int]], images: Iterable[int] = (1, 2)) -> None:
+        """Render once per size and image count (compiled graphs, kernel choices)."""
+        ...
+
+    def measure_speed(self, width: int = 512, height: int = 512, steps: int = 3) -> float | None:
+        """Seconds per megapixel-step of one timed render (None: not measurable)."""
+        ...
+
+    def free_memory(self) -> None: ...
+
+    def device_memory_bytes(self) -> int | None: ...
 
     def render(
         self,

@@ -32,11 +32,13 @@ class DevicePlan:
     vae_float32: keep a VAE whose config says force_upcast in float32; it only decodes,
         so only the decode runs in float32 (the SDXL VAE overflows in float16).
     vae_tiling_above: decode images of more pixels than this in tiles.
-    batch_invariant: pad the UNet's per-image Linear inputs (its time embeddings: one row
-        per image) to 8 rows. MKL's sgemm picks its kernel by row count (1, 2-3, 4+ here),
-        so without it an image computes other bits alone than in a batch. CPU only, and
-        not compiled: cuBLAS chooses kernels by shape for every matmul, so on CUDA no
-        padding makes a batch bit-exact.
+    batch_invariant: a batch's UNet runs once per image on that image's rows
+        (pipelines.placement.unet_per_image), so every kernel sees the shapes of a lone
+        render and a batched image is bit-exact with it; and the UNet's per-image Linear
+        inputs (its time embeddings: one row per image) are padded to 8 rows, as they
+        always were (MKL's sgemm picks its kernel by row count: 1, 2-3, 4+), so pixels
+        stay those of earlier versions. CPU only, and not compiled: on CUDA batching is
+        the speed, and an image in a batch may differ from its lone render by rounding.
     max_batch: how many queued jobs of one shape the server renders as one batch unless
         told otherwise. 4 on CUDA: an H200 rendered SDXL at 1024 px 1.65x faster per image
         in batches of 2 and 1.71x in batches of 4 (one image leaves it underused). 1 on

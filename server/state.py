@@ -132,9 +132,9 @@ def default_renderer(settings: Settings) -> Renderer:
     )
     if not settings.render_process:
         return make()
-    renderer = ProcessRenderer(make, model, latents_every=settings.preview_every)
-    renderer.start()  # the child imports torch while this process opens its store
-    return renderer
+    process = ProcessRenderer(make, model, latents_every=settings.preview_every)
+    process.start()  # the child imports torch while this process opens its store
+    return process
 
 
 def sdxl_renderer(model: str, models_dir: Path, **options: Any) -> Renderer:

@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from fakes import FakeRenderer  # noqa: E402
 from pipelines.sdxl import SDXLRenderer  # noqa: E402
 from pipelines.spec import Renderer  # noqa: E402
 from pipelines.tiny import build_tiny_model  # noqa: E402
@@ -34,15 +35,12 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-class Preloaded:
+class Preloaded(FakeRenderer):
     """The session's tiny pipeline, loaded once and lent to every app a test starts."""
 
     def __init__(self, renderer: SDXLRenderer) -> None:
         self._renderer = renderer
         self.model, self.device = renderer.model, renderer.device
-
-    def load(self) -> None:
-        pass
 
     @property
     def loaded_models(self) -> list[str]:

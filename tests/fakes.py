@@ -5,15 +5,56 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from PIL import Image
 
-from pipelines.spec import RenderInterrupted
+from pipelines.spec import ModelSpec, RenderInterrupted
 
 
-class Solid:
+class FakeRenderer:
+    """Every pipelines.spec.Renderer member a fake does not care about: in this process,
+    one model, no LoRA check, no memory figures, nothing to measure or kill."""
+
+    model, device = "fake", "cpu"
+    plan = SimpleNamespace(max_batch=1)
+    adapters = SimpleNamespace(hits=0, misses=0)
+    lora_compatibility = None
+    pid = None
+
+    @property
+    def loaded_models(self) -> list[str]:
+        return [self.model]
+
+    def model_key(self, model: ModelSpec | None) -> str | None:
+        return self.model if model is None else model.key
+
+    def load(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def kill(self, reason: str) -> bool:
+        return False
+
+    def warmup(self, sizes: Iterable[tuple[int, int]], images: Iterable[int] = (1, 2)) -> None:
+        pass
+
+    def measure_speed(self, width: int = 512, height: int = 512, steps: int = 3) -> float | None:
+        return None
+
+    def free_memory(self) -> None:
+        pass
+
+    def device_memory_bytes(self) -> int | None:
+        return None
+
+
+class Solid(FakeRenderer):
     """Renders instantly: flat images, for tests where the real model's speed would matter."""
 
     def render(self, spec, on_step=None, should_stop=None, on_latents=None):  # type: ignore[no-untyped-def]
@@ -25,18 +66,13 @@ class Solid:
         return [self.render(spec) for spec in specs]
 
 
-class Fake:
-    model, device = "fake", "cpu"
-
+class Fake(FakeRenderer):
     def __init__(self, inner: Any = None) -> None:
         self.inner = inner
         self.calls = 0
         self.prompts: list[str] = []
         self.batches: list[list[str]] = []  # the prompts of each call, batch or not
         self.started = threading.Event()
-
-    def load(self) -> None:
-        pass
 
     def render(self, spec, on_step=None, should_stop=None, on_latents=None):  # type: ignore[no-untyped-def]
         self.calls += 1

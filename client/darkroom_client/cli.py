@@ -62,6 +62,10 @@ def add_commands(subparsers: Any) -> None:
     reproduce.add_argument("--model", help="render with this model instead of the recorded one")
     reproduce.add_argument("--quality", type=int, help="JPEG/WebP quality (default: detected)")
     reproduce.add_argument("--out", type=Path, help="also save the new render here")
+    reproduce.add_argument(
+        "--tolerance", type=int, default=0, metavar="N",
+        help="accept up to N levels of difference per channel (exit 0; default 0: bit-exact)",
+    )  # fmt: skip
     _connection_arguments(reproduce)
 
 

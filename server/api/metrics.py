@@ -59,8 +59,7 @@ class StateCollector:
         yield jobs
         yield _counter("darkroom_images_generated", "Images generated",
                        state.store.image_count())
-        caches = [getattr(worker.renderer, "adapters", None) for worker in workers]
-        caches = [adapters for adapters in caches if hasattr(adapters, "hits")]
+        caches = [worker.renderer.adapters for worker in workers]
         if caches:
             yield _counter("darkroom_lora_cache_hits", "LoRAs found loaded",
                            sum(adapters.hits for adapters in caches))

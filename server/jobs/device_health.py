@@ -26,6 +26,24 @@ COMPLETED, DEVICE_ERROR, REQUEST_ERROR, STOPPED, REQUEUED = (
 )
 
 
+class Backoff:
+    """Delays for retrying what keeps failing: `base`, then doubled each failure in a row,
+    at most `cap`; `reset()` after a success."""
+
+    def __init__(self, base: float, cap: float = RETRY_CAP_SECONDS) -> None:
+        self.base = base
+        self.cap = cap
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        """Count one more failure; the delay before the next try."""
+        self.failures += 1
+        return min(self.base * 2 ** (self.failures - 1), self.cap)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
 class DeviceHealth:
     def __init__(self, name: str, max_failures: int = 3, retry_seconds: float = 10.0) -> None:
         self.name = name
@@ -34,7 +52,7 @@ class DeviceHealth:
         self.outcomes: Counter[str] = Counter()
         self.failures = 0
         self.consecutive_failures = 0
-        self.outages = 0  # in a row; sets the backoff
+        self._backoff = Backoff(retry_seconds)  # its failures: outages in a row
         self.reason: str | None = None  # why it is (or last was) out of service
         self.retry_at: float | None = None  # monotonic; None while in service
         self._lock = threading.Lock()
@@ -52,7 +70,7 @@ class DeviceHealth:
             self.outcomes[outcome] += jobs
             if outcome == COMPLETED:
                 self.consecutive_failures = 0
-                self.outages = 0
+                self._backoff.reset()
 
     def failed(self, reason: str, jobs: int = 1) -> bool:
         """A job (batch) failed through no fault of its request; True if that took the
@@ -68,10 +86,8 @@ class DeviceHealth:
 
     def take_out(self, reason: str) -> None:
         with self._lock:
-            self.outages += 1
-            backoff = self.retry_seconds * 2 ** (self.outages - 1)
             self.reason = reason
-            self.retry_at = time.monotonic() + min(backoff, RETRY_CAP_SECONDS)
+            self.retry_at = time.monotonic() + self._backoff.next_delay()
 
     def seconds_to_retry(self) -> float:
         return max(0.0, (self.retry_at or 0.0) - time.monotonic())

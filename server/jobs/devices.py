@@ -132,7 +132,6 @@ class DevicePool:
 
     def entry(self, worker: Worker) -> dict[str, Any]:
         health, renderer = worker.health, worker.renderer
-        memory = getattr(renderer, "device_memory_bytes", None)
         retry = health.seconds_to_retry() if health.out_of_service else None
         return {
             "name": self.name_of(worker),
@@ -145,11 +144,11 @@ class DevicePool:
             "reason": health.reason if health.out_of_service else worker.load_error,
             "last_reason": health.reason,
             "retry_in_seconds": round(retry, 1) if retry is not None else None,
-            "memory_bytes": memory() if callable(memory) else None,
+            "memory_bytes": renderer.device_memory_bytes(),
             "model_loaded": worker.state == "ready",
-            "models": sorted(str(model) for model in getattr(renderer, "loaded_models", ())),
+            "models": sorted(str(model) for model in renderer.loaded_models),
             "running_jobs": len(worker.current),
             "worker_alive": worker.alive,
             "worker_restarts": worker.restarts,
-            "pid": getattr(renderer, "pid", None),
+            "pid": renderer.pid,
         }

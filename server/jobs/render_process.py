@@ -30,7 +30,15 @@ from typing import Any
 
 from PIL import Image
 
-from pipelines.spec import GenerationSpec, LatentsCallback, StepCallback, StopCheck
+from pipelines.spec import (
+    GenerationSpec,
+    LatentsCallback,
+    LoraCheck,
+    ModelSpec,
+    Renderer,
+    StepCallback,
+    StopCheck,
+)
 
 log = logging.getLogger("darkroom.render")
 
@@ -48,14 +56,15 @@ class ProcessRenderer:
     """A pipelines.spec.Renderer backed by `factory()` (a picklable callable that makes a
     pipelines.sdxl.SDXLRenderer, or anything with its methods) in a child process."""
 
-    def __init__(self, factory: Callable[[], Any], model: str, latents_every: int = 0) -> None:
+    def __init__(self, factory: Callable[[], Renderer], model: str, latents_every: int = 0) -> None:
         self.factory = factory
         self.model = model
         self.device = "(loading)"
         self.latents_every = latents_every
         self.adapters = SimpleNamespace(hits=0, misses=0)  # the child's LoRA cache counts
-        self.plan: Any = None
-        self.lora_fit: Callable[[Any], str | None] | None = None
+        self.plan: Any = SimpleNamespace(max_batch=1)  # the child's, once loaded
+        self.lora_fit: LoraCheck | None = None
+        self._kill_reason: str | None = None
         self._memory: int | None = None
         self.loaded_models: list[str] = []  # as the child last reported them
         self._default_key: str | None = None
@@ -108,9 +117,8 @@ class ProcessRenderer:
             log.info("render process %d: %s on %s", self.pid, self.model, self.device)
 
     @property
-    def lora_compatibility(self) -> Callable[[Any], str | None]:
+    def lora_compatibility(self) -> LoraCheck | None:
         self.load()
-        assert self.lora_fit is not None
         return self.lora_fit
 
     def render(
@@ -131,25 +139,33 @@ class ProcessRenderer:
     ) -> list[list[Image.Image]]:
         return self._call(("render_batch", list(specs)), on_step, should_stop, on_latents)
 
-    def warmup(self, *args: Any) -> None:
-        """The child's renderer's warmup(), with its defaults."""
-        self._call(("warmup", *args))
+    def warmup(self, sizes: Any, images: Any = (1, 2)) -> None:
+        self._call(("warmup", list(sizes), tuple(images)))
 
-    def measure_speed(self, *args: Any) -> float:
-        return self._call(("measure_speed", *args))
+    def measure_speed(self, width: int = 512, height: int = 512, steps: int = 3) -> float | None:
+        return self._call(("measure_speed", width, height, steps))
 
-    def model_key(self, model: None) -> str | None:
+    def model_key(self, model: ModelSpec | None) -> str | None:
         """The key the child holds the default model under (for loaded_models)."""
+        if model is not None:
+            raise NotImplementedError("the child knows other models' keys")
         return self._default_key
 
     def free_memory(self) -> None:
         self._call(("free_memory",))
 
-    def unload_loras(self) -> None:
-        self._call(("unload_loras",))
-
     def device_memory_bytes(self) -> int | None:
         return self._memory
+
+    def kill(self, reason: str) -> bool:
+        """Kill the child now (SIGKILL: a stopped or stuck one too), without waiting for the
+        request on the pipe: that request fails with RenderProcessDied naming `reason`."""
+        process = self._process
+        if process is None or not process.is_alive():
+            return False
+        self._kill_reason = reason
+        process.kill()
+        return True
 
     def close(self, timeout: float = 10.0) -> None:
         """Ask the child to exit; kill it if it does not. A request still waiting on the
@@ -231,8 +247,10 @@ class ProcessRenderer:
                 raise payload[0]
 
     def _died(self, process: Any) -> None:
-        code = process.exitcode
+        code, killed, self._kill_reason = process.exitcode, self._kill_reason, None
         self._process = self._connection = None
+        if killed:
+            raise RenderProcessDied(f"the render process was killed ({killed})")
         raise RenderProcessDied(f"the render process exited (code {code})")
 
 
@@ -245,7 +263,7 @@ class Flags:
 
 
 def serve_child(
-    connection: Any, factory: Callable[[], Any], flags: Flags, latents_every: int
+    connection: Any, factory: Callable[[], Renderer], flags: Flags, latents_every: int
 ) -> None:
     """The child's main loop: load, then answer requests until told to exit."""
     # The server decides when this process ends (Ctrl-C and SIGTERM reach the whole process
@@ -257,11 +275,10 @@ def serve_child(
     renderer = factory()
     try:
         renderer.load()
-        plan = getattr(renderer, "plan", None)
         info = {
             "device": renderer.device,
-            "plan": SimpleNamespace(max_batch=getattr(plan, "max_batch", 1)),
-            "fit": getattr(renderer, "lora_compatibility", None),
+            "plan": SimpleNamespace(max_batch=renderer.plan.max_batch),
+            "fit": renderer.lora_compatibility,
         }
     except BaseException as exc:
         connection.send(("error", portable(exc)))
@@ -287,19 +304,20 @@ def serve_child(
         connection.send(("done", result, stats(renderer)))
 
 
-def stats(renderer: Any) -> dict[str, Any]:
+def stats(renderer: Renderer) -> dict[str, Any]:
     """What the parent shows in its metrics: LoRA cache counts and device memory."""
-    adapters = getattr(renderer, "adapters", None)
     return {
-        "hits": getattr(adapters, "hits", 0),
-        "misses": getattr(adapters, "misses", 0),
-        "memory": getattr(renderer, "device_memory_bytes", lambda: None)(),
-        "models": list(getattr(renderer, "loaded_models", ())),
-        "default_model": renderer.model_key(None) if hasattr(renderer, "model_key") else None,
+        "hits": renderer.adapters.hits,
+        "misses": renderer.adapters.misses,
+        "memory": renderer.device_memory_bytes(),
+        "models": list(renderer.loaded_models),
+        "default_model": renderer.model_key(None),
     }
 
 
-def answer(renderer: Any, request: tuple, connection: Any, flags: Flags, latents_every: int) -> Any:
+def answer(
+    renderer: Renderer, request: tuple, connection: Any, flags: Flags, latents_every: int
+) -> Any:
     kind, *args = request
     if kind == "render_batch":
 
@@ -314,7 +332,13 @@ def answer(renderer: Any, request: tuple, connection: Any, flags: Flags, latents
             should_stop=flags.stop.is_set,
             on_latents=on_latents,
         )
-    return getattr(renderer, kind)(*args)
+    if kind == "warmup":
+        return renderer.warmup(*args)
+    if kind == "measure_speed":
+        return renderer.measure_speed(*args)
+    if kind == "free_memory":
+        return renderer.free_memory()
+    raise ValueError(f"unknown request {kind!r}")
 
 
 def portable(exc: BaseException) -> BaseException:

@@ -41,7 +41,7 @@ def render_jobs(
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        free_memory(renderer)
+        renderer.free_memory()
         if sum(spec.num_images for spec in specs) == 1:
             raise OutOfMemory from exc
     count = sum(spec.num_images for spec in specs)
@@ -57,12 +57,6 @@ def render_jobs(
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        free_memory(renderer)
+        renderer.free_memory()
         raise OutOfMemory from exc
     return results
-
-
-def free_memory(renderer: Renderer) -> None:
-    free = getattr(renderer, "free_memory", None)
-    if free is not None:
-        free()

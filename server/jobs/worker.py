@@ -1,7 +1,8 @@
 """The GPU thread: takes jobs, calls pipelines/, writes the vault, records results.
 
 One thread owns the pipeline, so nothing in pipelines/ needs to be thread-safe, and the
-event loop never waits on the GPU.
+event loop never waits on the GPU. Its timeouts, restarts and recovery are the
+supervisor's (server/jobs/supervisor.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from server.jobs.render_process import RENDER_NICENESS, RenderProcessDied
 from server.jobs.rendering import render_jobs
 from server.jobs.results import ResultWriter, Task
 from server.jobs.specs import build_spec, enqueue_stored, resolve_request
+from server.jobs.supervisor import Supervisor
 from server.library.checkpoints import ModelCatalog
 from server.library.loras import LoraCatalog
 from server.metrics import Metrics
@@ -43,10 +45,6 @@ from server.store.vault import Vault
 log = logging.getLogger("darkroom.worker")
 
 IDLE_SECONDS = 30.0
-SUPERVISE_SECONDS = 0.1
-# How long a job may ignore its stop flag past its timeout before it is failed regardless.
-HANG_GRACE_SECONDS = 10.0
-RELOAD_BACKOFF_SECONDS = 30.0
 
 
 def lower_priority() -> None:
@@ -63,8 +61,7 @@ def lower_priority() -> None:
 
 
 class Worker:
-    """The render thread, and a supervisor thread that enforces job timeouts and brings the
-    render thread back if it dies."""
+    """The render thread's job loop; `supervisor` watches it from a thread of its own."""
 
     def __init__(
         self,
@@ -93,19 +90,9 @@ class Worker:
         )
         self.state = "loading"
         self.load_error: str | None = None
-        self.restarts = 0
-        self.stuck_job: int | None = None
         self._stopping = False
-        self._crashed_jobs: list[int] = []
         self._speed: float | None = None
-        self._thread = self._spawn()
-        self._supervisor = threading.Thread(
-            target=self._supervise, name=f"darkroom-supervisor-{self.health.name}", daemon=True
-        )
-
-    def _spawn(self) -> threading.Thread:
-        name = f"darkroom-worker-{self.health.name}"
-        return threading.Thread(target=self._run, name=name, daemon=True)
+        self.supervisor = Supervisor(self)
 
     @property
     def device_name(self) -> str:
@@ -115,8 +102,11 @@ class Worker:
         return self.health.name
 
     def start(self) -> None:
-        self._thread.start()
-        self._supervisor.start()
+        self.supervisor.start()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping or self.queue.closed
 
     def drain(self, timeout: float) -> bool:
         """Take no new jobs and wait for the running one; False if it did not end in time."""
@@ -127,45 +117,56 @@ class Worker:
         """Interrupt the running job (it goes back to the queue) and end both threads."""
         self._stopping = True
         self.queue.close()
-        self._thread.join(timeout)
-        self._supervisor.join(timeout)
-        close = getattr(self.renderer, "close", None)
-        if close is not None:
-            close()
+        self.supervisor.join(timeout)
+        self.renderer.close()
 
     @property
     def max_batch(self) -> int:
         """0 means the device's default, which the loaded renderer's plan knows (see
         pipelines.tuning)."""
-        plan = getattr(self.renderer, "plan", None)
-        return self.settings.max_batch or getattr(plan, "max_batch", 1)
+        return self.settings.max_batch or self.renderer.plan.max_batch
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self.supervisor.alive
 
-    def _run(self) -> None:
+    @property
+    def restarts(self) -> int:
+        return self.supervisor.restarts
+
+    @property
+    def stuck_job(self) -> int | None:
+        return self.supervisor.stuck_job
+
+    def run(self) -> None:
+        """The render thread: start up, then render jobs until the queue closes."""
         self.state = "loading"
         lower_priority()
         try:
-            self.renderer.load()
+            self._start_up()
         except Exception as exc:
             self.state, self.load_error = "failed", f"{type(exc).__name__}: {exc}"
-            log.exception("could not load model %s", self.renderer.model)
+            self.supervisor.start_up_failed()
             return
-        warmup = getattr(self.renderer, "warmup", None)
-        if self.settings.compile and warmup is not None:
+        self.supervisor.started()
+        self.state, self.load_error = "ready", None
+        log.info("model %s ready on %s", self.renderer.model, self.renderer.device)
+        self._job_loop()
+
+    def _start_up(self) -> None:
+        self.renderer.load()
+        if self.settings.compile:
             log.info("compiling: warm-up renders at %s", self.settings.warmup_sizes)
-            warmup(self.settings.warmup)
+            self.renderer.warmup(self.settings.warmup)
         self._measure_speed()
         # Loading may have written files (the tiny model and its LoRAs): list them too.
         self.models.refresh()
-        self.catalog.refresh(check=getattr(self.renderer, "lora_compatibility", None))
-        self.state, self.load_error = "ready", None
-        log.info("model %s ready on %s", self.renderer.model, self.renderer.device)
+        self.catalog.refresh(check=self.renderer.lora_compatibility)
+
+    def _job_loop(self) -> None:
         while True:
-            if self.health.out_of_service and not self._back_in_service():
-                if self.queue.closed or self._stopping:
+            if self.health.out_of_service and not self.supervisor.back_in_service():
+                if self.stopping:
                     return
                 continue
             batch = self.queue.take(
@@ -189,116 +190,52 @@ class Worker:
             except BaseException:
                 # Whatever this was, the thread is done for: the supervisor starts another.
                 log.critical("jobs %s: the worker thread died", ids, exc_info=True)
-                self._crashed_jobs = ids
+                self.supervisor.crashed_jobs = ids
                 return
             finally:
-                if self.stuck_job in ids:
-                    self.stuck_job = None
+                self.supervisor.batch_ended(ids)
                 self.current = []
                 self.queue.done(batch)
 
-    def _back_in_service(self) -> bool:
-        """Out of service: wait out the backoff, then start the renderer afresh (a new
-        render process). False if it is still out (or the server is stopping)."""
-        while self.health.seconds_to_retry() > 0:
-            if self.queue.closed or self._stopping:
-                return False
-            time.sleep(min(SUPERVISE_SECONDS, self.health.seconds_to_retry()))
-        self.state = "loading"
-        log.info("device %s: retrying (%s)", self.health.name, self.health.reason)
-        try:
-            close = getattr(self.renderer, "close", None)
-            if close is not None:
-                close()
-            self.renderer.load()
-        except Exception as exc:
-            self.state = "ready"
-            self.health.take_out(f"reload failed: {type(exc).__name__}: {exc}")
-            log.exception("device %s: could not load again", self.health.name)
-            return False
-        self.state = "ready"
-        self.health.back_in_service()
-        log.info("device %s: back in service", self.health.name)
-        return True
-
     def loaded_models(self) -> set[str | None]:
         """The models the renderer holds, as the queue names them (None: the default)."""
-        held = getattr(self.renderer, "loaded_models", None)
-        if held is None:
-            return {None}
-        default = self.renderer.model_key(None)  # type: ignore[attr-defined]
-        return {None if key == default else key for key in held}
+        default = self.renderer.model_key(None)
+        return {None if key == default else key for key in self.renderer.loaded_models}
 
     def _measure_speed(self) -> None:
         """One short timed render on this device, so that estimates are in its order of
         magnitude before the first job completes (a CPU is ~100x slower than a GPU)."""
-        measure = getattr(self.renderer, "measure_speed", None)
-        if measure is None or self._speed is not None:
+        if self._speed is not None:
             return
         # A compiled model measures at a warmed-up size (another would compile anew).
         size = self.settings.warmup[:1] if self.settings.compile else []
         try:
-            self._speed = float(measure(*size[0]) if size else measure())
+            measure = self.renderer.measure_speed
+            self._speed = measure(*size[0]) if size else measure()
         except Exception:
             log.exception("could not measure the render speed; estimates assume a GPU")
             return
-        log.info("measured %.3g s per megapixel-step on %s", self._speed, self.renderer.device)
+        if self._speed is not None:
+            log.info("measured %.3g s per megapixel-step on %s", self._speed, self.renderer.device)
 
     def measured_speed(self) -> float | None:
         """Seconds per work unit of the start-up measurement (None until it is done)."""
         return self._speed
 
-    def _supervise(self) -> None:
-        failed_since: float | None = None
-        while not self._stopping:
-            time.sleep(SUPERVISE_SECONDS)
-            self._enforce_timeout()
-            if self._thread.is_alive() or self._stopping:
-                continue
-            if self.state != "failed":
-                self._restart()
-                continue
-            # The model would not load: try again now and then, readiness 503 meanwhile.
-            failed_since = failed_since or time.monotonic()
-            if time.monotonic() - failed_since >= RELOAD_BACKOFF_SECONDS:
-                failed_since = None
-                self._thread = self._spawn()
-                self._thread.start()
-
-    def _enforce_timeout(self) -> None:
-        batch, limit = self.current, self.settings.job_timeout
-        if not batch or limit <= 0:
-            return
-        overdue = time.monotonic() - batch[0].started - limit
-        if overdue > 0:
-            for job in batch:
-                job.request_stop("timeout")
-        if overdue > HANG_GRACE_SECONDS and self.stuck_job is None:
-            # It ignores its stop flag (stuck inside a step): fail it for the client now;
-            # readiness stays 503 until the thread comes back.
-            self.stuck_job = batch[0].generation_id
-            for job in batch:
-                self.store.fail(job.generation_id, timeout_error(limit))
-            log.error("jobs %s: stuck past their timeout", [j.generation_id for j in batch])
-
-    def _restart(self) -> None:
-        self.restarts += 1
-        log.error("the worker thread died; restarting it (restart %d)", self.restarts)
-        crashed, self._crashed_jobs = self._crashed_jobs, []
-        self._requeue(crashed)
-        self._thread = self._spawn()
-        self._thread.start()
-
-    def _requeue(self, generation_ids: list[int]) -> None:
-        """The jobs' renderer died under them: run them again, up to max_attempts starts."""
+    def requeue(self, generation_ids: list[int]) -> int:
+        """The jobs' renderer died under them: run them again, up to max_attempts starts.
+        How many were still running (not failed already, as a hung job is)."""
+        running = 0
         for generation_id in generation_ids:
             row = self.store.generation_by_id(generation_id)
             if row and row["status"] == "processing":
+                running += 1
                 if row["attempts"] >= self.settings.max_attempts:
                     self.store.fail(generation_id, gave_up_error(row["attempts"]))
                 else:
                     self.store.requeue(generation_id)
                     enqueue_stored(self.queue, self.models, self.catalog, row)
+        return running
 
     def _process(self, batch: list[Progress]) -> None:
         tasks = [task for job in batch if (task := self._prepare(job)) is not None]
@@ -362,9 +299,10 @@ class Worker:
             for task in tasks:
                 self._stopped(task.job, task.row["request_id"])
             return
-        log.error("device %s: %s; out of service, its jobs re-queued", self.health.name, reason)
-        self.health.died(reason, len(tasks))
-        self._requeue([task.job.generation_id for task in tasks])
+        requeued = self.requeue([task.job.generation_id for task in tasks])
+        name = self.health.name
+        log.error("device %s: %s; out of service, %d job(s) re-queued", name, reason, requeued)
+        self.health.died(reason, requeued)
 
     def _prepare(self, job: Progress) -> Task | None:
         """Check a job is still wanted and startable; mark it processing."""

@@ -236,6 +236,23 @@ def test_reproduce_reports_how_far_a_tampered_image_is(server: LiveServer, tmp_p
     result = darkroom(server, "reproduce", str(path))
     assert result.returncode == 1
     assert "different: max abs diff" in result.stdout and "PSNR" in result.stdout
+    diff = int(result.stdout.split("max abs diff ")[1].split(",")[0])
+    assert darkroom(server, "reproduce", str(path), "--tolerance", str(diff - 1)).returncode == 1
+    accepted = darkroom(server, "reproduce", str(path), "--tolerance", str(diff))
+    assert accepted.returncode == 0 and f"within tolerance: max abs diff {diff}" in accepted.stdout
+
+
+def test_reproduce_an_image_rendered_in_a_batch_is_bit_exact(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    """A seed's pixels do not depend on the other images of its render (the server here is
+    on the CPU): the second of two images reproduces, alone, pixel for pixel."""
+    with Client(server.url, server.tokens["alice"]) as client:
+        generation = client.generate("a castle", **SMALL, seed=40, num_images=2, format="png")
+        paths = generation.save(tmp_path)
+    result = darkroom(server, "reproduce", str(paths[1]))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "identical" in result.stdout
 
 
 def test_reproduce_reads_automatic1111_infotext(server: LiveServer, tmp_path: Path) -> None:

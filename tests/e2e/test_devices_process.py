@@ -20,12 +20,17 @@ from processes import ServerProcess
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("devices")
+    yield from two_devices(tmp_path_factory.mktemp("devices"), models_dir)
+
+
+def two_devices(root: Path, models_dir: Path, *flags: str) -> Iterator[ServerProcess]:
+    """A server on `--devices cpu,cpu`, users ada and bob (`.tokens`)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DARKROOM_DEVICE_RETRY", "1")  # out of service for a second
         process = ServerProcess(
-            root / "data", models_dir, root / "server.log", "--devices", "cpu,cpu"
+            root / "data", models_dir, root / "server.log", "--devices", "cpu,cpu", *flags
         )
+    process.wait_ready(timeout=600)  # two render processes load slowly on a loaded machine
     with process:
         process.tokens = [add_user(root / "data", name) for name in ("ada", "bob")]  # type: ignore[attr-defined]
         yield process

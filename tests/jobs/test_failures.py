@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-import server.jobs.worker
+import server.jobs.supervisor
 import server.store.vault
 from conftest import AppFactory, Preloaded, generate, render, wait_done, wait_healthy
 from fakes import Dies, Hangs, OutOfMemory, Solid, Stalls, StallsOnce
@@ -93,7 +93,7 @@ def test_hung_job_is_failed_and_readiness_reports_it(
     tiny_renderer: Preloaded,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(server.jobs.worker, "HANG_GRACE_SECONDS", 0.3)
+    monkeypatch.setattr(server.jobs.supervisor, "HANG_GRACE_SECONDS", 0.3)
     hangs = Hangs(Solid())
     client = make_client(renderer=hangs, job_timeout=0.3)
     stuck, queued = generate(client), generate(client, "queued")
@@ -129,12 +129,9 @@ def test_dead_worker_is_restarted_and_its_job_retried(
 
 
 def test_readiness_is_503_while_the_model_cannot_be_reloaded(
-    make_client: AppFactory,
-    tiny_renderer: Preloaded,
-    monkeypatch: pytest.MonkeyPatch,
+    make_client: AppFactory, tiny_renderer: Preloaded
 ) -> None:
-    monkeypatch.setattr(server.jobs.worker, "RELOAD_BACKOFF_SECONDS", 1.0)
-    client = make_client(renderer=Dies(tiny_renderer, failed_reloads=1))
+    client = make_client(renderer=Dies(tiny_renderer, failed_reloads=1), device_retry=1.0)
     job = generate(client)
     wait_for(lambda: "error" in client.get("/health").json())
     health = client.get("/health")

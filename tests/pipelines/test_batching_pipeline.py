@@ -24,10 +24,11 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 
 def assert_as_alone(together: Image.Image, alone: Image.Image) -> None:
-    """Bit-identical on CPU, thanks to plan.batch_invariant: without it MKL's sgemm sums
-    the UNet's per-image time-embedding rows in another order for 1, 2-3 and 4+ rows, and
-    a one-image spec (2 rows with CFG) moves by ~1e-7 in a batch, which the tiny model
-    with a LoRA amplifies to several levels."""
+    """Bit-identical on CPU, thanks to plan.batch_invariant: the UNet runs per image, on
+    the rows the image has alone. Without it MKL's sgemm sums the UNet's per-image
+    time-embedding rows in another order for 1, 2-3 and 4+ rows, and a one-image spec (2
+    rows with CFG) moves by ~1e-7 in a batch, which the tiny model with a LoRA amplifies
+    to several levels."""
     assert pixels(together).tobytes() == pixels(alone).tobytes()
 
 
@@ -98,6 +99,32 @@ def test_render_batch_gives_each_spec_its_images_alone(renderer: SDXLRenderer) -
     flat = [pixels(image) for images in batches for image in images]
     # Negative prompts and seeds reached the right images: every image is its own.
     assert all(np.abs(a - b).mean() > 1 for i, a in enumerate(flat) for b in flat[i + 1 :])
+
+
+def test_every_image_of_a_batch_is_its_lone_seed_s_render_bit_for_bit(
+    renderer: SDXLRenderer, lora: LoraSpec
+) -> None:
+    """Darkroom's promise on the CPU: a seed's pixels do not depend on what it was batched
+    with. The UNet runs once per image, on the rows the image has alone, so no kernel
+    sees another shape; checked with two threads, where one UNet call for the whole batch
+    once put a batched image one level off its lone render."""
+    rows: list[int] = []
+    hook = renderer.pipeline.unet.conv_in.register_forward_pre_hook(
+        lambda module, args: rows.append(args[0].shape[0])
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        base = replace(BASE, loras=(lora,), sampler="dpmpp_2m_sde")
+        specs = [replace(base, seeds=(11, 12)), replace(base, prompt="a cat", seeds=(13,))]
+        batches = renderer.render_batch(specs)
+        assert set(rows) == {2}  # an image's unconditional and conditional rows, as alone
+        for spec, images in zip(specs, batches, strict=True):
+            for seed, together in zip(spec.seeds, images, strict=True):
+                assert_as_alone(together, renderer.render(replace(spec, seeds=(seed,)))[0])
+    finally:
+        torch.set_num_threads(threads)
+        hook.remove()
 
 
 @pytest.mark.parametrize("sampler", ["euler_a", "dpmpp_2m_sde", "heun"])
