@@ -23,7 +23,7 @@ from server.config import Settings  # noqa: E402
 
 # The PostgreSQL fixtures (each_engine): a module runs on both engines with
 # `def database_url(each_engine): return each_engine`.
-pytest_plugins = ["pgtest"]
+pytest_plugins = ["pgtest", "chromium"]
 
 SMALL = {"width": 256, "height": 256, "steps": 10}
 

@@ -1,6 +1,7 @@
-"""The console's browser tests drive Debian's `chromium` through the `playwright` package
-(`executable_path`: its own browser download cannot work offline). Without chromium they
-are skipped, with one line in the summary saying how to run them."""
+"""A pytest plugin (tests/conftest.py loads it): the console's browser tests drive
+Debian's `chromium` through the `playwright` package (`executable_path`: its own browser
+download cannot work offline). Without chromium they are skipped, with one line in the
+summary saying how to run them."""
 
 from __future__ import annotations
 
