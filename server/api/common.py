@@ -9,6 +9,7 @@ from typing import Any
 from starlette.requests import Request
 
 from server.api import views
+from server.api.blocking import off_loop
 from server.contract import CONTRACT_PREFIX, ApiError, ErrorCode, not_found
 from server.state import state_of
 from server.store.accounts import User
@@ -39,10 +40,11 @@ def links_for(request: Request) -> views.Links:
     return views.Links(base, state.vault, state.settings.url_ttl_hours * 3600)
 
 
-def user_of(request: Request) -> User:
-    """Who the request acts as (raises 401 UNAUTHORIZED)."""
+async def user_of(request: Request) -> User:
+    """Who the request acts as (raises 401 UNAUTHORIZED); the token is looked up off the loop."""
     forwarded = "forwarded" in request.headers or "x-forwarded-for" in request.headers
-    return state_of(request).auth.user(request.headers.get("authorization"), forwarded)
+    auth = state_of(request).auth
+    return await off_loop(auth.user, request.headers.get("authorization"), forwarded)
 
 
 async def json_body(request: Request) -> dict:
@@ -79,7 +81,8 @@ async def json_body(request: Request) -> dict:
 
 
 def own_generation(request: Request, user: User) -> dict:
-    """The generation named in the path, if it is the user's: others' are as unknown."""
+    """The generation named in the path, if it is the user's: others' are as unknown.
+    It and generation_view query the database: handlers call them through off_loop."""
     request_id = request.path_params["request_id"]
     row = state_of(request).store.generation(request_id, user.id)
     if row is None:

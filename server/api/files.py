@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
+from server.api.blocking import off_loop
 from server.contract import ApiError, ErrorCode, not_found
 from server.state import state_of
 from server.store.vault import EXTENSIONS, MEDIA_TYPES
@@ -30,7 +31,7 @@ def _image_file(request: Request, name: str, in_vault_only: bool) -> Response:
 
 
 async def vault_file(request: Request) -> Response:
-    return _image_file(request, request.path_params["name"], in_vault_only=True)
+    return await off_loop(_image_file, request, request.path_params["name"], in_vault_only=True)
 
 
 async def signed_file(request: Request) -> Response:
@@ -43,4 +44,4 @@ async def signed_file(request: Request) -> Response:
         raise ApiError(
             ErrorCode.NOT_FOUND, "This link is invalid or has expired", {"name": name}, 404
         )
-    return _image_file(request, name, in_vault_only=False)
+    return await off_loop(_image_file, request, name, in_vault_only=False)

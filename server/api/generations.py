@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api import views
+from server.api.blocking import off_loop
 from server.api.common import (
     generation_view,
     json_body,
@@ -22,11 +22,12 @@ from server.contract import ApiError, ErrorCode, HistoryQuery, ImageGenerationRe
 from server.jobs.failures import cancelled_error
 from server.jobs.limits import retry_after
 from server.state import state_of
+from server.store.accounts import User
 
 
 async def generate(request: Request) -> Response:
     state = state_of(request)
-    user = user_of(request)
+    user = await user_of(request)
     if state.draining:
         raise ApiError(
             ErrorCode.SERVICE_UNAVAILABLE,
@@ -38,14 +39,14 @@ async def generate(request: Request) -> Response:
     body = parse(ImageGenerationRequest, await json_body(request))
     await check_webhook_url(request, body)
     if state.providers is not None:  # a remote's LoRA list, fetched off the event loop
-        await run_in_threadpool(state.providers.prefetch, body)
-    row = state.admission.submit(body, user, webhook_base=links_for(request).base)
+        await off_loop(state.providers.prefetch, body)
+    row = await off_loop(state.admission.submit, body, user, webhook_base=links_for(request).base)
     request.state.request_id = row["request_id"]
-    return JSONResponse(generation_view(request, row), status_code=202)
+    return JSONResponse(await off_loop(generation_view, request, row), status_code=202)
 
 
 async def generation_status(request: Request) -> Response:
-    user = user_of(request)
+    user = await user_of(request)
     wait = state_of(request).polls.wait(user.id, request.path_params["request_id"])
     if wait > 0:
         rate = state_of(request).settings.poll_rate
@@ -56,28 +57,34 @@ async def generation_status(request: Request) -> Response:
             429,
             {"Retry-After": retry_after(wait)},
         )
-    return JSONResponse(generation_view(request, own_generation(request, user)))
+    row = await off_loop(own_generation, request, user)
+    return JSONResponse(await off_loop(generation_view, request, row))
 
 
 async def generation_events(request: Request) -> Response:
-    row = own_generation(request, user_of(request))
+    row = await off_loop(own_generation, request, await user_of(request))
     return stream_events(request, row["id"], lambda row: generation_view(request, row))
 
 
 async def history(request: Request) -> Response:
     state = state_of(request)
-    user = user_of(request)
+    user = await user_of(request)
     query = parse(HistoryQuery, dict(request.query_params))
     date_from = parse_date(query.date_from) if query.date_from else None
-    rows, total = state.store.history(
-        user.id, query.page, query.per_page, date_from, query.has_seed
-    )
-    images = state.store.images_of([row["id"] for row in rows])
     links = links_for(request)
-    items = [
-        views.history_item(row, images[row["id"]], links, state.queue, state.admission)
-        for row in rows
-    ]
+
+    def page() -> tuple[list[dict], int]:
+        rows, total = state.store.history(
+            user.id, query.page, query.per_page, date_from, query.has_seed
+        )
+        images = state.store.images_of([row["id"] for row in rows])
+        items = [
+            views.history_item(row, images[row["id"]], links, state.queue, state.admission)
+            for row in rows
+        ]
+        return items, total
+
+    items, total = await off_loop(page)
     page_total = -(-total // query.per_page)
     return JSONResponse(
         {
@@ -109,8 +116,12 @@ def parse_date(text: str) -> float:
 
 
 async def cancel_generation(request: Request) -> Response:
-    state = state_of(request)
-    row = own_generation(request, user_of(request))
+    user = await user_of(request)
+    return JSONResponse(await off_loop(cancel, request, user))
+
+
+def cancel(request: Request, user: User) -> dict:
+    state, row = state_of(request), own_generation(request, user)
     # A running job stops at its next step (or, in a batch, is dropped when it ends); it is
     # failed now, so the answer is final and nothing it produces is recorded or charged.
     state.queue.cancel(row["id"])
@@ -121,4 +132,4 @@ async def cancel_generation(request: Request) -> Response:
     body = generation_view(request, row)
     if not cancelled:
         body["message"] = f"Nothing to cancel: the generation is already {row['status']}"
-    return JSONResponse(body)
+    return body

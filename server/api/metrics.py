@@ -1,7 +1,9 @@
 """GET /metrics in Prometheus' text format, and what it reads at scrape time.
 
-Counts of finished jobs and images are read from the database, so they survive restarts;
-durations are observed by the workers as jobs finish (server/metrics.py).
+Counts of finished jobs and images are read from the database, so they survive restarts,
+by a thread of their own (store/figures.py): a scrape never waits on a locked database.
+Durations are observed by the workers as jobs finish (server/metrics.py). The page is
+built off the event loop (a cluster's queue depth is a database read too).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from starlette.requests import Request
 from starlette.responses import Response
 
+from server.api.blocking import off_loop
 from server.providers.metrics import provider_metrics
 from server.state import AppState, state_of
 
@@ -41,11 +44,11 @@ class StateCollector:
             "darkroom_jobs", "Finished generations by status and error code",
             labels=["status", "code"],
         )
-        for row in state.store.finished_counts():
+        for row in state.figures.finished_counts():
             jobs.add_metric([row["status"], row["code"]], row["n"])
         yield jobs
         yield _counter("darkroom_images_generated", "Images generated",
-                       state.store.image_count())
+                       state.figures.image_count())
         caches = [getattr(worker.renderer, "adapters", None) for worker in workers]
         caches = [adapters for adapters in caches if hasattr(adapters, "hits")]
         if caches:
@@ -124,4 +127,5 @@ async def metrics_endpoint(request: Request) -> Response:
     registry: Any = state.metrics.registry
     if getattr(state.queue, "nodes", None) is not None:  # several nodes share one database
         registry = NodeLabelled(registry, state.settings.node)
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    await off_loop(state.figures.refresh)
+    return Response(await off_loop(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)

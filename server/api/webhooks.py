@@ -7,17 +7,18 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from server.api.blocking import off_loop
 from server.api.common import generation_view, own_generation, user_of
 from server.api.views import iso
 from server.contract import ApiError, ErrorCode, ImageGenerationRequest
 from server.jobs import ssrf
 from server.jobs.limits import retry_after
 from server.state import state_of
-from server.store import Store
+from server.store.accounts import User
+from server.store.figures import DatabaseFigures
 from server.store.webhooks import FINISHED
 
 FIELD = "options.webhook_url"
@@ -30,7 +31,7 @@ async def check_webhook_url(request: Request, body: ImageGenerationRequest) -> N
     if not url:
         return
     allow = state_of(request).settings.webhook_allow_private
-    problem = await run_in_threadpool(ssrf.check, url, allow)
+    problem = await off_loop(ssrf.check, url, allow)
     if problem:
         raise ApiError(
             ErrorCode.VALIDATION_ERROR,
@@ -56,7 +57,7 @@ def webhook_view(row: dict[str, Any] | None) -> dict[str, Any] | None:
 async def generation_detail(request: Request) -> Response:
     """GET /generations/{id}: the status object, plus `webhook` (null without one)."""
     state = state_of(request)
-    user = user_of(request)
+    user = await user_of(request)
     wait = state.polls.wait(user.id, request.path_params["request_id"])
     if wait > 0:
         raise ApiError(
@@ -68,20 +69,24 @@ async def generation_detail(request: Request) -> Response:
             429,
             {"Retry-After": retry_after(wait)},
         )
+    return JSONResponse(await off_loop(detail, request, user))
+
+
+def detail(request: Request, user: User) -> dict:
     row = own_generation(request, user)
     body = generation_view(request, row)
-    body["webhook"] = webhook_view(state.store.webhook_delivery(row["request_id"]))
-    return JSONResponse(body)
+    body["webhook"] = webhook_view(state_of(request).store.webhook_delivery(row["request_id"]))
+    return body
 
 
 class WebhookCollector:
     """Deliveries by outcome, read from the database (so they survive restarts)."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, figures: DatabaseFigures) -> None:
+        self.figures = figures
 
     def collect(self) -> Iterator[Metric]:
-        counts = self.store.webhook_counts()
+        counts = self.figures.webhook_counts()
         outcomes = CounterMetricFamily(
             "darkroom_webhook_deliveries", "Webhook deliveries ended, by outcome",
             labels=["outcome"],

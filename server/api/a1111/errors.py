@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from server.api.blocking import off_loop
 from server.contract import ApiError, ErrorCode
 from server.state import state_of
 from server.store.accounts import User
@@ -101,10 +102,11 @@ def a1111_route(handler: Handler) -> Handler:
     return wrapped
 
 
-def caller(request: Request) -> User:
+async def caller(request: Request) -> User:
     """Who the request acts as: Bearer, or HTTP Basic with the token as password."""
     forwarded = "forwarded" in request.headers or "x-forwarded-for" in request.headers
-    return state_of(request).auth.user(request.headers.get("authorization"), forwarded)
+    auth = state_of(request).auth
+    return await off_loop(auth.user, request.headers.get("authorization"), forwarded)
 
 
 async def json_body(request: Request, limit: int | None = None) -> Any:

@@ -13,7 +13,6 @@ import secrets
 from typing import Any
 
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -23,6 +22,7 @@ from server.api.a1111.checkpoints import Checkpoint
 from server.api.a1111.errors import Invalid, a1111_error, a1111_route, caller, json_object
 from server.api.a1111.progress import Call, calls_of
 from server.api.a1111.prompts import parse_tags
+from server.api.blocking import off_loop
 from server.contract import MAX_SEED, ErrorCode, ImageGenerationRequest, parse
 from server.jobs import infotext
 from server.state import AppState, state_of
@@ -36,6 +36,10 @@ WAIT_SECONDS = 0.05
 async def chosen_checkpoint(state: AppState, user: User, override: Any = None) -> Checkpoint:
     """The checkpoint a call renders with: `override_settings.sd_model_checkpoint`, else
     the user's default (POST /options), else the server's model."""
+    return await off_loop(_chosen_checkpoint, state, user, override)
+
+
+def _chosen_checkpoint(state: AppState, user: User, override: Any) -> Checkpoint:
     listed = checkpoints.listed(state)
     if override:
         found = next((c for c in listed if c.matches(str(override))), None)
@@ -52,7 +56,7 @@ async def chosen_checkpoint(state: AppState, user: User, override: Any = None) -
 
 @a1111_route
 async def txt2img(request: Request) -> Response:
-    state, user = state_of(request), caller(request)
+    state, user = state_of(request), await caller(request)
     if state.draining:
         return a1111_error(503, ErrorCode.SERVICE_UNAVAILABLE, "The server is shutting down")
     req = models.parse(await json_object(request))
@@ -63,7 +67,7 @@ async def txt2img(request: Request) -> Response:
     checkpoint = await chosen_checkpoint(
         state, user, req.override_settings.get("sd_model_checkpoint")
     )
-    tags = await run_in_threadpool(parse_tags, req.prompt, state.catalog)
+    tags = await off_loop(parse_tags, req.prompt, state.catalog)
     width, height = req.width or NATIVE_SIZE, req.height or NATIVE_SIZE
     generation = parse(
         ImageGenerationRequest,
@@ -95,21 +99,21 @@ async def txt2img(request: Request) -> Response:
         "notes": notes,
         "checkpoint": checkpoint.title,
     }
-    row = state.admission.submit(generation, user, {"a1111": kept})
+    row = await off_loop(state.admission.submit, generation, user, {"a1111": kept})
     request.state.request_id = row["request_id"]
     call = Call(row["id"], user.id)
     calls_of(request).add(call)
     try:
         while row["status"] not in ("completed", "failed"):
             await asyncio.sleep(WAIT_SECONDS)
-            row = state.store.generation_by_id(call.generation_id) or row
+            row = await off_loop(state.store.generation_by_id, call.generation_id) or row
     finally:
         calls_of(request).remove(call)
     if row["status"] == "failed":
         error = json.loads(row["error_json"] or "{}")
         if error.get("code") != ErrorCode.CANCELLED:
             return a1111_error(500, error.get("code", "Error"), error.get("message", ""))
-    pngs = await run_in_threadpool(_read_images, state, row)
+    pngs = await off_loop(_read_images, state, row)
     n = req.num_images
     subseed = req.subseed if req.subseed != -1 else secrets.randbelow(MAX_SEED + 1)
     info = {
