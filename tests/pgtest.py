@@ -10,8 +10,10 @@ The server, found once per session, the first of:
 4. none: the PostgreSQL half is skipped and the pytest summary says so in one line, why
    and how to run it. With DARKROOM_TEST_POSTGRES=1 (CI's .ci/run sets it) it fails instead.
 
-Two ways to put a test module on both engines (SQLite, then PostgreSQL):
-- a fresh database per module and engine (apps and servers shared by the module's tests):
+Three ways to put a test module on both engines (all of it on SQLite, then all of it on
+PostgreSQL, or test by test):
+- `module_engine`: one fresh database per module and engine, for a module whose tests
+  share a server (a module-scoped fixture):
 
       @pytest.fixture(scope="module")
       def database_url(module_engine: str | None) -> str | None:
@@ -19,7 +21,11 @@ Two ways to put a test module on both engines (SQLite, then PostgreSQL):
 
   and let every module-scoped fixture that starts a server or runs `darkroom` take
   `database_url`, so it starts after DARKROOM_DATABASE_URL is set for the module;
-- a fresh database per test: the same override with `each_engine`, function-scoped.
+- `engine_per_test`: the same engine per module, but each test gets a database of its own,
+  as each gets a SQLite file of its own in its data dir (`make_client` apps): cloned from
+  the module's migrated database, so a test pays no migrations (override `database_url`
+  with it, function-scoped);
+- `each_engine`: both engines test by test, a fresh database per test (function-scoped).
 
 Either yields None for SQLite (the data dir's file) or the database's URL, also set as
 DARKROOM_DATABASE_URL so `darkroom` commands and server processes use it.
@@ -155,12 +161,14 @@ def server_url() -> str:
 
 
 @contextmanager
-def fresh_database() -> Iterator[str]:
-    """A new, empty database's URL; dropped afterwards (with any connection left to it)."""
+def fresh_database(template: str | None = None) -> Iterator[str]:
+    """A new database's URL (empty, or a copy of `template`); dropped afterwards (with any
+    connection left to it)."""
     server = server_url()
     name = f"darkroom_test_{uuid.uuid4().hex[:16]}"
+    copy = f" TEMPLATE {template}" if template else ""
     with psycopg.connect(server + "postgres", autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
+        admin.execute(f"CREATE DATABASE {name}{copy}")
     try:
         yield server + name
     finally:
@@ -193,6 +201,28 @@ def module_engine(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """Per module: its tests run on SQLite, then on one fresh PostgreSQL database."""
     with pytest.MonkeyPatch.context() as monkeypatch, engine_url(request.param, monkeypatch) as url:
         yield url
+
+
+@pytest.fixture
+def engine_per_test(
+    module_engine: str | None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str | None]:
+    """Per test, on the module's engine: a copy of the module's migrated database."""
+    if module_engine is None:
+        yield None
+        return
+    template = module_engine.rpartition("/")[2]
+    if template not in _migrated:  # once per module: later copies start migrated
+        from server.store import Store
+
+        Store(module_engine).close()
+        _migrated.add(template)
+    with fresh_database(template) as url:
+        monkeypatch.setenv("DARKROOM_DATABASE_URL", url)
+        yield url
+
+
+_migrated: set[str] = set()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

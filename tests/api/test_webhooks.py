@@ -21,6 +21,12 @@ from webhook_receiver import Receiver
 
 
 @pytest.fixture
+def database_url(engine_per_test: str | None) -> str | None:
+    """Every test here runs on SQLite, then on PostgreSQL (tests/pgtest.py)."""
+    return engine_per_test
+
+
+@pytest.fixture
 def receiver() -> Iterator[Receiver]:
     hook = Receiver()
     yield hook
