@@ -205,7 +205,8 @@ def test_a_full_account_is_waited_out_with_retry_after(server: LiveServer) -> No
         with impatient, pytest.raises(LimitExceeded) as full:
             impatient.submit("a third fox", **SMALL)
         assert full.value.status_code == 429 and "retry-after" in full.value.headers
-        with client_for(server, "carol", max_retries=20, max_retry_wait=1) as patient:
+        # As many retries as a loaded machine needs to finish one of the first two.
+        with client_for(server, "carol", max_retries=120, max_retry_wait=1) as patient:
             third = patient.submit("a third fox", **SMALL)
             assert patient.retries_waited >= 1
             assert patient.wait(third).status == "completed"
