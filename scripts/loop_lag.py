@@ -1,5 +1,5 @@
 """Event-loop lag while handlers query the database: each call made on the loop (as
-handlers did before server/api/blocking.py) beside the same call through `off_loop`.
+handlers did before server/api/offload.py) beside the same call through `off_loop`.
 
 A ticker task sleeps TICK seconds over and over and records how late it wakes: that
 lateness is what every other request on the server (a health probe, an event stream)
@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server.api import blocking  # noqa: E402
-from server.api.blocking import off_loop  # noqa: E402
+from server.api import offload  # noqa: E402
+from server.api.offload import off_loop  # noqa: E402
 from server.store import Store  # noqa: E402
 from server.store.postgres import WRITE_LOCK  # noqa: E402
 
@@ -138,10 +138,10 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=50, help="reads per request")
     parser.add_argument("--lock-seconds", type=float, default=2.0)
     parser.add_argument(
-        "--threads", type=int, default=blocking.BLOCKING_THREADS, help="off_loop's thread pool"
+        "--threads", type=int, default=offload.BLOCKING_THREADS, help="off_loop's thread pool"
     )
     args = parser.parse_args()
-    blocking.BLOCKING_THREADS = args.threads
+    offload.BLOCKING_THREADS = args.threads
     with tempfile.TemporaryDirectory() as scratch:
         target = args.database or str(Path(scratch) / "lag.sqlite3")
         store = Store(target)

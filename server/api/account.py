@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api import views
-from server.api.blocking import off_loop
 from server.api.common import json_body, user_of
+from server.api.offload import off_loop
 from server.contract import MAX_IMAGES, SavePresetRequest, check_lengths, check_limits, parse
 from server.jobs.specs import resolve_request
 from server.state import state_of

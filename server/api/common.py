@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 
 from server.api import views
-from server.api.blocking import off_loop
+from server.api.offload import off_loop
 from server.contract import CONTRACT_PREFIX, ApiError, ErrorCode, not_found
 from server.state import state_of
 from server.store.accounts import User

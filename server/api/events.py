@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from server.api.blocking import off_loop
+from server.api.offload import off_loop
 from server.state import AppState, state_of
 
 CHECK_SECONDS = 0.05  # how often the in-memory change counter is looked at

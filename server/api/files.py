@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-from server.api.blocking import off_loop
+from server.api.offload import off_loop
 from server.contract import ApiError, ErrorCode, not_found
 from server.state import state_of
 from server.store.vault import EXTENSIONS, MEDIA_TYPES

@@ -8,7 +8,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api import views
-from server.api.blocking import off_loop
 from server.api.common import (
     generation_view,
     json_body,
@@ -17,6 +16,7 @@ from server.api.common import (
     user_of,
 )
 from server.api.events import stream_events
+from server.api.offload import off_loop
 from server.api.webhooks import check_webhook_url
 from server.contract import ApiError, ErrorCode, HistoryQuery, ImageGenerationRequest, parse
 from server.jobs.failures import cancelled_error

@@ -12,7 +12,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from server.api.blocking import off_loop
+from server.api.offload import off_loop
 from server.state import AppState, state_of
 
 

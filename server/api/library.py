@@ -7,8 +7,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from server.api import views
-from server.api.blocking import off_loop
 from server.api.common import links_for, user_of
+from server.api.offload import off_loop
 from server.contract import not_found, parse
 from server.library.loras import LoraQuery
 from server.state import state_of

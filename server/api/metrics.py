@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server.api.blocking import off_loop
+from server.api.offload import off_loop
 from server.providers.metrics import provider_metrics
 from server.state import AppState, state_of
 

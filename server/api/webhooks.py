@@ -10,8 +10,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from server.api.blocking import off_loop
 from server.api.common import generation_view, own_generation, user_of
+from server.api.offload import off_loop
 from server.api.views import iso
 from server.contract import ApiError, ErrorCode, ImageGenerationRequest
 from server.jobs import ssrf

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from server.api.blocking import off_loop
+from server.api.offload import off_loop
 from server.contract import ApiError, ErrorCode
 from server.state import state_of
 from server.store.accounts import User

@@ -17,7 +17,7 @@ from server.api.a1111 import checkpoints
 from server.api.a1111.errors import Invalid, a1111_route, caller, json_object
 from server.api.a1111.prompts import lora_entries
 from server.api.a1111.txt2img import chosen_checkpoint
-from server.api.blocking import off_loop
+from server.api.offload import off_loop
 from server.jobs import infotext
 from server.state import state_of
 from server.store import options

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api.a1111.errors import a1111_route, caller
-from server.api.blocking import off_loop
+from server.api.offload import off_loop
 from server.jobs.failures import cancelled_error
 from server.state import AppState, state_of
 

@@ -22,7 +22,7 @@ from server.api.a1111.checkpoints import Checkpoint
 from server.api.a1111.errors import Invalid, a1111_error, a1111_route, caller, json_object
 from server.api.a1111.progress import Call, calls_of
 from server.api.a1111.prompts import parse_tags
-from server.api.blocking import off_loop
+from server.api.offload import off_loop
 from server.contract import MAX_SEED, ErrorCode, ImageGenerationRequest, parse
 from server.jobs import infotext
 from server.state import AppState, state_of

@@ -22,7 +22,7 @@ BLOCKING_THREADS = 16
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_limiter: RunVar[CapacityLimiter] = RunVar("darkroom_blocking_limiter")
+_limiter: RunVar[CapacityLimiter] = RunVar("darkroom_offload_limiter")
 
 
 def limiter() -> CapacityLimiter:
