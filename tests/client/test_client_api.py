@@ -32,6 +32,12 @@ USERS = {name: () for name in ("alice", "carol", "dave", "erin")} | {"poor": ("-
 
 
 @pytest.fixture(scope="module")
+def database_url(module_engine: str | None) -> str | None:
+    """Every test here runs on SQLite, then on PostgreSQL (tests/pgtest.py)."""
+    return module_engine
+
+
+@pytest.fixture(scope="module")
 def server(
     tmp_path_factory: pytest.TempPathFactory, models_dir: Path, database_url: str | None
 ) -> Iterator[LiveServer]:
