@@ -43,7 +43,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.darkroom = state = open_state(settings, renderer, metrics)
         metrics.watch(StateCollector(state))
-        metrics.watch(WebhookCollector(state.store))
+        metrics.watch(WebhookCollector(state.figures))
         try:
             yield
         finally:

@@ -35,6 +35,7 @@ from server.providers.router import Providers
 from server.store import Store
 from server.store.accounts import Accounts
 from server.store.database import is_postgres
+from server.store.figures import DatabaseFigures
 from server.store.vault import Vault
 
 log = logging.getLogger("darkroom")
@@ -57,6 +58,7 @@ class AppState:
     auth: Authenticator
     polls: PollLimits
     metrics: Metrics
+    figures: DatabaseFigures
     draining: bool = False
     webhooks: WebhookSender | None = None
     providers: Providers | None = None
@@ -89,6 +91,7 @@ class AppState:
         self.queue.close()
         if self.webhooks is not None:
             self.webhooks.stop()
+        self.figures.close()
         self.store.close()
 
 
@@ -202,6 +205,7 @@ def open_state(
         ),
         PollLimits.from_settings(settings),
         metrics,
+        DatabaseFigures(store),
         providers=providers,
         devices=pool,
     )

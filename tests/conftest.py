@@ -21,8 +21,8 @@ from pipelines.tiny import build_tiny_model  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.config import Settings  # noqa: E402
 
-# The PostgreSQL fixtures (each_engine): a module runs on both engines with
-# `def database_url(each_engine): return each_engine`.
+# The PostgreSQL fixtures (module_engine, engine_per_test, each_engine): a module runs on
+# both engines by overriding `database_url` with one of them (pgtest.py says which when).
 pytest_plugins = ["pgtest", "chromium"]
 
 SMALL = {"width": 256, "height": 256, "steps": 10}

@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api.common import generation_view, json_body, user_of
+from server.api.offload import off_loop
 from server.contract import ApiError, ErrorCode, not_found, parse
 from server.state import AppState, state_of
 from server.store.accounts import AccountError, User
@@ -31,8 +31,8 @@ class CreditGrant(BaseModel):
     amount: float = Field(ge=-1e12, le=1e12, allow_inf_nan=False)
 
 
-def admin_of(request: Request) -> tuple[AppState, User]:
-    state, user = state_of(request), user_of(request)
+async def admin_of(request: Request) -> tuple[AppState, User]:
+    state, user = state_of(request), await user_of(request)
     if not user.admin:
         raise ApiError(
             ErrorCode.FORBIDDEN,
@@ -52,25 +52,27 @@ def _account_error(exc: AccountError) -> ApiError:
 
 async def queue(request: Request) -> Response:
     """Every user's pending and processing generations, oldest first."""
-    state, _ = admin_of(request)
-    rows = await run_in_threadpool(state.store.active_generations)
-    items = []
-    for row in rows:
-        full = state.store.generation_by_id(row["id"])
-        if full is None:
-            continue
-        view = generation_view(request, full)
-        items.append({**view, "user": row["user_name"], "prompt": row["prompt"],
-                      "node": row["node_id"]})  # fmt: skip
-    return JSONResponse({"items": items})
+    state, _ = await admin_of(request)
+    rows = await off_loop(state.store.active_generations)
+
+    def views() -> list[dict[str, Any]]:
+        items = []
+        for row in rows:
+            full = state.store.generation_by_id(row["id"])
+            if full is not None:
+                items.append({**generation_view(request, full), "user": row["user_name"],
+                              "prompt": row["prompt"], "node": row["node_id"]})  # fmt: skip
+        return items
+
+    return JSONResponse({"items": await off_loop(views)})
 
 
 async def cancel_any(request: Request) -> Response:
-    state, _ = admin_of(request)
-    row = state.store.generation(request.path_params["request_id"])
+    state, _ = await admin_of(request)
+    row = await off_loop(state.store.generation, request.path_params["request_id"])
     if row is None:
         raise not_found("Generation", request.path_params["request_id"])
-    cancelled = state.cancel(row["id"])
+    cancelled = await off_loop(state.cancel, row["id"])
     return JSONResponse({"request_id": row["request_id"], "cancelled": cancelled})
 
 
@@ -88,36 +90,40 @@ def _user_view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def users(request: Request) -> Response:
-    state, _ = admin_of(request)
-    rows = await run_in_threadpool(state.accounts.summaries)
+    state, _ = await admin_of(request)
+    rows = await off_loop(state.accounts.summaries)
     return JSONResponse({"items": [_user_view(row) for row in rows]})
 
 
 async def add_user(request: Request) -> Response:
     """A new user and their first token, shown once."""
-    state, _ = admin_of(request)
+    state, _ = await admin_of(request)
     body = parse(NewUser, await json_body(request))
     try:
-        user, token = state.accounts.add_user(body.name, body.credits, body.admin)
+        user, token = await off_loop(
+            state.accounts.add_user, body.name, body.credits, admin=body.admin
+        )
     except AccountError as exc:
         raise _account_error(exc) from None
     return JSONResponse({"name": user.name, "admin": user.admin, "token": token}, 201)
 
 
 async def add_credits(request: Request) -> Response:
-    state, _ = admin_of(request)
+    state, _ = await admin_of(request)
     body = parse(CreditGrant, await json_body(request))
     try:
-        balance = state.accounts.add_credits(request.path_params["name"], body.amount)
+        balance = await off_loop(
+            state.accounts.add_credits, request.path_params["name"], body.amount
+        )
     except AccountError as exc:
         raise _account_error(exc) from None
     return JSONResponse({"name": request.path_params["name"], "credits": balance.as_json()})
 
 
 async def revoke_tokens(request: Request) -> Response:
-    state, _ = admin_of(request)
+    state, _ = await admin_of(request)
     try:
-        revoked = state.accounts.revoke(request.path_params["name"])
+        revoked = await off_loop(state.accounts.revoke, request.path_params["name"])
     except AccountError as exc:
         raise _account_error(exc) from None
     return JSONResponse({"name": request.path_params["name"], "revoked": revoked})
@@ -126,5 +132,5 @@ async def revoke_tokens(request: Request) -> Response:
 async def activity(request: Request) -> Response:
     """Images per minute and queue depth over the last hour; render seconds per image by
     device and model."""
-    state, _ = admin_of(request)
-    return JSONResponse(await run_in_threadpool(state.store.activity))
+    state, _ = await admin_of(request)
+    return JSONResponse(await off_loop(state.store.activity))

@@ -8,6 +8,7 @@ import asyncio
 
 from starlette.requests import Request
 
+from server.api.offload import off_loop
 from server.state import AppState
 
 POLL_SECONDS = 0.05
@@ -22,12 +23,12 @@ async def wait_for(request: Request, state: AppState, generation_id: int) -> dic
     """The generation's row once it has ended; cancels it if the caller goes away."""
     try:
         while True:
-            row = state.store.generation_by_id(generation_id)
+            row = await off_loop(state.store.generation_by_id, generation_id)
             assert row is not None
             if row["status"] in FINAL:
                 return row
             if await request.is_disconnected():
-                state.cancel(generation_id)
+                await off_loop(state.cancel, generation_id)
                 raise CallerGone
             await asyncio.sleep(POLL_SECONDS)
     except asyncio.CancelledError:

@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from server.api import views
 from server.api.body import BodyProblem, parse_json, read_body
+from server.api.offload import off_loop
 from server.contract import CONTRACT_PREFIX, ApiError, ErrorCode, not_found
 from server.jobs.limits import UserLimits, retry_after
 from server.state import state_of
@@ -40,10 +41,11 @@ def links_for(request: Request) -> views.Links:
     return views.Links(base, state.vault, state.settings.url_ttl_hours * 3600)
 
 
-def user_of(request: Request, scheme: str = "Bearer") -> User:
+async def user_of(request: Request, scheme: str = "Bearer") -> User:
     """Who the request acts as (raises 401 UNAUTHORIZED, or 403 where open mode refuses
-    its Host); `scheme` is the challenge a 401 carries."""
-    return state_of(request).auth.user(request.headers, scheme)
+    its Host); `scheme` is the challenge a 401 carries. The token is looked up off the
+    loop."""
+    return await off_loop(state_of(request).auth.user, request.headers, scheme)
 
 
 def check_poll_rate(request: Request, user: User) -> None:
@@ -91,7 +93,8 @@ def body_error(problem: BodyProblem) -> ApiError:
 
 
 def own_generation(request: Request, user: User) -> dict:
-    """The generation named in the path, if it is the user's: others' are as unknown."""
+    """The generation named in the path, if it is the user's: others' are as unknown.
+    It and generation_view query the database: handlers call them through off_loop."""
     request_id = request.path_params["request_id"]
     row = state_of(request).store.generation(request_id, user.id)
     if row is None:

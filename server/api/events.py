@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from server.api.offload import off_loop
 from server.state import AppState, state_of
 
 CHECK_SECONDS = 0.05  # how often the in-memory change counter is looked at
@@ -56,9 +57,7 @@ async def _events(
             now = time.monotonic()
             if state.queue.version != seen or now - checked >= REFRESH_SECONDS:
                 seen, checked = state.queue.version, now
-                row = state.store.generation_by_id(generation_id)
-                assert row is not None
-                body = view(row)
+                body = await off_loop(_read, state, generation_id, view)
                 if event_id(body) != sent:
                     sent = event_id(body)
                     quiet_since = now
@@ -71,3 +70,9 @@ async def _events(
             await asyncio.sleep(CHECK_SECONDS)
     finally:
         state.metrics.event_streams.dec()
+
+
+def _read(state: AppState, generation_id: int, view: Callable[[dict], dict]) -> dict:
+    row = state.store.generation_by_id(generation_id)
+    assert row is not None
+    return view(row)

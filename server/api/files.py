@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from server.api.common import own_generation, user_of
+from server.api.offload import off_loop
 from server.contract import ApiError, ErrorCode, not_found
 from server.jobs.image_jobs import inputs_of
 from server.state import state_of
@@ -34,7 +35,7 @@ def _image_file(request: Request, name: str, in_vault_only: bool) -> Response:
 
 
 async def vault_file(request: Request) -> Response:
-    return _image_file(request, request.path_params["name"], in_vault_only=True)
+    return await off_loop(_image_file, request, request.path_params["name"], in_vault_only=True)
 
 
 async def signed_file(request: Request) -> Response:
@@ -47,13 +48,13 @@ async def signed_file(request: Request) -> Response:
         raise ApiError(
             ErrorCode.NOT_FOUND, "This link is invalid or has expired", {"name": name}, 404
         )
-    return _image_file(request, name, in_vault_only=False)
+    return await off_loop(_image_file, request, name, in_vault_only=False)
 
 
 async def generation_input(request: Request) -> Response:
     """GET /generations/{id}/inputs/{init_image|mask}: an image-to-image's input, for its
     owner (PNG, content-addressed in the vault)."""
-    row = own_generation(request, user_of(request))
+    row = await off_loop(own_generation, request, await user_of(request))
     field = request.path_params["field"]
     item = inputs_of(json.loads(row["request_json"])).get(field)
     if item is None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 from datetime import datetime, timezone
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -21,15 +19,17 @@ from server.api.common import (
 )
 from server.api.events import stream_events
 from server.api.idempotency import Keyed, idempotent
+from server.api.offload import off_loop
 from server.api.webhooks import check_webhook_url
 from server.contract import ApiError, ErrorCode, HistoryQuery, ImageGenerationRequest, parse
 from server.state import state_of
+from server.store.accounts import User
 from server.store.generations import HistoryFilters
 
 
 async def generate(request: Request) -> Response:
     state = state_of(request)
-    user = user_of(request)
+    user = await user_of(request)
     if state.draining:
         raise ApiError(
             ErrorCode.SERVICE_UNAVAILABLE,
@@ -44,57 +44,61 @@ async def generate(request: Request) -> Response:
         body = parse(ImageGenerationRequest, payload)
         await check_webhook_url(request, body)
         if state.providers is not None:  # a remote's LoRA list, fetched off the event loop
-            await run_in_threadpool(state.providers.prefetch, body)
-        row = await run_in_threadpool(
-            functools.partial(
-                state.admission.submit,
-                body,
-                user,
-                webhook_base=links_for(request).base,
-                bind=keyed.bind if keyed else None,
-            )
+            await off_loop(state.providers.prefetch, body)
+        row = await off_loop(
+            state.admission.submit,
+            body,
+            user,
+            webhook_base=links_for(request).base,
+            bind=keyed.bind if keyed else None,
         )
         request.state.request_id = row["request_id"]
-        return JSONResponse(generation_view(request, row), status_code=202)
+        return JSONResponse(await off_loop(generation_view, request, row), status_code=202)
 
     async def replay(row: dict, first: tuple[int, Any] | None) -> Response:
         request.state.request_id = row["request_id"]
         if first is None:  # the first request is answering right now, or died doing so
-            return JSONResponse(generation_view(request, row), status_code=202)
+            return JSONResponse(await off_loop(generation_view, request, row), status_code=202)
         return JSONResponse(first[1], status_code=first[0])
 
     return await idempotent(request, user, "image/generate", payload, admit, replay)
 
 
 async def generation_status(request: Request) -> Response:
-    user = user_of(request)
+    user = await user_of(request)
     check_poll_rate(request, user)
-    return JSONResponse(generation_view(request, own_generation(request, user)))
+    row = await off_loop(own_generation, request, user)
+    return JSONResponse(await off_loop(generation_view, request, row))
 
 
 async def generation_events(request: Request) -> Response:
-    row = own_generation(request, user_of(request))
+    row = await off_loop(own_generation, request, await user_of(request))
     return stream_events(request, row["id"], lambda row: generation_view(request, row))
 
 
 async def history(request: Request) -> Response:
     state = state_of(request)
-    user = user_of(request)
+    user = await user_of(request)
     query = parse(HistoryQuery, dict(request.query_params))
     date_from = parse_date(query.date_from) if query.date_from else None
     filters = HistoryFilters(
         query.q, query.model, query.lora, query.status,
         parse_date(query.date_to, "date_to") if query.date_to else None,
     )  # fmt: skip
-    rows, total = state.store.history(
-        user.id, query.page, query.per_page, date_from, query.has_seed, filters
-    )
-    images = state.store.images_of([row["id"] for row in rows])
     links = links_for(request)
-    items = [
-        views.history_item(row, images[row["id"]], links, state.queue, state.admission)
-        for row in rows
-    ]
+
+    def page() -> tuple[list[dict], int]:
+        rows, total = state.store.history(
+            user.id, query.page, query.per_page, date_from, query.has_seed, filters
+        )
+        images = state.store.images_of([row["id"] for row in rows])
+        items = [
+            views.history_item(row, images[row["id"]], links, state.queue, state.admission)
+            for row in rows
+        ]
+        return items, total
+
+    items, total = await off_loop(page)
     page_total = -(-total // query.per_page)
     return JSONResponse(
         {
@@ -129,19 +133,23 @@ async def delete_generation(request: Request) -> Response:
     """DELETE /generations/{id}: an active generation is cancelled (as POST .../cancel);
     an ended one is deleted: its images' files and its row (the ledger keeps its charge)."""
     state = state_of(request)
-    row = own_generation(request, user_of(request))
+    row = await off_loop(own_generation, request, await user_of(request))
     if row["status"] in ("pending", "processing"):
         return await cancel_generation(request)
-    files = await run_in_threadpool(state.store.delete_generation, row["id"])
+    files = await off_loop(state.store.delete_generation, row["id"])
     if files is None:  # it became active again? (a restart re-queued it): cancel instead
         return await cancel_generation(request)
-    state.vault.delete(*files)
+    await off_loop(state.vault.delete, *files)
     return JSONResponse({"request_id": row["request_id"], "status": "deleted"})
 
 
 async def cancel_generation(request: Request) -> Response:
-    state = state_of(request)
-    row = own_generation(request, user_of(request))
+    user = await user_of(request)
+    return JSONResponse(await off_loop(cancel, request, user))
+
+
+def cancel(request: Request, user: User) -> dict:
+    state, row = state_of(request), own_generation(request, user)
     # A running job stops at its next step (or, in a batch, is dropped when it ends); it is
     # failed now, so the answer is final and nothing it produces is recorded or charged.
     cancelled = state.cancel(row["id"])
@@ -149,4 +157,4 @@ async def cancel_generation(request: Request) -> Response:
     body = generation_view(request, row)
     if not cancelled:
         body["message"] = f"Nothing to cancel: the generation is already {row['status']}"
-    return JSONResponse(body)
+    return body

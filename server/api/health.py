@@ -2,7 +2,9 @@
 
 With several devices (--devices), the server is ready while any device is in service;
 each device is listed under `devices`. With --devices none (an API-only node) there is
-nothing to render with, and readiness asks only for the database.
+nothing to render with, and readiness asks only for the database. No probe takes the
+database's write lock, and /health and /health/ready read it off the event loop, so
+/health/live answers at once even while another process holds that lock.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from server.api.offload import off_loop
 from server.state import AppState, state_of
 
 
@@ -32,7 +35,11 @@ def readiness(state: AppState) -> dict[str, bool]:
 
 async def health(request: Request) -> Response:
     """Summary for people: 200 when ready, else 503 with what is wrong."""
-    state = state_of(request)
+    body, ready = await off_loop(summary, state_of(request))
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def summary(state: AppState) -> tuple[dict, bool]:
     pool, worker, checks = state.devices, state.worker, readiness(state)
     ready = all(checks.values())
     states = {pool.state_of(one) for one in pool.workers}
@@ -64,7 +71,7 @@ async def health(request: Request) -> Response:
     if state.providers is not None:
         local = {"state": status, "in_service": state.providers.local_in_service()}
         body["providers"] = state.providers.health(local)
-    return JSONResponse(body, status_code=200 if ready else 503)
+    return body, ready
 
 
 async def health_live(request: Request) -> Response:
@@ -72,6 +79,6 @@ async def health_live(request: Request) -> Response:
 
 
 async def health_ready(request: Request) -> Response:
-    checks = readiness(state_of(request))
+    checks = await off_loop(readiness, state_of(request))
     ready = all(checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)

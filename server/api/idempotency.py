@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from server.api.offload import off_loop
 from server.contract import ApiError, ErrorCode
 from server.state import state_of
 from server.store import Store
@@ -116,7 +116,7 @@ async def idempotent(
     store = state_of(request).store
     digest = fingerprint(route, payload)
     claim = secrets.token_hex(16)
-    held = await run_in_threadpool(
+    held = await off_loop(
         store.claim_key, user.id, key, digest, claim, STALE_CLAIM_SECONDS
     )
     if held is not None:
@@ -128,7 +128,7 @@ async def idempotent(
             )
         if held.request_id is None:
             raise conflict(f"A request with {HEADER} {key!r} is still being admitted")
-        row = await run_in_threadpool(store.generation, held.request_id, user.id)
+        row = await off_loop(store.generation, held.request_id, user.id)
         if row is None:
             raise conflict(f"The generation of {HEADER} {key!r} is not readable yet")
         first = (held.status, held.answer) if held.status is not None else None
@@ -141,13 +141,13 @@ async def idempotent(
     except BaseException:
         # Admitted nothing, or its transaction rolled back: the key is free again (the
         # release removes only a claim that is bound to nothing).
-        await run_in_threadpool(store.release_key, user.id, key, claim)
+        await off_loop(store.release_key, user.id, key, claim)
         raise
     if keyed.request_id is None:
-        await run_in_threadpool(store.release_key, user.id, key, claim)
+        await off_loop(store.release_key, user.id, key, claim)
     if record and keyed.request_id is not None and 200 <= response.status_code < 300:
         body = json.loads(bytes(response.body))
-        await run_in_threadpool(
+        await off_loop(
             store.record_answer, user.id, key, claim, response.status_code, body
         )
     return response

@@ -11,8 +11,8 @@ import io
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
-from starlette.concurrency import run_in_threadpool
 
+from server.api.offload import off_loop
 from server.config import Settings
 
 # What base64 of max_image_bytes takes, plus a data: URL's header: an image-taking route's
@@ -109,4 +109,4 @@ async def read_base64(field: str, value: object, settings: Settings) -> InputIma
         data = from_base64(field, value, settings.max_image_bytes)
         return decode(field, data, settings.max_image_pixels)
 
-    return await run_in_threadpool(work)
+    return await off_loop(work)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from pipelines.samplers import SAMPLER_NAMES
 from server.api import views
 from server.api.common import links_for, user_of
+from server.api.offload import off_loop
 from server.contract import not_found, parse
 from server.jobs import infotext
 from server.library.loras import LoraQuery
@@ -17,24 +17,23 @@ from server.state import state_of
 
 
 async def loras_available(request: Request) -> Response:
-    user_of(request)
+    await user_of(request)
     query = parse(LoraQuery, dict(request.query_params))
     links = links_for(request)
-    return JSONResponse(
-        [views.lora_model(row, links) for row in state_of(request).catalog.available(query)]
-    )
+    rows = await off_loop(state_of(request).catalog.available, query)
+    return JSONResponse([views.lora_model(row, links) for row in rows])
 
 
 async def refresh_loras(request: Request) -> Response:
-    user_of(request)
+    await user_of(request)
     # Hashing new files and checking them against the model takes a while: not on the loop.
-    summary = await run_in_threadpool(state_of(request).catalog.refresh)
+    summary = await off_loop(state_of(request).catalog.refresh)
     return JSONResponse(summary.as_json())
 
 
 async def lora_thumbnail(request: Request) -> Response:
     lora_id = request.path_params["lora_id"]
-    path = state_of(request).catalog.preview_path(lora_id)
+    path = await off_loop(state_of(request).catalog.preview_path, lora_id)
     if path is None:
         raise not_found("Thumbnail of LoRA", lora_id)
     return FileResponse(path)
@@ -49,25 +48,25 @@ class ModelQuery(BaseModel):
 
 
 async def models_available(request: Request) -> Response:
-    user_of(request)
+    await user_of(request)
     query = parse(ModelQuery, dict(request.query_params))
     state = state_of(request)
     loaded = state.devices.loaded_models()
-    entries = state.models.entries(include_incompatible=query.include_incompatible)
+    entries = await off_loop(state.models.entries, include_incompatible=query.include_incompatible)
     return JSONResponse([views.model_entry(entry, loaded) for entry in entries])
 
 
 async def refresh_models(request: Request) -> Response:
-    user_of(request)
+    await user_of(request)
     # Hashing a new checkpoint reads all of it (once; then it is cached): not on the loop.
-    summary = await run_in_threadpool(state_of(request).models.refresh)
+    summary = await off_loop(state_of(request).models.refresh)
     return JSONResponse(summary.as_json())
 
 
 async def samplers(request: Request) -> Response:
     """Every sampler `settings.sampler` takes, by Darkroom's name, with how AUTOMATIC1111
     names its sampler and schedule (the console's two menus)."""
-    user_of(request)
+    await user_of(request)
     items = []
     for name in SAMPLER_NAMES:
         sampler, schedule = infotext.display_sampler(name)

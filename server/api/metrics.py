@@ -1,7 +1,9 @@
 """GET /metrics in Prometheus' text format, and what it reads at scrape time.
 
-Counts of finished jobs and images are read from the database, so they survive restarts;
-durations are observed by the workers as jobs finish (server/metrics.py).
+Counts of finished jobs and images are read from the database, so they survive restarts,
+by a thread of their own (store/figures.py): a scrape never waits on a locked database.
+Durations are observed by the workers as jobs finish (server/metrics.py). The page is
+built off the event loop (a cluster's queue depth is a database read too).
 
 Several nodes on one database: every sample carries `node="..."`. What is read from the
 shared database (CLUSTER_SCOPED: jobs by status, images, queue depth, per-provider jobs)
@@ -22,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.api.auth import api_token, unauthorized
+from server.api.offload import off_loop
 from server.providers.metrics import CLUSTER_SCOPED as PROVIDER_CLUSTER_SCOPED
 from server.providers.metrics import provider_metrics
 from server.state import AppState, state_of
@@ -54,11 +57,11 @@ class StateCollector:
             "darkroom_jobs", "Finished generations by status and error code",
             labels=["status", "code"],
         )
-        for row in state.store.finished_counts():
+        for row in state.figures.finished_counts():
             jobs.add_metric([row["status"], row["code"]], row["n"])
         yield jobs
         yield _counter("darkroom_images_generated", "Images generated",
-                       state.store.image_count())
+                       state.figures.image_count())
         caches = [worker.renderer.adapters for worker in workers]
         if caches:
             yield _counter("darkroom_lora_cache_hits", "LoRAs found loaded",
@@ -161,5 +164,6 @@ async def metrics_endpoint(request: Request) -> Response:
     nodes = getattr(state.queue, "nodes", None)
     if nodes is not None:  # several nodes share one database
         node = state.settings.node
-        registry = NodeLabelled(registry, node, reports_cluster(node, nodes(), state))
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        registry = NodeLabelled(registry, node, reports_cluster(node, await off_loop(nodes), state))
+    await off_loop(state.figures.refresh)
+    return Response(await off_loop(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)

@@ -7,17 +7,18 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api import views
 from server.api.common import check_poll_rate, links_for, own_generation, user_of
+from server.api.offload import off_loop
 from server.api.views import generation_inputs, iso
 from server.contract import ApiError, ErrorCode, ImageGenerationRequest
 from server.net import ssrf
 from server.state import state_of
-from server.store import Store
+from server.store.accounts import User
+from server.store.figures import DatabaseFigures
 from server.store.vault import read_infotext
 from server.store.webhooks import FINISHED
 
@@ -31,7 +32,7 @@ async def check_webhook_url(request: Request, body: ImageGenerationRequest) -> N
     if not url:
         return
     allow = state_of(request).settings.webhook_allow_private
-    problem = await run_in_threadpool(ssrf.check, url, allow)
+    problem = await off_loop(ssrf.check, url, allow)
     if problem:
         raise ApiError(
             ErrorCode.VALIDATION_ERROR,
@@ -57,31 +58,34 @@ def webhook_view(row: dict[str, Any] | None) -> dict[str, Any] | None:
 async def generation_detail(request: Request) -> Response:
     """GET /generations/{id}: the status object, plus `webhook` (null without one) and
     `inputs` (an image-to-image's init image and mask; null for others)."""
-    state = state_of(request)
-    user = user_of(request)
+    user = await user_of(request)
     check_poll_rate(request, user)
+    return JSONResponse(await off_loop(detail, request, user))
+
+
+def detail(request: Request, user: User) -> dict:
+    """The generation's history item, its webhook, its inputs, and each image's infotext
+    read from its file (the console's image page shows it)."""
+    state = state_of(request)
     row = own_generation(request, user)
+    links = links_for(request)
     images = state.store.images_of([row["id"]])[row["id"]]
-    body = views.history_item(row, images, links_for(request), state.queue, state.admission)
+    body = views.history_item(row, images, links, state.queue, state.admission)
     body["webhook"] = webhook_view(state.store.webhook_delivery(row["request_id"]))
-    body["inputs"] = generation_inputs(row, links_for(request))
-    # Each image's infotext, read from its file (the console's image page shows it).
-    texts = await run_in_threadpool(
-        lambda: [read_infotext(state.vault.path(image["file_name"])) for image in images]
-    )
-    for shown, text in zip(body.get("images") or [], texts, strict=False):
-        shown["infotext"] = text
-    return JSONResponse(body)
+    body["inputs"] = generation_inputs(row, links)
+    for shown, image in zip(body.get("images") or [], images, strict=False):
+        shown["infotext"] = read_infotext(state.vault.path(image["file_name"]))
+    return body
 
 
 class WebhookCollector:
     """Deliveries by outcome, read from the database (so they survive restarts)."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, figures: DatabaseFigures) -> None:
+        self.figures = figures
 
     def collect(self) -> Iterator[Metric]:
-        counts = self.store.webhook_counts()
+        counts = self.figures.webhook_counts()
         outcomes = CounterMetricFamily(
             "darkroom_webhook_deliveries", "Webhook deliveries ended, by outcome",
             labels=["outcome"],

@@ -40,7 +40,7 @@ def provider_metrics(state: Any) -> Iterator[Metric]:
         labels=["provider"],
     )
     failed: dict[str, int] = {}
-    for row in state.store.provider_counts():
+    for row in state.figures.provider_counts():
         jobs.add_metric([row["provider"], row["status"], row["code"]], row["n"])
         if row["status"] == "failed":
             if row["code"] == ErrorCode.CANCELLED:

@@ -41,6 +41,8 @@ class Engine(Protocol):
 
     def data_version(self) -> int: ...
 
+    def writable(self) -> bool: ...
+
     def tables(self) -> list[str]: ...
 
     def foreign_keys(self) -> dict[str, set[str]]: ...
@@ -105,10 +107,10 @@ class Database:
         return self.engine.data_version()
 
     def writable(self) -> bool:
+        """Whether writes would be accepted, found without taking the write lock: a health
+        probe must answer while another process holds it (a migration, a long backup)."""
         try:
-            with self.transaction() as db:
-                db.execute("SELECT 1").fetchall()
-            return True
+            return self.engine.writable()
         except self.engine.errors:
             return False
 

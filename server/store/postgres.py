@@ -131,6 +131,16 @@ class PostgresEngine:
             row = conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()
         return int(row[0]) if row else 0
 
+    def writable(self) -> bool:
+        """A primary (not a standby in recovery) that takes read-write transactions; asked
+        without the advisory write lock, which another node may hold for a while."""
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                "SELECT NOT pg_is_in_recovery()"
+                " AND current_setting('default_transaction_read_only') = 'off'"
+            ).fetchone()
+        return bool(row and row[0])
+
     def tables(self) -> list[str]:
         with self._pool.connection() as conn:
             rows = conn.execute(

@@ -4,6 +4,7 @@ anyway). A write transaction is BEGIN IMMEDIATE: writers never interleave."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ class SqliteEngine:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -54,6 +56,12 @@ class SqliteEngine:
     def data_version(self) -> int:
         with self._lock:
             return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def writable(self) -> bool:
+        """The file and its directory (where the WAL lives) can be written. Neither BEGIN
+        IMMEDIATE, which waits for another process's writer, nor the connection's lock,
+        which a worker thread holds while its write waits: a probe must not wait."""
+        return all(os.access(one, os.W_OK) for one in (self.path, self.path.parent))
 
     def tables(self) -> list[str]:
         with self._lock:

@@ -19,6 +19,12 @@ from server.cli import main
 EMPTY_BASIC = {"authorization": "Basic "}
 
 
+@pytest.fixture
+def database_url(engine_per_test: str | None) -> str | None:
+    """Every test here runs on SQLite, then on PostgreSQL (tests/pgtest.py)."""
+    return engine_per_test
+
+
 def decode(image: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(image)))
 

@@ -23,6 +23,12 @@ TXT = "/sdapi/v1/txt2img"
 BODY = {"prompt": "a red fox", "seed": 42, "sampler_name": "Euler", **SMALL}
 
 
+@pytest.fixture
+def database_url(engine_per_test: str | None) -> str | None:
+    """Every test here runs on SQLite, then on PostgreSQL (tests/pgtest.py)."""
+    return engine_per_test
+
+
 def basic(token: str, user: str = "anyone") -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()}
 

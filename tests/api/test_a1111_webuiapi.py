@@ -18,7 +18,15 @@ SMALL = {"width": 256, "height": 256, "steps": 10}
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[webuiapi.WebUIApi]:
+def database_url(module_engine: str | None) -> str | None:
+    """Every test here runs on SQLite, then on PostgreSQL (tests/pgtest.py)."""
+    return module_engine
+
+
+@pytest.fixture(scope="module")
+def api(
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, database_url: str | None
+) -> Iterator[webuiapi.WebUIApi]:
     data = tmp_path_factory.mktemp("a1111-data")
     with ServerProcess(data, models_dir, data / "server.log") as server:
         yield webuiapi.WebUIApi(host="127.0.0.1", port=server.port)

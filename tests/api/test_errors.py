@@ -9,6 +9,12 @@ from conftest import AppFactory, Preloaded, wait_done
 from fakes import RaisesOnce
 
 
+@pytest.fixture
+def database_url(engine_per_test: str | None) -> str | None:
+    """Every test here runs on SQLite, then on PostgreSQL (tests/pgtest.py)."""
+    return engine_per_test
+
+
 def post(client: TestClient, body: object, raw: bytes | None = None) -> tuple[int, dict]:
     if raw is not None:
         response = client.post("/image/generate", content=raw)

@@ -16,6 +16,12 @@ from fakes import Fake, Solid
 from server.contract import CONTRACT_PREFIX
 
 
+@pytest.fixture
+def database_url(engine_per_test: str | None) -> str | None:
+    """Every test here runs on SQLite, then on PostgreSQL (tests/pgtest.py)."""
+    return engine_per_test
+
+
 def test_submit_answers_pending_with_absolute_poll_url(client: TestClient) -> None:
     body = generate(client)
     assert body["status"] in ("pending", "processing")

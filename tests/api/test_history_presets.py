@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from starlette.testclient import TestClient
 
 from conftest import generate, render, wait_done
@@ -17,6 +18,12 @@ PAGING_KEYS = {
     "itemsTotal",
     "pageTotal",
 }
+
+
+@pytest.fixture
+def database_url(engine_per_test: str | None) -> str | None:
+    """Every test here runs on SQLite, then on PostgreSQL (tests/pgtest.py)."""
+    return engine_per_test
 
 
 def test_history_pages_newest_first(client: TestClient) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 from starlette.testclient import TestClient
 
@@ -21,11 +22,35 @@ from webhook_receiver import Receiver
 
 
 @pytest.fixture
+def database_url(engine_per_test: str | None) -> str | None:
+    """Every test here runs on SQLite, then on PostgreSQL (tests/pgtest.py)."""
+    return engine_per_test
+
+
+@pytest.fixture
 def receiver() -> Iterator[Receiver]:
     hook = Receiver()
     yield hook
     hook.close()
 
+
+
+def deliveries(client: TestClient, outcome: str, timeout: float = 10) -> float:
+    """darkroom_webhook_deliveries_total{outcome=...} once it is read (the count is read
+    from the database a moment behind, and a cluster node adds its `node` label)."""
+    deadline, found = time.monotonic() + timeout, 0.0
+    while time.monotonic() < deadline:
+        for family in text_string_to_metric_families(client.get("/metrics").text):
+            for sample in family.samples:
+                if (
+                    sample.name == "darkroom_webhook_deliveries_total"
+                    and sample.labels.get("outcome") == outcome
+                ):
+                    found = sample.value
+        if found:
+            return found
+        time.sleep(0.1)
+    return found
 
 def start(make_client: AppFactory, renderer: Any = None, **overrides: Any) -> TestClient:
     return make_client(
@@ -79,8 +104,7 @@ def test_completed_generation_is_posted_signed(
         "next_attempt_at": None, "last_error": None,
     }
     assert {k: v for k, v in detail.items() if k != "webhook"}["request_id"] == request_id
-    metrics = client.get("/metrics").text
-    assert 'darkroom_webhook_deliveries_total{outcome="delivered"} 1.0' in metrics
+    assert deliveries(client, "delivered") == 1
     # The operator's command shows the same secret the account does.
     secret = client.get("/account").json()["webhook_secret"]
     assert main(["users", "webhook-secret", "local", "--data-dir", str(tmp_path / "data")]) == 0
@@ -157,8 +181,7 @@ def test_gone_and_other_client_errors_stop(
     assert detail["last_error"] == f"HTTP {status}" and detail["next_attempt_at"] is None
     time.sleep(0.5)
     assert len(receiver.received) == 1
-    metrics = client.get("/metrics").text
-    assert 'darkroom_webhook_deliveries_total{outcome="failed"} 1.0' in metrics
+    assert deliveries(client, "failed") == 1
 
 
 def test_gives_up_after_the_schedule(make_client: AppFactory, receiver: Receiver) -> None:

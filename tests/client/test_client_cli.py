@@ -21,7 +21,15 @@ from darkroom_client import Client
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[LiveServer]:
+def database_url(module_engine: str | None) -> str | None:
+    """Every test here runs on SQLite, then on PostgreSQL (tests/pgtest.py)."""
+    return module_engine
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, database_url: str | None
+) -> Iterator[LiveServer]:
     root = tmp_path_factory.mktemp("client-cli")
     yield from live_server(root, models_dir, {"alice": (), "bob": ()})
 

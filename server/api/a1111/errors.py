@@ -108,10 +108,10 @@ def a1111_route(handler: Handler) -> Handler:
     return wrapped
 
 
-def caller(request: Request) -> User:
+async def caller(request: Request) -> User:
     """Who the request acts as: Bearer, or HTTP Basic with the token as password (the
     scheme a 401 asks for)."""
-    return user_of(request, "Basic")
+    return await user_of(request, "Basic")
 
 
 async def json_body(request: Request, limit: int | None = None) -> Any:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -15,6 +14,7 @@ from server.api.a1111 import models
 from server.api.a1111.errors import Invalid, a1111_error, a1111_route, json_object
 from server.api.a1111.txt2img import generate, latent_size
 from server.api.image_input import ImageInputError, InputImage, body_limit, read_base64
+from server.api.offload import off_loop
 from server.contract import ErrorCode
 from server.state import AppState, state_of
 
@@ -42,7 +42,7 @@ async def img2img(request: Request) -> Response:
     width, height = latent_size(width), latent_size(height)
 
     async def job() -> dict[str, Any]:  # the inputs go to the vault only when admitting
-        return await run_in_threadpool(image_job, state, req, init, mask)
+        return await off_loop(image_job, state, req, init, mask)
 
     return await generate(request, "sdapi/v1/img2img", data, req, (width, height), job)
 

@@ -10,7 +10,6 @@ import os
 import struct
 
 from PIL import Image, UnidentifiedImageError
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -20,6 +19,7 @@ from server.api.a1111 import checkpoints
 from server.api.a1111.errors import Invalid, a1111_route, caller, json_object
 from server.api.a1111.prompts import lora_entries
 from server.api.a1111.txt2img import chosen_checkpoint
+from server.api.offload import off_loop
 from server.jobs import infotext
 from server.state import state_of
 from server.store import options
@@ -33,7 +33,7 @@ PNG_INFO_MAX_TEXT = 64 * 1024  # an infotext's characters (prompts are at most 2
 
 @a1111_route
 async def get_options(request: Request) -> Response:
-    state, user = state_of(request), caller(request)
+    state, user = state_of(request), await caller(request)
     checkpoint = await chosen_checkpoint(state, user)
     return JSONResponse(
         {
@@ -55,78 +55,74 @@ async def get_options(request: Request) -> Response:
 async def set_options(request: Request) -> Response:
     """The whole dict (Open WebUI) or a few keys (webuiapi, SillyTavern); only
     `sd_model_checkpoint` is kept (the user's default model), other keys are ignored."""
-    state, user = state_of(request), caller(request)
+    state, user = state_of(request), await caller(request)
     body = await json_object(request)
     name = body.get("sd_model_checkpoint")
     if name is not None:
-        listed = checkpoints.listed(state)
+        listed = await off_loop(checkpoints.listed, state)
         found = next((c for c in listed if c.matches(str(name))), None)
         if found is None:
             titles = ", ".join(c.title for c in listed)
             raise Invalid(("sd_model_checkpoint", f"model {name!r} not found; available: {titles}"))
-        options.put(state.store, user.id, {options.DEFAULT_CHECKPOINT: found.title})
+        await off_loop(options.put, state.store, user.id, {options.DEFAULT_CHECKPOINT: found.title})
     return JSONResponse(None)
 
 
 @a1111_route
 async def sd_models(request: Request) -> Response:
     state = state_of(request)
-    caller(request)
-    listed = checkpoints.listed(state)
+    await caller(request)
+    listed = await off_loop(checkpoints.listed, state)
     return JSONResponse([c.as_json() for c in listed])
 
 
 @a1111_route
 async def samplers(request: Request) -> Response:
-    caller(request)
+    await caller(request)
     return JSONResponse(a1111_samplers())
 
 
 @a1111_route
 async def schedulers(request: Request) -> Response:
-    caller(request)
+    await caller(request)
     return JSONResponse(a1111_schedulers())
 
 
 @a1111_route
 async def loras(request: Request) -> Response:
     state = state_of(request)
-    caller(request)
-    entries = await run_in_threadpool(lora_entries, state.catalog)
+    await caller(request)
+    entries = await off_loop(lora_entries, state.catalog)
     return JSONResponse([{k: v for k, v in e.items() if k != "row"} for e in entries])
 
 
 @a1111_route
 async def refresh_loras(request: Request) -> Response:
     state = state_of(request)
-    caller(request)
-    await run_in_threadpool(state.catalog.refresh)
+    await caller(request)
+    await off_loop(state.catalog.refresh)
     return JSONResponse(None)
 
 
 @a1111_route
 async def refresh_checkpoints(request: Request) -> Response:
     state = state_of(request)
-    caller(request)
-    await run_in_threadpool(state.models.refresh)
+    await caller(request)
+    await off_loop(state.models.refresh)
     return JSONResponse(None)
-
-
-def _empty_list(request: Request) -> Response:
-    caller(request)
-    return JSONResponse([])
 
 
 @a1111_route
 async def empty_list(request: Request) -> Response:
     """/sd-vae: Darkroom has none."""
-    return _empty_list(request)
+    await caller(request)
+    return JSONResponse([])
 
 
 @a1111_route
 async def upscalers(request: Request) -> Response:
     """The image upscalers the hires fix runs (A1111 lists latent modes separately)."""
-    caller(request)
+    await caller(request)
     return JSONResponse(
         [{"name": name, "model_name": None, "model_path": None, "model_url": None,
           "scale": 4.0} for name in IMAGE_UPSCALERS]
@@ -135,26 +131,26 @@ async def upscalers(request: Request) -> Response:
 
 @a1111_route
 async def latent_upscale_modes(request: Request) -> Response:
-    caller(request)
+    await caller(request)
     return JSONResponse([{"name": name} for name in LATENT_UPSCALERS])
 
 
 @a1111_route
 async def embeddings(request: Request) -> Response:
-    caller(request)
+    await caller(request)
     return JSONResponse({"loaded": {}, "skipped": {}})
 
 
 @a1111_route
 async def scripts(request: Request) -> Response:
-    caller(request)
+    await caller(request)
     return JSONResponse({"txt2img": [], "img2img": []})
 
 
 @a1111_route
 async def cmd_flags(request: Request) -> Response:
     state = state_of(request)
-    caller(request)
+    await caller(request)
     settings = state.settings
     return JSONResponse(
         {
@@ -173,7 +169,7 @@ async def cmd_flags(request: Request) -> Response:
 
 @a1111_route
 async def memory(request: Request) -> Response:
-    caller(request)
+    await caller(request)
     ram: dict[str, object]
     try:
         page, pages = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_PHYS_PAGES")
@@ -187,7 +183,7 @@ async def memory(request: Request) -> Response:
 
 @a1111_route
 async def png_info(request: Request) -> Response:
-    caller(request)
+    await caller(request)
     body = await json_object(request, PNG_INFO_MAX_BYTES)
     encoded = body.get("image")
     if not isinstance(encoded, str):
@@ -195,7 +191,7 @@ async def png_info(request: Request) -> Response:
     if not encoded.strip():
         return JSONResponse({"info": "", "items": {}, "parameters": {}})
     # Decoding a large image takes a while: not on the event loop.
-    return JSONResponse(await run_in_threadpool(read_png_info, encoded))
+    return JSONResponse(await off_loop(read_png_info, encoded))
 
 
 def read_png_info(encoded: str) -> dict:

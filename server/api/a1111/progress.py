@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api.a1111.errors import a1111_route, caller
+from server.api.offload import off_loop
 from server.state import AppState, state_of
 
 
@@ -66,11 +67,15 @@ def stop(state: AppState, call: Call) -> None:
     state.cancel(call.generation_id)
 
 
+def _queued(state: AppState, generation_id: int) -> tuple[tuple[int, float] | None, dict | None]:
+    return state.queue.position(generation_id), state.store.generation_by_id(generation_id)
+
+
 @a1111_route
 async def interrupt(request: Request) -> Response:
-    state, user = state_of(request), caller(request)
+    state, user = state_of(request), await caller(request)
     for call in calls_of(request).of(user.id):
-        stop(state, call)
+        await off_loop(stop, state, call)
     return JSONResponse({})
 
 
@@ -78,16 +83,16 @@ async def interrupt(request: Request) -> Response:
 async def skip(request: Request) -> Response:
     """A1111 skips the current image and goes on with the next batch; Darkroom renders a
     call's images together, so skipping stops the call's running generation."""
-    state, user = state_of(request), caller(request)
+    state, user = state_of(request), await caller(request)
     for call in calls_of(request).of(user.id):
         if state.queue.progress_of(call.generation_id) is not None:
-            stop(state, call)
+            await off_loop(stop, state, call)
     return JSONResponse(None)
 
 
 @a1111_route
 async def progress(request: Request) -> Response:
-    state, user = state_of(request), caller(request)
+    state, user = state_of(request), await caller(request)
     calls = calls_of(request).of(user.id)
     fraction, eta, step, steps = 0.0, 0.0, 0, 0
     current = calls[0] if calls else None
@@ -98,8 +103,7 @@ async def progress(request: Request) -> Response:
             fraction = step / steps if steps else 0.0
             eta = state.admission.estimate_seconds(job.work_units * (1 - fraction))
         else:
-            place = state.queue.position(current.generation_id)
-            row = state.store.generation_by_id(current.generation_id)
+            place, row = await off_loop(_queued, state, current.generation_id)
             if place is not None and row is not None:
                 eta = state.admission.estimate_seconds(place[1] + row["work_units"])
     body = {

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -30,6 +29,7 @@ from server.api.a1111.errors import Invalid, a1111_error, a1111_route, caller, j
 from server.api.a1111.progress import Call, calls_of
 from server.api.a1111.prompts import parse_tags
 from server.api.idempotency import HEADER, Keyed, conflict, idempotent, key_of
+from server.api.offload import off_loop
 from server.contract import (
     ANY_STEPS,
     MAX_SEED,
@@ -55,6 +55,10 @@ SLOT_POLL_SECONDS = 0.25  # how often a call over its user's active limit retrie
 async def chosen_checkpoint(state: AppState, user: User, override: Any = None) -> Checkpoint:
     """The checkpoint a call renders with: `override_settings.sd_model_checkpoint`, else
     the user's default (POST /options), else the server's model."""
+    return await off_loop(_chosen_checkpoint, state, user, override)
+
+
+def _chosen_checkpoint(state: AppState, user: User, override: Any) -> Checkpoint:
     listed = checkpoints.listed(state)
     if override:
         found = next((c for c in listed if c.matches(str(override))), None)
@@ -143,7 +147,7 @@ async def generate(
 ) -> Response:
     """Submit an A1111 call as a Darkroom generation (once per Idempotency-Key), wait for
     it, answer as A1111 does."""
-    state, user = state_of(request), caller(request)
+    state, user = state_of(request), await caller(request)
 
     async def run(keyed: Keyed | None) -> Response:
         prepared = await _prepare(state, user, req, size)
@@ -183,7 +187,7 @@ async def _prepare(
     checkpoint = await chosen_checkpoint(
         state, user, req.override_settings.get("sd_model_checkpoint")
     )
-    tags = await run_in_threadpool(parse_tags, req.prompt, state.catalog)
+    tags = await off_loop(parse_tags, req.prompt, state.catalog)
     generation = parse(
         ImageGenerationRequest,
         {
@@ -225,14 +229,14 @@ async def _answer(request: Request, prepared: Prepared, row: dict[str, Any]) -> 
     try:
         while row["status"] not in ("completed", "failed"):
             await asyncio.sleep(WAIT_SECONDS)
-            row = state.store.generation_by_id(call.generation_id) or row
+            row = await off_loop(state.store.generation_by_id, call.generation_id) or row
     finally:
         calls_of(request).remove(call)
     if row["status"] == "failed":
         error = json.loads(row["error_json"] or "{}")
         if error.get("code") != ErrorCode.CANCELLED:
             return a1111_error(500, error.get("code", "Error"), error.get("message", ""))
-    pngs = await run_in_threadpool(_read_images, state, row)
+    pngs = await off_loop(_read_images, state, row)
     req, n = prepared.req, prepared.req.num_images
     stored = json.loads(row["request_json"])
     kept = stored.get("a1111") or {}
@@ -294,7 +298,7 @@ async def admit_when_free(
     deadline = time.monotonic() + state.settings.a1111_wait
     while True:
         try:
-            return await run_in_threadpool(submit)
+            return await off_loop(submit)
         except ApiError as exc:
             over_limit = exc.http_status == 429 and exc.code == ErrorCode.LIMIT_EXCEEDED
             if not over_limit or time.monotonic() >= deadline or await request.is_disconnected():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -18,6 +17,7 @@ from server.api.a1111.prompts import parse_tags
 from server.api.blocking import CallerGone, wait_for
 from server.api.common import json_body, links_for, user_of
 from server.api.idempotency import Keyed, idempotent
+from server.api.offload import off_loop
 from server.api.openai.answers import answer, failed, image_data
 from server.api.openai.errors import OpenAIError, invalid, openai_route
 from server.api.openai.params import MAX_N, ImageParams, is_openai_model, read_params
@@ -29,7 +29,7 @@ from server.store.accounts import User
 
 @openai_route
 async def generations(request: Request) -> Response:
-    state, user = state_of(request), user_of(request)
+    state, user = state_of(request), await user_of(request)
     payload = await json_body(request)
     params = read_params(payload)
     return await render(request, state, user, params, "v1/images/generations", payload)
@@ -51,7 +51,7 @@ async def render(
                           "service_unavailable", "server_error")  # fmt: skip
     generation, text = await darkroom_request(state, params)
     if state.providers is not None:  # a remote's LoRA list, fetched off the event loop
-        await run_in_threadpool(state.providers.prefetch, generation)
+        await off_loop(state.providers.prefetch, generation)
     kept = {"user": params.user, "size": params.size, "quality": params.quality}
 
     async def work(keyed: Keyed | None) -> Response:
@@ -62,7 +62,7 @@ async def render(
         )  # fmt: skip
         if image_job is not None:
             submit = functools.partial(submit, image_job=image_job)
-        return await respond(request, state, await run_in_threadpool(submit), params, text)
+        return await respond(request, state, await off_loop(submit), params, text)
 
     async def replay(row: dict[str, Any], first: object) -> Response:
         return await respond(request, state, row, params, text)
@@ -84,7 +84,7 @@ async def respond(
     failure = failed(row)
     if failure is not None:
         raise failure
-    data = await run_in_threadpool(image_data, request, state, row, params, text)
+    data = await off_loop(image_data, request, state, row, params, text)
     return JSONResponse(answer(params, data, text))
 
 
@@ -94,7 +94,7 @@ async def darkroom_request(
     """The contract's request for OpenAI's parameters, and the prompt text it encodes
     (LoRA tags taken out): OpenAI's `revised_prompt`."""
     try:
-        tags = await run_in_threadpool(parse_tags, params.prompt, state.catalog)
+        tags = await off_loop(parse_tags, params.prompt, state.catalog)
     except Invalid as exc:
         raise invalid("prompt", "; ".join(message for _, message in exc.errors)) from None
     extra = params.extra

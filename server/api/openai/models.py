@@ -23,7 +23,7 @@ def model_object(entry: ModelEntry) -> dict[str, Any]:
 
 @openai_route
 async def list_models(request: Request) -> Response:
-    user_of(request)
+    await user_of(request)
     entries = sorted(state_of(request).models.entries(), key=lambda entry: not entry.default)
     return JSONResponse({"object": "list", "data": [model_object(e) for e in entries]})
 
@@ -31,7 +31,7 @@ async def list_models(request: Request) -> Response:
 @openai_route
 async def get_model(request: Request) -> Response:
     """A title, name or hash from the list; OpenAI's own names are the default model."""
-    user_of(request)
+    await user_of(request)
     state = state_of(request)
     title = model_setting(state, request.path_params["model"])
     entry = state.models.resolve(title)

@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from server.api.blocking import FINAL, POLL_SECONDS
+from server.api.offload import off_loop
 from server.api.openai.answers import failed, usage
 from server.api.openai.params import ImageParams
 from server.state import AppState
@@ -50,7 +50,7 @@ async def _events(
     sent, quiet_since, finished = 0, time.monotonic(), False
     try:
         while True:
-            row = state.store.generation_by_id(generation_id)
+            row = await off_loop(state.store.generation_by_id, generation_id)
             assert row is not None
             if row["status"] in FINAL:
                 finished = True
@@ -60,7 +60,7 @@ async def _events(
                 # The k-th partial image is the first preview past (k+1)/(N+1) of the steps.
                 due = job.total_steps * (sent + 1) / (params.partial_images + 1)
                 if job.preview_step >= due:
-                    picture = await run_in_threadpool(_encode, job.preview, params)
+                    picture = await off_loop(_encode, job.preview, params)
                     event = {"type": "image_generation.partial_image", "b64_json": picture,
                              "partial_image_index": sent, "created_at": int(time.time()),
                              **common}  # fmt: skip
@@ -78,9 +78,9 @@ async def _events(
     if failure is not None:
         yield _sse("error", failure.body())
         return
-    images = state.store.images_of([generation_id])[generation_id]
+    images = (await off_loop(state.store.images_of, [generation_id]))[generation_id]
     for image in images:
-        raw = await run_in_threadpool(state.vault.path(image["file_name"]).read_bytes)
+        raw = await off_loop(state.vault.path(image["file_name"]).read_bytes)
         event = {"type": "image_generation.completed",
                  "b64_json": base64.b64encode(raw).decode("ascii"),
                  "created_at": int(time.time()), "usage": usage(text), **common}  # fmt: skip
