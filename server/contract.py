@@ -30,6 +30,8 @@ CONTRACT_MIN_STEPS = 10
 # Validation context of a request admitted before (a stored row), or of an API with
 # AUTOMATIC1111's ranges: steps from 1, not the contract's 10.
 ANY_STEPS = {"min_steps": 1}
+# An image-to-image with no prompt at all (OpenAI's variations): SDXL encodes the empty text.
+EMPTY_PROMPT = {"empty_prompt": True}
 PROVIDER_NAME = "darkroom"
 
 Status = Literal["pending", "processing", "completed", "failed"]
@@ -184,15 +186,16 @@ def _unique_lora_ids(loras: list[LoraRef]) -> list[LoraRef]:
 
 
 class ImageGenerationRequest(_Strict):
-    prompt: str = Field(min_length=1)
+    # Empty only where the validation context allows it (EMPTY_PROMPT: OpenAI's variations).
+    prompt: str = Field(json_schema_extra={"minLength": 1})
     settings: GenerationSettings = Field(default_factory=GenerationSettings)
     loras: list[LoraRef] = Field(default_factory=list)
     options: GenerationOptions = Field(default_factory=GenerationOptions)
 
     @field_validator("prompt")
     @classmethod
-    def _prompt_has_text(cls, value: str) -> str:
-        if not value.strip():
+    def _prompt_has_text(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip() and not (info.context or {}).get("empty_prompt"):
             raise ValueError("prompt must not be empty")
         return value
 
@@ -235,7 +238,9 @@ def parse(model: type[BaseModel], data: Any, context: dict[str, Any] | None = No
 
 def stored_request(request_json: str) -> ImageGenerationRequest:
     """A stored generation's request: it passed its route's ranges when it was admitted."""
-    return ImageGenerationRequest.model_validate_json(request_json, context=ANY_STEPS)
+    return ImageGenerationRequest.model_validate_json(
+        request_json, context={**ANY_STEPS, **EMPTY_PROMPT}
+    )
 
 
 def validation_error(exc: ValidationError) -> ApiError:

@@ -34,3 +34,26 @@ def image_parts(stored: dict[str, Any], vault: Vault | None = None) -> dict[str,
 def inputs_of(stored: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The generation's input images: {"init_image": {name, sha256, width, height}, ...}."""
     return (stored.get(KEY) or {}).get("inputs") or {}
+
+
+def new_job(
+    vault: Vault,
+    init: tuple[bytes, tuple[int, int]],
+    mask: tuple[bytes, tuple[int, int]] | None,
+    **image: Any,
+) -> dict[str, Any]:
+    """An image-to-image's part of a request: its init image and mask (PNG bytes and size)
+    kept in the vault once per content, and pipelines.spec.ImageInput's other fields
+    (`image`: denoising_strength, resize_mode, mask_blur, inpainting_fill, ...)."""
+    inputs = {}
+    for field, given in (("init_image", init), ("mask", mask)):
+        if given is not None:
+            png, (width, height) = given
+            name, digest = vault.save_input(png)
+            inputs[field] = {"name": name, "sha256": digest, "width": width, "height": height}
+    mask_name = inputs["mask"]["name"] if "mask" in inputs else None
+    return {
+        "image": {"init_image": inputs["init_image"]["name"], "mask": mask_name, **image},
+        "inputs": inputs,
+    }
+

@@ -312,3 +312,101 @@ def test_an_idempotency_key_answers_a_repeat_without_a_second_render(
     with pytest.raises(openai.UnprocessableEntityError) as caught:
         client.images.generate(prompt="another fox", **keyed, **SMALL)
     assert caught.value.param == "Idempotency-Key"
+
+
+# -- edits and variations --------------------------------------------------------------
+
+EDIT = {"size": "256x256", "response_format": "b64_json", "output_format": "png",
+        "extra_body": {"steps": 10, "seed": 3}}  # fmt: skip
+
+
+def picture(mode: str = "RGB", size: tuple[int, int] = (256, 256)) -> bytes:
+    """A test image with structure (a gradient), as PNG."""
+    image = Image.linear_gradient("L").resize(size).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def left_half_transparent(size: tuple[int, int] = (256, 256)) -> bytes:
+    mask = Image.new("RGBA", size, (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, size[0] // 2, size[1]))
+    buffer = io.BytesIO()
+    mask.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_edit_repaints_only_where_the_mask_is_transparent(client: openai.OpenAI) -> None:
+    source = Image.open(io.BytesIO(picture())).convert("RGB")
+    result = client.images.edit(
+        image=("in.png", picture(), "image/png"), mask=("mask.png", left_half_transparent(),
+        "image/png"), prompt="a red fox", **EDIT,
+    )  # fmt: skip
+    edited = decoded(result.data[0].b64_json).convert("RGB")
+    assert edited.size == (256, 256)
+    # Outside the mask and its blur, the input's pixels exactly; inside, repainted.
+    right = (160, 0, 256, 256)
+    assert edited.crop(right).tobytes() == source.crop(right).tobytes()
+    assert edited.crop((0, 0, 96, 256)).tobytes() != source.crop((0, 0, 96, 256)).tobytes()
+
+
+def test_edit_without_a_mask_and_with_image_list(client: openai.OpenAI) -> None:
+    whole = client.images.edit(image=("in.png", picture(), "image/png"), prompt="a fox", **EDIT)
+    listed = client.images.edit(image=[("in.png", picture(), "image/png")], prompt="a fox", **EDIT)
+    assert decoded(whole.data[0].b64_json).tobytes() == decoded(listed.data[0].b64_json).tobytes()
+    source = Image.open(io.BytesIO(picture())).convert("RGB")
+    assert decoded(whole.data[0].b64_json).convert("RGB").tobytes() != source.tobytes()
+
+
+def test_edit_streams_partial_images(client: openai.OpenAI) -> None:
+    events = list(client.images.edit(
+        image=("in.png", picture(), "image/png"), prompt="a fox", stream=True,
+        partial_images=1, **EDIT,
+    ))  # fmt: skip
+    assert [event.type for event in events] == ["image_edit.partial_image", "image_edit.completed"]
+
+
+def test_variations(client: openai.OpenAI) -> None:
+    with pytest.warns(DeprecationWarning):  # the package marks variations deprecated
+        result = client.images.create_variation(
+            image=("in.png", picture(), "image/png"), n=2, size="256x256",
+            response_format="b64_json", extra_body={"steps": 10, "seed": 4},
+        )  # fmt: skip
+    first, second = (decoded(item.b64_json) for item in result.data)
+    assert first.size == second.size == (256, 256) and first.tobytes() != second.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("files", "param"),
+    [
+        ({"image": ("in.png", b"not an image", "image/png")}, "image"),
+        ({"image": ("in.png", picture()[:300], "image/png")}, "image"),
+        ({"image": ("in.png", picture(), "image/png"),
+          "mask": ("m.png", left_half_transparent((128, 128)), "image/png")}, "mask"),
+        ({"image": ("in.png", picture(), "image/png"),
+          "mask": ("m.png", picture(), "image/png")}, "mask"),
+    ],
+)  # fmt: skip
+def test_bad_edit_inputs_name_the_param(
+    client: openai.OpenAI, files: dict[str, object], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.edit(prompt="a fox", **files, **EDIT)  # type: ignore[arg-type]
+    assert caught.value.param == param, caught.value.body
+
+
+def test_open_webui_openai_engine_edit_request(server: ServerProcess) -> None:
+    """What Open WebUI's `openai` edit engine sends (backend/open_webui/routers/images.py,
+    image_edits): multipart form fields model, prompt, n, size, and `response_format:
+    b64_json` unless the model matches `^gpt-image`, the image as a file named `image`."""
+    fields = {"model": "dall-e-2", "prompt": "a cat", "n": "1", "size": "256x256",
+              "response_format": "b64_json"}  # fmt: skip
+    response = httpx.post(
+        f"{server.base}/v1/images/edits",
+        data=fields,
+        files={"image": ("generated-image.png", picture(), "image/png")},
+        headers={"Authorization": "Bearer sk-anything"},
+        timeout=300,
+    )
+    assert response.status_code == 200, response.text
+    assert decoded(response.json()["data"][0]["b64_json"]).size == (256, 256)

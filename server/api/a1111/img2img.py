@@ -16,6 +16,7 @@ from server.api.a1111.txt2img import generate, latent_size
 from server.api.image_input import ImageInputError, InputImage, body_limit, read_base64
 from server.api.offload import off_loop
 from server.contract import ErrorCode
+from server.jobs import image_jobs
 from server.state import AppState, state_of
 
 MAX_SIZE = 2048  # the contract's largest width and height
@@ -58,27 +59,18 @@ def default_size(init: InputImage) -> tuple[int, int]:
 def image_job(
     state: AppState, req: models.Img2ImgRequest, init: InputImage, mask: InputImage | None
 ) -> dict[str, Any]:
-    """Store the inputs in the vault and describe the job (pipelines.spec.ImageInput's
-    fields, vault names for the files; `inputs` for GET /generations/{id})."""
-    inputs = {}
-    for field, image in (("init_image", init), ("mask", mask)):
-        if image is not None:
-            name, digest = state.vault.save_input(image.png)
-            inputs[field] = {"name": name, "sha256": digest, "width": image.size[0],
-                             "height": image.size[1]}  # fmt: skip
+    """Store the inputs in the vault and describe the job (server.jobs.image_jobs)."""
     blur = req.mask_blur if req.mask_blur is not None else req.mask_blur_x
     strength = 0.75 if req.denoising_strength is None else req.denoising_strength
-    return {
-        "image": {
-            "init_image": inputs["init_image"]["name"],
-            "mask": inputs["mask"]["name"] if "mask" in inputs else None,
-            "denoising_strength": strength,
-            "resize_mode": req.resize_mode,
-            "mask_blur": blur,
-            "inpainting_fill": req.inpainting_fill,
-            "inpaint_full_res": req.inpaint_full_res,
-            "inpaint_full_res_padding": req.inpaint_full_res_padding,
-            "inpainting_mask_invert": bool(req.inpainting_mask_invert),
-        },
-        "inputs": inputs,
-    }
+    return image_jobs.new_job(
+        state.vault,
+        (init.png, init.size),
+        (mask.png, mask.size) if mask is not None else None,
+        denoising_strength=strength,
+        resize_mode=req.resize_mode,
+        mask_blur=blur,
+        inpainting_fill=req.inpainting_fill,
+        inpaint_full_res=req.inpaint_full_res,
+        inpaint_full_res_padding=req.inpaint_full_res_padding,
+        inpainting_mask_invert=bool(req.inpainting_mask_invert),
+    )

@@ -22,7 +22,7 @@ from server.api.openai.answers import answer, failed, image_data
 from server.api.openai.errors import OpenAIError, invalid, openai_route
 from server.api.openai.params import MAX_N, ImageParams, is_openai_model, read_params
 from server.api.openai.streaming import stream_images
-from server.contract import ApiError, ImageGenerationRequest, parse
+from server.contract import EMPTY_PROMPT, ApiError, ImageGenerationRequest, parse
 from server.state import AppState, state_of
 from server.store.accounts import User
 
@@ -49,7 +49,7 @@ async def render(
     if state.draining:
         raise OpenAIError(503, "The server is shutting down; try again shortly", None,
                           "service_unavailable", "server_error")  # fmt: skip
-    generation, text = await darkroom_request(state, params)
+    generation, text = await darkroom_request(state, params, empty_prompt=image_job is not None)
     if state.providers is not None:  # a remote's LoRA list, fetched off the event loop
         await off_loop(state.providers.prefetch, generation)
     kept = {"user": params.user, "size": params.size, "quality": params.quality}
@@ -89,7 +89,7 @@ async def respond(
 
 
 async def darkroom_request(
-    state: AppState, params: ImageParams
+    state: AppState, params: ImageParams, empty_prompt: bool = False
 ) -> tuple[ImageGenerationRequest, str]:
     """The contract's request for OpenAI's parameters, and the prompt text it encodes
     (LoRA tags taken out): OpenAI's `revised_prompt`."""
@@ -125,7 +125,8 @@ async def darkroom_request(
             "provider": extra.get("provider"),
         },
     }
-    return parse(ImageGenerationRequest, body), tags.text
+    context = EMPTY_PROMPT if empty_prompt else None
+    return parse(ImageGenerationRequest, body, context), tags.text
 
 
 def model_setting(state: AppState, model: str | None) -> str | None:

@@ -24,7 +24,7 @@ RESPONSE_FORMATS = ("url", "b64_json")
 # OpenAI's own model names: configurations written for OpenAI render with the default.
 OPENAI_MODEL = re.compile(r"^(dall-e-|gpt-image-|chatgpt-image-)")
 EXTRA_FIELDS = ("negative_prompt", "seed", "steps", "cfg_scale", "sampler", "scheduler", "loras",
-                "provider")  # fmt: skip
+                "provider", "strength")  # fmt: skip
 
 
 @dataclass
@@ -44,6 +44,8 @@ class ImageParams:
     stream: bool = False
     partial_images: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # The streamed events' type prefix: OpenAI's edits stream `image_edit.*` events.
+    event: str = "image_generation"
 
     @property
     def steps(self) -> int:

@@ -1,7 +1,8 @@
 """`stream: true`: the generation as OpenAI's Server-Sent Events, which the `openai`
 package parses: `image_generation.partial_image` (Darkroom's latent previews, at most
 `partial_images` of them, spread over the steps) and one `image_generation.completed` per
-image. A failure is an `error` event. A client that goes away cancels the generation."""
+image (`image_edit.*` for edits). A failure is an `error` event. A client that goes away
+cancels the generation."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ async def _events(
                 due = job.total_steps * (sent + 1) / (params.partial_images + 1)
                 if job.preview_step >= due:
                     picture = await off_loop(_encode, job.preview, params)
-                    event = {"type": "image_generation.partial_image", "b64_json": picture,
+                    event = {"type": f"{params.event}.partial_image", "b64_json": picture,
                              "partial_image_index": sent, "created_at": int(time.time()),
                              **common}  # fmt: skip
                     sent += 1
@@ -81,7 +82,7 @@ async def _events(
     images = (await off_loop(state.store.images_of, [generation_id]))[generation_id]
     for image in images:
         raw = await off_loop(state.vault.path(image["file_name"]).read_bytes)
-        event = {"type": "image_generation.completed",
+        event = {"type": f"{params.event}.completed",
                  "b64_json": base64.b64encode(raw).decode("ascii"),
                  "created_at": int(time.time()), "usage": usage(text), **common}  # fmt: skip
         yield _sse(event["type"], event)
