@@ -31,6 +31,7 @@ from typing import Any
 from PIL import Image
 
 from pipelines.spec import GenerationSpec, LatentsCallback, StepCallback, StopCheck
+from server.quiet import quiet_start_up
 
 log = logging.getLogger("darkroom.render")
 
@@ -254,6 +255,7 @@ def serve_child(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.nice(RENDER_NICENESS)
+    quiet_start_up()
     renderer = factory()
     try:
         renderer.load()
