@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "tiny-model":
         return tiny_model(args)
-    if args.command in ("generate", "batch", "grid", "reproduce"):
+    if args.command in ("generate", "batch", "grid", "reproduce", "wait-ready"):
         from darkroom_client.cli import run
 
         return run(args)
