@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,11 @@ from darkroom_client.reproduce import cmd_reproduce
 from darkroom_client.wait_ready import cmd_wait_ready
 
 COMMANDS = ("generate", "batch", "grid", "reproduce", "wait-ready")
-FLAT_KEYS = ", ".join(["prompt", *SETTING_NAMES, "size", *OPTION_NAMES, "loras"])
+FLAT_KEYS = textwrap.fill(
+    ", ".join(["prompt", *SETTING_NAMES, "size", *OPTION_NAMES, "loras"]),
+    width=72,
+    subsequent_indent="    ",
+)
 BATCH_FORMAT = f"""\
 FILE has one JSON object per line (blank lines are skipped), either
   - a request body in the API's shape: {{"prompt", "settings", "loras", "options"}}, or
