@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from pipelines.lora_fit import LoraFit, numel
+from pipelines.model_folders import checkpoint_dirs
 from pipelines.sdxl_configs import RANDOM_SDXL
 from pipelines.spec import ModelLoadError
 from pipelines.tiny import ensure_tiny_model
@@ -67,9 +68,10 @@ def configs_of(source: str, models_dir: Path) -> dict[str, dict[str, Any]] | Non
     return local_configs(local, source)
 
 def local_path(source: str, models_dir: Path) -> Path | None:
-    """The local folder or checkpoint file `source` names, as given or under checkpoints/."""
+    """The local folder or checkpoint file `source` names, as given or under a checkpoint
+    folder (checkpoints/ or AUTOMATIC1111's Stable-diffusion/)."""
     given = Path(source).expanduser()
-    for candidate in (given, models_dir / "checkpoints" / source):
+    for candidate in (given, *(folder / source for folder in checkpoint_dirs(models_dir))):
         if candidate.is_dir():
             return candidate
         if candidate.is_file():

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipelines.model_folders import checkpoint_dir, lora_dir
+
 TINY_MODEL_NAME = "tiny-sdxl"
 LORA_RANK = 4
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -43,8 +45,10 @@ _LORA_STYLES = (
 )
 
 
-def tiny_model_dir(models_dir: Path) -> Path:
-    return Path(models_dir) / "checkpoints" / TINY_MODEL_NAME
+def tiny_model_dir(models_dir: Path, name: str = TINY_MODEL_NAME) -> Path:
+    """Where the tiny model lives: `checkpoints/`, or `Stable-diffusion/` in an
+    AUTOMATIC1111 models folder (building it must not add Darkroom's folders there)."""
+    return checkpoint_dir(Path(models_dir)) / name
 
 
 def ensure_tiny_model(models_dir: Path) -> Path:
@@ -55,29 +59,48 @@ def ensure_tiny_model(models_dir: Path) -> Path:
     return build_tiny_model(models_dir)
 
 
-def build_tiny_model(models_dir: Path, loras: int = 2) -> Path:
-    """Write the tiny pipeline to models_dir/checkpoints/tiny-sdxl and `loras` LoRAs for it."""
+def build_tiny_model(
+    models_dir: Path,
+    loras: int = 2,
+    *,
+    seed: int = _SEED,
+    name: str = TINY_MODEL_NAME,
+) -> Path:
+    """Write the tiny pipeline (weights drawn from `seed`) to the checkpoint folder as
+    `name`, and `loras` LoRAs for it into the LoRA folder (their weights do not depend on
+    the seed: every tiny model takes them)."""
     import torch
 
     models_dir = Path(models_dir)
-    target = tiny_model_dir(models_dir)
+    target = tiny_model_dir(models_dir, name)
     target.parent.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_SEED)
+        torch.manual_seed(seed)
         pipe = _tiny_pipeline()
-        staging = Path(tempfile.mkdtemp(prefix=f".{TINY_MODEL_NAME}-", dir=target.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
             pipe.save_pretrained(staging, safe_serialization=True)
             for tokenizer_folder in ("tokenizer", "tokenizer_2"):
                 _write_slow_tokenizer_files(staging / tokenizer_folder)
             _add_sdxl_scheduler_keys(staging / "scheduler" / "scheduler_config.json")
+            ordinary_mode(staging)
             # LoRAs first: the model's model_index.json is what marks the build complete.
             for index in range(loras):
-                write_lora(pipe.unet, models_dir / "loras", index)
+                write_lora(pipe.unet, lora_dir(models_dir), index)
             _replace_dir(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def ordinary_mode(top: Path) -> None:
+    """rw-r--r-- / rwxr-xr-x (under the usual umask) for `top` and all under it: temp
+    folders and the files transformers writes are private (0700/0600), which would keep
+    other users and containers from reading the models."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [top, *top.rglob("*")] if top.is_dir() else [top]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _replace_dir(staging: Path, target: Path) -> None:
@@ -220,9 +243,11 @@ def _tiny_pipeline() -> Any:
     )
 
 
-def write_lora(unet: Any, loras_dir: Path, index: int, rank: int = LORA_RANK) -> Path:
+def write_lora(
+    unet: Any, loras_dir: Path, index: int, rank: int = LORA_RANK, family: str = "tiny"
+) -> Path:
     """A random PEFT-layout LoRA of `rank` on the attention projections of any SDXL-shaped
-    `unet` (one already wrapped by PEFT adapters too), named tiny-lora-<index>."""
+    `unet` (one already wrapped by PEFT adapters too), named <family>-lora-<index>."""
     import torch
     from diffusers import StableDiffusionXLPipeline
 
@@ -241,7 +266,7 @@ def write_lora(unet: Any, loras_dir: Path, index: int, rank: int = LORA_RANK) ->
     metadata = {"r": rank, "lora_alpha": rank, "target_modules": list(LORA_TARGETS)}
 
     loras_dir.mkdir(parents=True, exist_ok=True)
-    name = f"tiny-lora-{index}"
+    name = f"{family}-lora-{index}"
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=loras_dir) as staging:
         StableDiffusionXLPipeline.save_lora_weights(
             staging,
@@ -250,16 +275,19 @@ def write_lora(unet: Any, loras_dir: Path, index: int, rank: int = LORA_RANK) ->
             unet_lora_adapter_metadata=metadata,
         )
         # The sidecar goes first so a catalog never sees the weights without their metadata.
-        sidecar = json.dumps(_lora_sidecar(index), indent=2) + "\n"
+        sidecar = json.dumps(_lora_sidecar(index, family), indent=2) + "\n"
         (loras_dir / f"{name}.json").write_text(sidecar, encoding="utf-8")
+        ordinary_mode(Path(staging) / f"{name}.safetensors")
         os.replace(Path(staging) / f"{name}.safetensors", loras_dir / f"{name}.safetensors")
     return loras_dir / f"{name}.safetensors"
 
 
-def _lora_sidecar(index: int) -> dict[str, Any]:
+def _lora_sidecar(index: int, family: str = "tiny") -> dict[str, Any]:
     title, personality, description, tags = _LORA_STYLES[index % len(_LORA_STYLES)]
     round_ = index // len(_LORA_STYLES)
     suffix = f" {round_ + 1}" if round_ else ""
+    if family != "tiny":
+        title = f"{title} ({family})"
     return {
         "name": f"{title}{suffix}",
         "type": "style",

@@ -2,8 +2,9 @@
 
     python scripts/client.py "a lighthouse at dusk" --steps 20 --size 512 --images 2 --out out/
 
-Uses only the standard library, so it runs anywhere the server is reachable. With users on
-the server, pass a token with --token or DARKROOM_TOKEN.
+Uses only the standard library, so it runs anywhere the server is reachable. The server is
+--url or DARKROOM_URL (default http://127.0.0.1:8000); with users on the server, pass a
+token with --token or DARKROOM_TOKEN, as the darkroom command takes them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ def call(method: str, url: str, body: dict | None = None, token: str | None = No
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("prompt")
-    parser.add_argument("--server", default="http://127.0.0.1:8000")
+    parser.add_argument(
+        "--url",
+        "--server",
+        dest="server",
+        default=os.environ.get("DARKROOM_URL", "http://127.0.0.1:8000"),
+        help="the server (default: DARKROOM_URL, else http://127.0.0.1:8000)",
+    )
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--cfg", type=float, default=7.5)
@@ -47,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--token", default=os.environ.get("DARKROOM_TOKEN"))
     args = parser.parse_args(argv)
+    args.server = args.server.rstrip("/")
 
     loras = [
         {"id": int(i), "weight": float(w or 1.0)}

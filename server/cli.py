@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import faulthandler
 import os
 import signal
@@ -16,6 +17,8 @@ from typing import Any
 import uvicorn
 
 from server.config import Settings
+from server.quiet import quiet_start_up
+from server.startup import announce_when_ready, base_url
 
 DATABASE_HELP = (
     "postgresql://user@host/db for nodes sharing one database (or DARKROOM_DATABASE_URL);"
@@ -171,9 +174,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     copy.add_argument("--to", dest="target", required=True, help="postgresql://... (empty)")
 
-    tiny = commands.add_parser("tiny-model", help="write the tiny random SDXL model and LoRAs")
-    tiny.add_argument("--models-dir", type=Path, required=True)
+    tiny = commands.add_parser(
+        "tiny-model",
+        help="write a tiny random SDXL-shaped model and LoRAs (a CPU's model library)",
+        description="Write a tiny, randomly initialised SDXL-shaped model (seconds on a CPU)"
+        " into the models folder's checkpoints/ (or AUTOMATIC1111's Stable-diffusion/) and"
+        " N LoRAs for it into loras/ (or Lora/). Another --seed gives other weights, so"
+        " another model: e.g. `--name tiny-b --seed 2` beside the default one.",
+    )
+    tiny.add_argument("--models-dir", type=Path, default=Path("models"), help="default ./models")
     tiny.add_argument("--loras", type=int, default=2, help="how many tiny LoRAs (default 2)")
+    tiny.add_argument("--seed", type=int, help="weights' seed (default: the default model's)")
+    tiny.add_argument("--name", help="folder or file name (default tiny-sdxl, or tiny-xl)")
+    tiny.add_argument(
+        "--single-file",
+        action="store_true",
+        help="one AUTOMATIC1111-style NAME.safetensors of SDXL's block layout at tiny widths,"
+        " with tiny-xl-lora-N LoRAs that fit it",
+    )
     try:  # generate, batch, grid, reproduce: the client package's commands (client/)
         from darkroom_client.cli import add_commands
     except ImportError:
@@ -201,8 +219,8 @@ def _limit(kind: type[int] | type[float]) -> Any:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "tiny-model":
-        return tiny_model(args.models_dir, args.loras)
-    if args.command in ("generate", "batch", "grid", "reproduce"):
+        return tiny_model(args)
+    if args.command in ("generate", "batch", "grid", "reproduce", "wait-ready"):
         from darkroom_client.cli import run
 
         return run(args)
@@ -217,12 +235,21 @@ def main(argv: list[str] | None = None) -> int:
     return serve(vars(args))
 
 
-def tiny_model(models_dir: Path, loras: int) -> int:
+def tiny_model(args: argparse.Namespace) -> int:
     from pipelines.tiny import build_tiny_model
 
+    quiet_start_up()
+    options: dict[str, Any] = {} if args.seed is None else {"seed": args.seed}
+    if args.name:
+        options["name"] = args.name
     started = time.perf_counter()
-    path = build_tiny_model(models_dir, loras=loras)
-    print(f"wrote {path} and {loras} LoRA(s) in {time.perf_counter() - started:.1f}s")
+    if args.single_file:
+        from pipelines.checkpoint_export import build_tiny_single_file
+
+        path = build_tiny_single_file(args.models_dir, loras=args.loras, **options)
+    else:
+        path = build_tiny_model(args.models_dir, loras=args.loras, **options)
+    print(f"wrote {path} and {args.loras} LoRA(s) in {time.perf_counter() - started:.1f}s")
     return 0
 
 
@@ -230,6 +257,7 @@ def serve(flags: dict) -> int:
     # Before torch loads: OpenMP threads that sleep rather than spin between parallel
     # regions leave the CPU to the event loop.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    quiet_start_up()
     from server.api.logs import configure_logging
     from server.app import create_app
 
@@ -255,7 +283,8 @@ def serve(flags: dict) -> int:
         log_config=None,
         access_log=False,
     )
-    DrainingServer(config, app).run()
+    url = base_url(settings.host, settings.port, settings.public_url)
+    DrainingServer(config, app, url).run()
     return 0
 
 
@@ -284,10 +313,17 @@ class DrainingServer(uvicorn.Server):
     the drain timeout) while status polls keep working, then shut down and exit 0.
     A second signal exits at once; the interrupted job stays queued."""
 
-    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+    def __init__(self, config: uvicorn.Config, app: Any, url: str) -> None:
         super().__init__(config)
         self.app = app
+        self.url = url
         self.draining = False
+        self._announce: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.should_exit:
+            self._announce = asyncio.create_task(announce_when_ready(self.app, self.url))
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         state = getattr(self.app.state, "darkroom", None)

@@ -1,4 +1,4 @@
-"""The command line: generate, batch, grid, reproduce.
+"""The command line: generate, batch, grid, reproduce, wait-ready.
 
 Mounted into the server's `darkroom` command (`add_commands` + `run`) and installed on its
 own as `darkroom-client` for machines without the server."""
@@ -7,19 +7,38 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from darkroom_client import __version__
+from darkroom_client._core import OPTION_NAMES, SETTING_NAMES
 from darkroom_client.batch import cmd_batch
 from darkroom_client.client import Client
 from darkroom_client.commands import cmd_generate, fail
 from darkroom_client.errors import DarkroomError
 from darkroom_client.grid import cmd_grid
 from darkroom_client.reproduce import cmd_reproduce
+from darkroom_client.wait_ready import cmd_wait_ready
 
-COMMANDS = ("generate", "batch", "grid", "reproduce")
+COMMANDS = ("generate", "batch", "grid", "reproduce", "wait-ready")
+FLAT_KEYS = textwrap.fill(
+    ", ".join(["prompt", *SETTING_NAMES, "size", *OPTION_NAMES, "loras"]),
+    width=72,
+    subsequent_indent="    ",
+)
+BATCH_FORMAT = f"""\
+FILE has one JSON object per line (blank lines are skipped), either
+  - a request body in the API's shape: {{"prompt", "settings", "loras", "options"}}, or
+  - flat keys: {FLAT_KEYS}.
+size is "WxH" or one number; loras a list of "NAME_OR_ID:WEIGHT" strings (a LoRA's
+name, file stem or id) or {{"id": 3, "weight": 0.8}} objects. For example:
+  {{"prompt": "a red fox", "size": "512x512", "steps": 20, "seed": 5, "n": 2}}
+  {{"prompt": "a lighthouse", "cfg": 6, "sampler": "euler_a", "loras": ["Tiny Ink:0.6", "2:0.3"]}}
+  {{"prompt": "a barn", "settings": {{"steps": 30}}, "loras": [{{"id": 1, "weight": 0.8}}]}}
+Images go to OUT/ (each with a JSON sidecar), a record per line to OUT/manifest.jsonl;
+run the same command again after an interruption to do only what is missing."""
 
 
 # -- the parser ------------------------------------------------------------------------
@@ -35,7 +54,11 @@ def add_commands(subparsers: Any) -> None:
     _connection_arguments(generate)
 
     batch = subparsers.add_parser(
-        "batch", help="one generation per JSON line; rerun to finish an interrupted batch"
+        "batch",
+        help="one generation per JSON line; rerun to finish an interrupted batch",
+        description="Render one generation per line of a JSON-lines file.",
+        epilog=BATCH_FORMAT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     batch.add_argument("file", type=Path, help="JSON lines: request bodies or flat settings")
     batch.add_argument("--out", type=Path, required=True)
@@ -67,6 +90,12 @@ def add_commands(subparsers: Any) -> None:
         help="accept up to N levels of difference per channel (exit 0; default 0: bit-exact)",
     )  # fmt: skip
     _connection_arguments(reproduce)
+
+    ready = subparsers.add_parser(
+        "wait-ready", help="wait until the server has loaded its model (/health answers 200)"
+    )
+    ready.add_argument("--timeout", type=float, default=600, help="seconds (default 600)")
+    _connection_arguments(ready)
 
 
 def _settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         "batch": cmd_batch,
         "grid": cmd_grid,
         "reproduce": cmd_reproduce,
+        "wait-ready": cmd_wait_ready,
     }
     try:
         with Client(args.url, args.token, wait_timeout=args.timeout) as client:

@@ -250,4 +250,5 @@ def model_entry(entry: ModelEntry, loaded: set[str | None]) -> dict[str, Any]:
         "loaded": key in loaded,
         "compatible": entry.compatible,
         "incompatible_reason": entry.reason,
+        "duplicates": list(entry.duplicates),
     }

@@ -39,6 +39,7 @@ from pipelines.spec import (
     StepCallback,
     StopCheck,
 )
+from server.quiet import quiet_start_up
 
 log = logging.getLogger("darkroom.render")
 
@@ -272,6 +273,7 @@ def serve_child(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.nice(RENDER_NICENESS)
+    quiet_start_up()
     renderer = factory()
     try:
         renderer.load()

@@ -47,6 +47,8 @@ class ModelEntry:
     compatible: bool
     reason: str | None
     default: bool = False
+    # Other files with the same content: one model, listed once, under this entry.
+    duplicates: tuple[str, ...] = ()
 
     @property
     def hash(self) -> str | None:
@@ -86,13 +88,16 @@ class ModelCatalog:
         self._lock = threading.Lock()
         self._entries: list[ModelEntry] = []
         self._checks: dict[str, Any] = {}
+        self._copies: dict[str, tuple[str, ...]] = {}
 
     def refresh(self) -> ModelScan:
         """Rescan the checkpoint folders (and the default model, wherever it lives)."""
         with self._lock:
             before = {row["id"] for row in self.store.models()}
             found = [entry for path in self._candidates() if (entry := self._describe(path))]
-            self.store.sync_models(self._unique(found))
+            unique = {entry["sha256"]: entry for entry in self._unique(found)}
+            self._copies = self._duplicates(found, unique)
+            self.store.sync_models(list(unique.values()))
             rows = self.store.models()
             self._entries = self._with_default([self._entry(row) for row in rows])
         after = {row["id"] for row in rows}
@@ -189,6 +194,23 @@ class ModelCatalog:
             unique.setdefault(entry["sha256"], entry)
         return list(unique.values())
 
+    def _duplicates(
+        self, found: list[dict[str, Any]], unique: dict[str, dict[str, Any]]
+    ) -> dict[str, tuple[str, ...]]:
+        """sha256 -> the other files of that content (relative to the models folder), so
+        /models says why a copy of a checkpoint is not listed on its own."""
+        root = self.models_dir.resolve()
+        copies: dict[str, list[str]] = {}
+        for entry in found:
+            if entry["path"] != unique[entry["sha256"]]["path"]:
+                path = Path(entry["path"])
+                shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else path
+                copies.setdefault(entry["sha256"], []).append(str(shown))
+        for sha256, paths in copies.items():
+            chosen = unique[sha256]["name"]
+            log.info("checkpoint %s has identical copies: %s", chosen, ", ".join(paths))
+        return {sha256: tuple(paths) for sha256, paths in copies.items()}
+
     def _default_path(self) -> Path | None:
         if self.default_model == "tiny":
             from pipelines.tiny import tiny_model_dir
@@ -243,6 +265,7 @@ class ModelCatalog:
             compatible=row["reason"] is None,
             reason=row["reason"],
             default=is_default,
+            duplicates=self._copies.get(row["sha256"], ()),
         )
 
     def _with_default(self, entries: list[ModelEntry]) -> list[ModelEntry]:

@@ -1,28 +1,23 @@
-"""Where models live under --models-dir: Darkroom's and ComfyUI's layout (`checkpoints/`,
-`loras/`) or AUTOMATIC1111's (`Stable-diffusion/`, `Lora/`), so a user can point Darkroom
-at the models folder they already have."""
+"""Where models live under --models-dir (Darkroom's or AUTOMATIC1111's folders): the
+rules are pipelines.model_folders', shared with the tiny model's builder."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-CHECKPOINT_FOLDERS = ("checkpoints", "Stable-diffusion")
-LORA_FOLDERS = ("loras", "Lora")
+from pipelines.model_folders import (
+    CHECKPOINT_FOLDERS,
+    LORA_FOLDERS,
+    checkpoint_dir,
+    checkpoint_dirs,
+    lora_dir,
+)
 
-
-def checkpoint_dirs(models_dir: Path) -> list[Path]:
-    """Every checkpoint folder that exists (both layouts may be present)."""
-    return [models_dir / name for name in CHECKPOINT_FOLDERS if (models_dir / name).is_dir()]
-
-
-def lora_dir(models_dir: Path) -> Path:
-    """The LoRA folder: `loras/`, else AUTOMATIC1111's `Lora/` if only that exists."""
-    for name in LORA_FOLDERS:
-        if (models_dir / name).is_dir():
-            return models_dir / name
-    return models_dir / LORA_FOLDERS[0]
-
+__all__ = [
+    "CHECKPOINT_FOLDERS", "LORA_FOLDERS", "checkpoint_dir", "checkpoint_dirs", "lora_dir",
+    "BAD_NAME_REASON", "text_path", "has_bad_name",
+]  # fmt: skip
 
 BAD_NAME_REASON = "its file name is not valid UTF-8: rename it to use it"
 

@@ -245,6 +245,8 @@ class LoraCatalog:
             if ref.id in rows and not rows[ref.id]["compatible"]
         ]
         if missing or unusable:
+            if check is not None:  # valid_ids: what fits the requested model, not the default
+                rows = {**rows, **self._refit(rows, check)}
             valid = sorted(lora_id for lora_id, row in rows.items() if row["compatible"])
             raise ApiError(ErrorCode.INVALID_LORA, *_invalid(missing, unusable, valid))
         return [

@@ -88,7 +88,7 @@ def check(url: str, allow_private: bool) -> str | None:
     try:
         resolve(host, port, allow_private)
     except WebhookRefused as exc:
-        return str(exc)
+        return f"{exc} (a server started with --webhook-allow-private sends webhooks there)"
     except (OSError, UnicodeError) as exc:
         return f"{host} does not resolve ({exc})"
     return None

@@ -48,7 +48,14 @@ def balance(db: Connection, user_id: int) -> Balance:
     ).fetchone()
     if row is None:
         raise KeyError(f"no user {user_id}")
-    return Balance(bool(row[0]), float(row[1]), float(row[2]))
+    return Balance(bool(row[0]), _credits(row[1]), _credits(row[2]))
+
+
+def _credits(total: float) -> float:
+    """A sum of ledger amounts without float residue: holds and releases summed in another
+    row order (as after `db copy` to PostgreSQL) leave e.g. -2.8e-17, which would show as
+    a held of -0.0. Adding 0.0 turns -0.0 into 0.0."""
+    return round(float(total), 9) + 0.0
 
 
 def grant(db: Connection, user_id: int, amount: float, note: str | None = None) -> None:

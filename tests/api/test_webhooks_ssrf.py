@@ -242,3 +242,18 @@ def test_signature_is_standard_webhooks() -> None:
     assert Webhook(secret).verify(body, headers) == {"request_id": "abc"}
     with pytest.raises(Exception, match="signature"):
         Webhook(new_secret()).verify(body, headers)
+
+
+def test_a_refused_address_names_the_flag_that_allows_it(make_client: AppFactory) -> None:
+    client = make_client(Fake(Solid()))
+    body = {"prompt": "a fox", "settings": {"width": 256, "height": 256, "steps": 10}}
+    private = client.post(
+        "/image/generate", json={**body, "options": {"webhook_url": "http://10.1.2.3/hook"}}
+    )
+    assert private.status_code == 400
+    assert "--webhook-allow-private" in private.json()["error"]["message"]
+    # A URL refused for its form is not one the flag would allow: no hint there.
+    scheme = client.post(
+        "/image/generate", json={**body, "options": {"webhook_url": "ftp://example.com/h"}}
+    )
+    assert "--webhook-allow-private" not in scheme.json()["error"]["message"]

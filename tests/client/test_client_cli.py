@@ -310,3 +310,23 @@ def test_reproduce_explains_an_image_to_image(
     result = darkroom(server, "reproduce", str(path))
     assert result.returncode != 0
     assert says in result.stderr and "Traceback" not in result.stderr
+
+
+def test_batch_help_documents_the_line_format_with_examples_that_work(
+    server: LiveServer,
+) -> None:
+    from darkroom_client._core import SETTING_KWARGS
+    from darkroom_client.batch import batch_body
+    from darkroom_client.commands import LoraNames
+
+    result = darkroom(server, "batch", "--help")
+    assert result.returncode == 0
+    assert all(key in result.stdout for key in SETTING_KWARGS)  # every flat key is named
+    examples = [line.strip() for line in result.stdout.splitlines() if line.startswith("  {")]
+    assert len(examples) == 3
+    with Client(server.url, server.tokens["alice"]) as client:
+        bodies = [batch_body(json.loads(line), LoraNames(client)) for line in examples]
+    assert bodies[0]["settings"] == {"width": 512, "height": 512, "steps": 20, "seed": 5}
+    assert bodies[0]["options"] == {"num_images": 2}
+    assert bodies[1]["loras"] == [{"id": 1, "weight": 0.6}, {"id": 2, "weight": 0.3}]
+    assert bodies[2]["loras"] == [{"id": 1, "weight": 0.8}]

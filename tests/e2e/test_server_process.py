@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -63,8 +64,6 @@ def test_example_client_script_downloads_images(server: tuple[str, Path]) -> Non
             sys.executable,
             str(script),
             "a red barn",
-            "--server",
-            base,
             "--steps",
             "10",
             "--size",
@@ -81,6 +80,7 @@ def test_example_client_script_downloads_images(server: tuple[str, Path]) -> Non
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "DARKROOM_URL": base + "/"},  # as the darkroom command takes it
     )
     assert result.returncode == 0, result.stderr
     seeds = sorted(int(p.stem.rsplit("-", 1)[1]) for p in (tmp_path / "out").glob("*.png"))

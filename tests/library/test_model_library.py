@@ -179,6 +179,28 @@ def test_loras_are_checked_against_the_requested_model(
     assert error["details"]["incompatible"][0]["id"] == 1
 
 
+def test_invalid_lora_lists_the_loras_that_fit_the_requested_model(
+    library: Path, make_client: AppFactory, xl: dict[str, Path]
+) -> None:
+    """valid_ids answer "which could I use with this model?", not with the default one."""
+    from diffusers import UNet2DConditionModel
+
+    from pipelines.tiny import write_lora
+
+    write_lora(UNet2DConditionModel.from_pretrained(xl["folder"] / "unet"), library / "loras", 7)
+    client = make_client(models_dir=library)
+    listed = client.get("/loras/available?include_incompatible=true").json()
+    ids = {entry["file"]: entry["id"] for entry in listed}
+    xl_lora = ids["tiny-lora-7.safetensors"]
+    response = client.post(
+        "/image/generate",
+        json={"prompt": "x", "settings": {"model": "xl-folder"}, "loras": [{"id": 1}]},
+    )
+    assert response.status_code == 400, response.text
+    details = response.json()["error"]["details"]
+    assert details["invalid_ids"] == [1] and details["valid_ids"] == [xl_lora]
+
+
 def test_presets_keep_the_model(library: Path, make_client: AppFactory) -> None:
     client = make_client(models_dir=library)
     entry = by_name(client)["xl-file"]

@@ -21,6 +21,7 @@ from server.api.a1111.prompts import lora_entries
 from server.api.a1111.txt2img import chosen_checkpoint
 from server.api.offload import off_loop
 from server.jobs import infotext
+from server.library.layout import checkpoint_dir, lora_dir
 from server.state import state_of
 from server.store import options
 
@@ -159,8 +160,8 @@ async def cmd_flags(request: Request) -> Response:
             "listen": settings.host not in ("127.0.0.1", "localhost", "::1"),
             "port": settings.port,
             "ckpt": state.models.default_model,
-            "ckpt_dir": str(settings.models_dir / "checkpoints"),
-            "lora_dir": str(settings.models_dir / "loras"),
+            "ckpt_dir": str(checkpoint_dir(settings.models_dir)),
+            "lora_dir": str(lora_dir(settings.models_dir)),
             "data_dir": str(settings.data_dir),
             "device_id": None,
         }
