@@ -94,8 +94,7 @@ def add_commands(subparsers: Any) -> None:
     ready = subparsers.add_parser(
         "wait-ready", help="wait until the server has loaded its model (/health answers 200)"
     )
-    ready.add_argument("--timeout", type=float, default=600, help="seconds (default 600)")
-    _connection_arguments(ready)
+    _connection_arguments(ready)  # its --timeout: how long to wait (default 600 s)
 
 
 def _settings_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,9 +12,12 @@ import httpx
 from darkroom_client.client import Client
 from darkroom_client.commands import fail
 
+DEFAULT_TIMEOUT = 600.0  # seconds wait-ready waits without --timeout
+
 
 def cmd_wait_ready(args: argparse.Namespace, client: Client) -> int:
-    deadline = time.monotonic() + args.timeout
+    limit = args.timeout if args.timeout is not None else DEFAULT_TIMEOUT
+    deadline = time.monotonic() + limit
     said = None
     while True:
         try:
@@ -30,5 +33,5 @@ def cmd_wait_ready(args: argparse.Namespace, client: Client) -> int:
             print(f"waiting for {client.url}: {doing}", file=sys.stderr)
             said = doing
         if time.monotonic() >= deadline:
-            return fail("TIMEOUT", f"{client.url} not ready after {args.timeout:g} s ({doing})")
+            return fail("TIMEOUT", f"{client.url} not ready after {limit:g} s ({doing})")
         time.sleep(0.5)

@@ -85,8 +85,14 @@ OPERATIONS = [
         (200, schemas.GenerationStatus, "The final status"), errors=(401, 404),
     ),
     Operation(
-        "delete", f"/generations/{ID}", "Cancel a generation (same as POST .../cancel)",
-        (200, schemas.GenerationStatus, "The final status"), errors=(401, 404),
+        "delete", f"/generations/{ID}",
+        "Cancel a pending or running generation; delete an ended one (its owner only)",
+        (200, schemas.DeleteResult, "The final status, or {request_id, status: deleted}"),
+        errors=(401, 404),
+    ),
+    Operation(
+        "get", "/samplers", "Every sampler settings.sampler takes, with A1111's names",
+        (200, schemas.Samplers, "OK"), errors=(401,),
     ),
     Operation(
         "get", f"/generations/{ID}", "A generation's status and its webhook delivery",

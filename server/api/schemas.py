@@ -4,9 +4,9 @@ plain dicts (views.py); these models say what those dicts hold."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, RootModel
 
 from server.contract import ErrorInfo, ImageGenerationResponse, LoraModel
 
@@ -137,3 +137,26 @@ class Readiness(BaseModel):
 
 class Liveness(BaseModel):
     status: str
+
+
+class Deleted(BaseModel):
+    """An ended generation, deleted: its images' files are gone, its charge stays."""
+
+    request_id: str
+    status: Literal["deleted"]
+
+
+class DeleteResult(RootModel[GenerationStatus | Deleted]):
+    """DELETE /generations/{id}: an active generation's final status (cancelled), or an
+    ended one deleted."""
+
+
+class Sampler(BaseModel):
+    id: str = Field(description="What settings.sampler takes")
+    sampler: str = Field(description="AUTOMATIC1111's name of the sampler")
+    schedule: str = Field(description="AUTOMATIC1111's name of its schedule")
+
+
+class Samplers(BaseModel):
+    samplers: list[Sampler]
+

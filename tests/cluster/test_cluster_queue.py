@@ -108,8 +108,9 @@ def test_one_node_on_postgres_renders_cancels_and_reports_itself(
     text = client.get("/metrics").text
     assert 'darkroom_node_info{node="node-a"} 1.0' in text
     # Every sample names its node: one Prometheus scrapes every node of the cluster.
-    assert 'darkroom_queue_depth{node="node-a"}' in text
-    assert 'darkroom_jobs_total{code="",node="node-a",status="completed"} 1.0' in text
+    # The shared database's figures, reported by the live node with the smallest id.
+    assert 'darkroom_queue_depth{node="node-a",scope="cluster"}' in text
+    assert 'darkroom_jobs_total{code="",node="node-a",scope="cluster",status="completed"} 1.0' in text
     slow = generate(client, settings={"steps": 150})["request_id"]
     deadline = time.monotonic() + 60
     while client.get(f"/generations/{slow}/status").json()["status"] != "processing":

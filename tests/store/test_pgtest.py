@@ -35,7 +35,7 @@ def run_pytest(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
         "@pytest.fixture\n"
         "def database_url(each_engine):\n"
         "    return each_engine\n\n\n"
-        "def engine_per_test(database_url):\n"
+        "def test_both_engines(database_url):\n"
         "    assert database_url is None or database_url.startswith('postgresql://')\n"
     )
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
