@@ -227,3 +227,44 @@ def test_pages_are_served_with_a_strict_policy(server: ServerProcess) -> None:
         assert response.headers["x-content-type-options"] == "nosniff"
     page = httpx.get(f"{server.base}/ui/generate").text
     assert "<script>" not in page and "http://" not in page and "https://" not in page
+
+
+def test_edit_with_a_painted_mask_keeps_the_rest_of_the_image(
+    page: Page, server: ServerProcess, tmp_path: Path
+) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    source = Image.linear_gradient("L").resize((256, 256)).convert("RGB")
+    path = tmp_path / "photo.png"
+    source.save(path)
+    sign_in(page, server, "ada")
+    page.goto(f"{server.base}/ui/edit")
+    page.get_by_label("Image", exact=True).set_input_files(str(path))
+    canvas = page.locator("#mask")
+    expect(canvas).to_have_attribute("width", "256")
+    box = canvas.bounding_box()
+    assert box is not None
+    # Paint a stroke across the left quarter of the image.
+    page.mouse.move(box["x"] + box["width"] * 0.1, box["y"] + box["height"] * 0.2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.1, box["y"] + box["height"] * 0.8, steps=8)
+    page.mouse.up()
+    page.get_by_label("Prompt", exact=True).fill("a red fox")
+    page.get_by_label("Steps").fill("10")
+    page.get_by_role("button", name="Generate").click()
+    result = page.locator("#results img")
+    expect(result).to_have_count(1, timeout=120_000)
+    shoot(page, "edit")
+    data = result.get_attribute("src").partition(",")[2]
+    edited = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+    right = (128, 0, 256, 256)
+    assert edited.crop(right).tobytes() == source.crop(right).tobytes()
+    assert edited.crop((0, 50, 64, 200)).tobytes() != source.crop((0, 50, 64, 200)).tobytes()
+    history = httpx.get(
+        f"{server.base}/generations/history",
+        headers={"Authorization": f"Bearer {tokens(server)['ada']}"},
+    ).json()
+    assert history["items"][0]["prompt"] == "a red fox"

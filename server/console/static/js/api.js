@@ -2,6 +2,7 @@
 const KEY = "darkroom.token";
 
 export const token = () => sessionStorage.getItem(KEY);
+export const bearer = () => (token() ? { Authorization: `Bearer ${token()}` } : {});
 export const signIn = (value) => sessionStorage.setItem(KEY, value.trim());
 export const signOut = () => sessionStorage.removeItem(KEY);
 
@@ -35,6 +36,11 @@ export async function api(path, { method = "GET", body, signal } = {}) {
 export async function* events(path, signal) {
   const response = await fetch(path, { headers: headers(), signal });
   if (!response.ok) throw new ApiError(response.status, null);
+  yield* readEvents(response);
+}
+
+// Each `data:` of a Server-Sent Events response, parsed as JSON.
+export async function* readEvents(response) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   for (;;) {

@@ -1,6 +1,6 @@
 // Image to image: pick or drop an image, paint a mask (white: repaint), then generate.
-import { api, ApiError, notice } from "./api.js";
-import { follow } from "./render.js";
+import { api, bearer, el, notice, readEvents } from "./api.js";
+import { setProgress } from "./render.js";
 import { account } from "./shell.js";
 
 const $ = (id) => document.getElementById(id);
@@ -40,15 +40,16 @@ function paint(event) {
   painted = true;
 }
 
-function maskDataUrl() {
-  // White where painted, black elsewhere: the mask AUTOMATIC1111 and Darkroom read.
+function openAiMask() {
+  // OpenAI's mask, which /v1/images/edits takes: fully transparent where painted (repaint).
   const out = document.createElement("canvas");
   out.width = mask.width; out.height = mask.height;
   const ctx = out.getContext("2d");
   ctx.fillStyle = "#000";
   ctx.fillRect(0, 0, out.width, out.height);
+  ctx.globalCompositeOperation = "destination-out";
   ctx.drawImage(mask, 0, 0);
-  return out.toDataURL("image/png");
+  return new Promise((resolve) => out.toBlob(resolve, "image/png"));
 }
 
 mask.addEventListener("pointerdown", (event) => { painting = true; mask.setPointerCapture(event.pointerId); paint(event); });
@@ -75,34 +76,70 @@ $("drop").addEventListener("drop", (event) => {
   const file = event.dataTransfer.files[0];
   if (file) loadImage(URL.createObjectURL(file));
 });
+let running = null;
+
+$("cancel").addEventListener("click", () => running?.abort());
+
 $("edit-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   notice("");
   if (!picture.width) { notice("Pick an image first."); return; }
-  const body = {
-    prompt: $("prompt").value,
-    init_image: picture.toDataURL("image/png"),
-    mask: painted ? maskDataUrl() : null,
-    settings: {
-      negative_prompt: $("negative").value,
-      steps: Number($("steps").value),
-      seed: Number($("seed").value),
-      width: picture.width - (picture.width % 8),
-      height: picture.height - (picture.height % 8),
-      denoising_strength: Number($("strength").value),
-    },
-    options: { format: "png" },
-  };
+  const form = new FormData();
+  form.append("image", await new Promise((resolve) => picture.toBlob(resolve, "image/png")), "image.png");
+  if (painted) form.append("mask", await openAiMask(), "mask.png");
+  form.append("prompt", $("prompt").value);
+  form.append("negative_prompt", $("negative").value);
+  form.append("strength", $("strength").value);
+  form.append("steps", $("steps").value);
+  if (Number($("seed").value) >= 0) form.append("seed", $("seed").value);
+  form.append("output_format", "png");
+  form.append("stream", "true");
+  form.append("partial_images", "3");
+  await edit(form);
+});
+
+// OpenAI's streamed edit: partial images as they come (progress), then the image.
+async function edit(form) {
+  const state = $("state"), bar = $("progress"), results = $("results");
+  running = new AbortController();
   $("generate").disabled = true;
+  $("cancel").hidden = false;
+  bar.hidden = false;
+  setProgress(bar, 0);
+  results.replaceChildren();
+  state.textContent = "Queued";
+  let finished = false;
   try {
-    const submitted = await api("/image/generate", { method: "POST", body });
-    await follow(submitted.request_id, body.prompt);
+    const response = await fetch("/v1/images/edits",
+      { method: "POST", body: form, headers: bearer(), signal: running.signal });
+    if (!response.ok) {
+      const body = await response.json().catch(() => null);
+      throw new Error(body?.error?.message || `HTTP ${response.status}`);
+    }
+    for await (const event of readEvents(response)) {
+      if (event.error) throw new Error(event.error.message);
+      const src = `data:image/png;base64,${event.b64_json}`;
+      if (event.type === "image_edit.partial_image") {
+        state.textContent = `Rendering: preview ${event.partial_image_index + 1}`;
+        setProgress(bar, 25 * (event.partial_image_index + 1));
+      } else if (event.type === "image_edit.completed") {
+        finished = true;
+        setProgress(bar, 100);
+        state.textContent = "Done: 1 image(s)";
+        results.append(el("figure", {}, el("img", { src, alt: $("prompt").value }),
+          el("figcaption", { text: "Edited (in the gallery)" })));
+      }
+    }
+    if (!finished) state.textContent = "Failed";
   } catch (error) {
-    notice(error instanceof ApiError ? error.message : String(error));
+    state.textContent = error.name === "AbortError" ? "Cancelled" : "Failed";
+    if (error.name !== "AbortError") notice(String(error.message || error));
   } finally {
     $("generate").disabled = false;
+    $("cancel").hidden = true;
+    running = null;
   }
-});
+}
 
 (async () => {
   await account;
