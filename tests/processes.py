@@ -75,3 +75,13 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(30)
+
+
+def add_user(data_dir: Path, name: str, *flags: str) -> str:
+    """`darkroom users add NAME` on a data dir (also while its server runs): the token."""
+    out = subprocess.run(
+        [sys.executable, "-m", "server.cli", "users", "add", name, "--data-dir", str(data_dir),
+         *flags],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return out.strip().splitlines()[-1]

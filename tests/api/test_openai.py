@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ import pytest
 from PIL import Image
 
 from pgtest import ENGINES, fresh_database
-from processes import ServerProcess
+from processes import ServerProcess, add_user
 
 SMALL = {"size": "256x256", "extra_body": {"steps": 10, "seed": 5}}
 
@@ -209,15 +207,6 @@ def test_open_webui_openai_engine_request(server: ServerProcess) -> None:
 
 
 # -- token mode: authentication, credits, the active limit, a caller that goes away ------
-
-
-def add_user(data_dir: Path, name: str, *flags: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "server.cli", "users", "add", name, "--data-dir", str(data_dir),
-         *flags],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    return out.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module", params=ENGINES)

@@ -110,7 +110,8 @@ def test_one_node_on_postgres_renders_cancels_and_reports_itself(
     # Every sample names its node: one Prometheus scrapes every node of the cluster.
     # The shared database's figures, reported by the live node with the smallest id.
     assert 'darkroom_queue_depth{node="node-a",scope="cluster"}' in text
-    assert 'darkroom_jobs_total{code="",node="node-a",scope="cluster",status="completed"} 1.0' in text
+    jobs = 'darkroom_jobs_total{code="",node="node-a",scope="cluster",status="completed"} 1.0'
+    assert jobs in text
     slow = generate(client, settings={"steps": 150})["request_id"]
     deadline = time.monotonic() + 60
     while client.get(f"/generations/{slow}/status").json()["status"] != "processing":

@@ -4,8 +4,6 @@ an administrator (root) and a user (ada), as a person would use it."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,21 +12,12 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from processes import ServerProcess
+from processes import ServerProcess, add_user
 
 XSS = "<img src=x onerror=alert(1)> a red fox"
 # Set to a folder (e.g. docs/console) to keep the screenshots the tests take.
 SHOTS = os.environ.get("DARKROOM_CONSOLE_SHOTS")
 SIZES = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
-
-
-def add_user(data_dir: Path, name: str, *flags: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "server.cli", "users", "add", name, "--data-dir", str(data_dir),
-         *flags],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    return out.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
