@@ -257,3 +257,7 @@ def test_edit_with_a_painted_mask_keeps_the_rest_of_the_image(
         headers={"Authorization": f"Bearer {tokens(server)['ada']}"},
     ).json()
     assert history["items"][0]["prompt"] == "a red fox"
+    # Its page shows the input image and the mask it was made from.
+    page.goto(f"{server.base}/ui/image/{history['items'][0]['request_id']}")
+    expect(page.get_by_role("img", name="Input image")).to_be_visible()
+    expect(page.get_by_role("img", name="Mask")).to_be_visible()

@@ -1,4 +1,4 @@
-import { api, el, notice } from "./api.js";
+import { api, bearer, el, notice } from "./api.js";
 import { showImages } from "./render.js";
 import { account } from "./shell.js";
 
@@ -20,6 +20,7 @@ async function load() {
     [el("dt", { text: name }), el("dd", { text: value === null || value === undefined || value === "" ? "—" : String(value) })]));
   $("lora-list").replaceChildren(...(item.loras || []).map((l) => el("li", { text: `${names.get(l.id) ?? `LoRA ${l.id}`} at weight ${l.weight}` })));
   if (!item.loras?.length) $("lora-list").append(el("li", { text: "None" }));
+  showInputs(item.inputs || {});
   $("infotext").textContent = images.map((i) => i.infotext || "").join("\n\n") || "—";
   if (images[0]) {
     $("download").href = images[0].url;
@@ -38,6 +39,19 @@ async function load() {
     await api(`/generations/${requestId}`, { method: "DELETE" });
     location.assign("/ui/gallery");
   });
+}
+
+// An image-to-image's init image and mask: the owner's own links, fetched with the token.
+async function showInputs(inputs) {
+  const names = { init_image: "Input image", mask: "Mask" };
+  const shown = await Promise.all(Object.entries(inputs).map(async ([field, input]) => {
+    const response = await fetch(input.url, { headers: bearer() });
+    const src = URL.createObjectURL(await response.blob());
+    return el("figure", {}, el("img", { src, alt: names[field] ?? field }),
+      el("figcaption", { text: `${names[field] ?? field}, ${input.width}×${input.height}` }));
+  }));
+  $("inputs").replaceChildren(...shown);
+  $("inputs-section").hidden = shown.length === 0;
 }
 
 load().catch((error) => notice(error.message));
