@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from server.api import schemas
+from server.api.admin import CreditGrant, NewUser
 from server.api.idempotency import HEADER, MAX_KEY_LENGTH
 from server.contract import (
     CONTRACT_PREFIX,
@@ -28,7 +30,8 @@ from server.library.loras import LoraQuery
 ERRORS = {
     400: "Invalid request (VALIDATION_ERROR, INVALID_LORA, LIMIT_EXCEEDED, PROVIDER_ERROR)",
     401: "Missing or invalid token (UNAUTHORIZED)",
-    403: "Open mode refuses a Host or Origin not loopback or in --allowed-hosts (FORBIDDEN)",
+    403: "Open mode refuses a Host or Origin not loopback or in --allowed-hosts, or an"
+    " operator's route asked by a user who is not an administrator (FORBIDDEN)",
     402: "Not enough credits (QUOTA_EXCEEDED)",
     404: "Unknown (or someone else's) id (NOT_FOUND)",
     409: "A request with the same Idempotency-Key is still being admitted (CONFLICT),"
@@ -124,6 +127,36 @@ OPERATIONS = [
     Operation(
         "get", "/account", "Your user, credits and limits", (200, schemas.Account, "OK"),
         errors=(401,),
+    ),
+    # The operator's routes (administrators only; others 403).
+    Operation(
+        "get", "/admin/queue", "Every user's pending and processing generations",
+        (200, schemas.AdminQueue, "Oldest first"), errors=(401, 403),
+    ),
+    Operation(
+        "post", f"/admin/generations/{ID}/cancel", "Cancel anyone's generation",
+        (200, schemas.AdminCancel, "Whether it was cancelled"), errors=(401, 403, 404),
+    ),
+    Operation(
+        "get", "/admin/users", "Users, credits, charges, tokens, generations",
+        (200, schemas.AdminUsers, "Every user"), errors=(401, 403),
+    ),
+    Operation(
+        "post", "/admin/users", "Add a user; their token is shown once",
+        (201, schemas.AdminNewUser, "Created"), body=NewUser, errors=(400, 401, 403, 413),
+    ),
+    Operation(
+        "post", "/admin/users/{name}/credits", "Add credits (negative takes away)",
+        (200, schemas.AdminCredits, "The balance"), body=CreditGrant,
+        errors=(400, 401, 403, 404, 413),
+    ),
+    Operation(
+        "post", "/admin/users/{name}/revoke", "Revoke every token of a user",
+        (200, schemas.AdminRevoked, "How many were valid"), errors=(401, 403, 404),
+    ),
+    Operation(
+        "get", "/admin/activity", "The last hour, per minute; render seconds per image",
+        (200, schemas.Activity, "OK"), errors=(401, 403),
     ),
     Operation("get", "/health", "Summary for people", (200, schemas.Health, "Ready"),
               errors=(503,), public=True),
@@ -230,11 +263,10 @@ def _operation(op: Operation, keys: dict[Any, dict[str, Any]]) -> dict[str, Any]
     operation: dict[str, Any] = {"summary": op.summary, "responses": responses}
     # Open mode (no users, loopback) needs no token, hence the empty alternative.
     operation["security"] = [] if op.public else [{}, {"bearer": []}]
-    parameters = []
-    if "{request_id}" in op.path:
-        parameters.append(
-            {"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}
-        )
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{(\w+)}", op.path)
+    ]
     if op.extra.get("idempotent"):
         parameters.append(IDEMPOTENCY_KEY)
     if op.query is not None:

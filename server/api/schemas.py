@@ -160,3 +160,59 @@ class Sampler(BaseModel):
 class Samplers(BaseModel):
     samplers: list[Sampler]
 
+
+class AdminQueue(BaseModel):
+    items: list[dict[str, Any]] = Field(
+        description="Status objects, each with `user`, `prompt` and `node`"
+    )
+
+
+class AdminCancel(BaseModel):
+    request_id: str
+    cancelled: bool
+
+
+class AdminUser(BaseModel):
+    name: str
+    admin: bool
+    builtin: bool
+    credits: dict[str, Any]
+    charged: float
+    tokens: int
+    generations: int
+    active: int
+
+
+class AdminUsers(BaseModel):
+    items: list[AdminUser]
+
+
+class AdminNewUser(BaseModel):
+    name: str
+    admin: bool
+    token: str = Field(description="Shown once")
+
+
+class AdminCredits(BaseModel):
+    name: str
+    credits: dict[str, Any]
+
+
+class AdminRevoked(BaseModel):
+    name: str
+    revoked: int
+
+
+class DeviceSpeed(BaseModel):
+    device: str
+    model: str
+    images: int
+    seconds_per_image: float
+
+
+class Activity(BaseModel):
+    minutes: list[int] = Field(description="Each minute's start (Unix seconds)")
+    images: list[int] = Field(description="Images finished in each minute")
+    queue_depth: list[int] = Field(description="Jobs waiting at each minute's end")
+    render_seconds: list[DeviceSpeed]
+

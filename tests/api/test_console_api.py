@@ -181,3 +181,12 @@ def test_users_set_admin(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert client.get("/admin/users", headers=token).status_code == 200
     assert main(["users", "set", "ada", "--no-admin", "--data-dir", str(tmp_path / "data")]) == 0
     assert client.get("/admin/users", headers=token).status_code == 403
+
+
+def test_what_the_console_uses_is_in_the_openapi_document(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, method in [("/admin/queue", "get"), ("/admin/users", "post"),
+                         ("/admin/users/{name}/credits", "post"), ("/admin/activity", "get"),
+                         ("/samplers", "get"), ("/generations/{request_id}", "delete")]:  # fmt: skip
+        assert method in paths[path], path
+    assert "403" in paths["/admin/users"]["post"]["responses"]
