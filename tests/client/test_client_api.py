@@ -103,8 +103,8 @@ def test_sync_client_every_method(server: LiveServer, tmp_path: Path) -> None:
         # A finished generation cannot be cancelled: the answer says so.
         assert client.cancel(pending.request_id).status == "completed"
         # It can be deleted, by its owner: then it is gone, files and all.
-        with pytest.raises(NotFound):
-            client_for(server, "carol").delete(pending.request_id)
+        with client_for(server, "carol") as carol, pytest.raises(NotFound):
+            carol.delete(pending.request_id)
         file_url = client.status(pending.request_id).images[0].url
         client.delete(pending.request_id)
         with pytest.raises(NotFound):
