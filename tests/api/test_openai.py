@@ -44,9 +44,14 @@ def server(
             yield process
 
 
+def openai_client(server: ServerProcess, key: str = "unused", **options: float) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base}/v1", api_key=key, max_retries=0, **options)
+
+
 @pytest.fixture(scope="module")
-def client(server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0)
+def client(server: ServerProcess) -> Iterator[openai.OpenAI]:
+    with openai_client(server) as opened:
+        yield opened
 
 
 def decoded(b64: str) -> Image.Image:
@@ -224,18 +229,19 @@ def idle_server(
 
 def test_authentication_error(idle_server: tuple[ServerProcess, dict[str, str]]) -> None:
     server, _ = idle_server
-    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key="drk_1_wrong", max_retries=0)
-    with pytest.raises(openai.AuthenticationError) as caught:
-        client.images.generate(prompt="a boat", **SMALL)
-    assert caught.value.code == "invalid_api_key"
-    with pytest.raises(openai.AuthenticationError):
-        client.models.list()
+    with openai_client(server, "drk_1_wrong") as client:
+        with pytest.raises(openai.AuthenticationError) as caught:
+            client.images.generate(prompt="a boat", **SMALL)
+        assert caught.value.code == "invalid_api_key"
+        with pytest.raises(openai.AuthenticationError):
+            client.models.list()
 
 
 def test_insufficient_quota(idle_server: tuple[ServerProcess, dict[str, str]]) -> None:
     server, tokens = idle_server
-    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key=tokens["bob"], max_retries=0)
-    with pytest.raises(openai.RateLimitError) as caught:
+    with openai_client(server, tokens["bob"]) as client, pytest.raises(
+        openai.RateLimitError
+    ) as caught:
         client.images.generate(prompt="a boat", **SMALL)
     assert caught.value.code == "insufficient_quota"
     assert caught.value.type == "insufficient_quota"
@@ -246,9 +252,7 @@ def test_active_limit_then_a_caller_that_goes_away_cancels(
 ) -> None:
     server, tokens = idle_server
     auth = {"Authorization": f"Bearer {tokens['alice']}"}
-    waiting = openai.OpenAI(
-        base_url=f"{server.base}/v1", api_key=tokens["alice"], max_retries=0, timeout=3
-    )
+    waiting = openai_client(server, tokens["alice"], timeout=3)
     gone: list[BaseException] = []
 
     def first() -> None:
@@ -266,12 +270,14 @@ def test_active_limit_then_a_caller_that_goes_away_cancels(
             break
         time.sleep(0.1)
     assert items and items[0]["status"] == "pending"
-    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key=tokens["alice"], max_retries=0)
-    with pytest.raises(openai.RateLimitError) as caught:
+    with openai_client(server, tokens["alice"]) as client, pytest.raises(
+        openai.RateLimitError
+    ) as caught:
         client.images.generate(prompt="another boat", **SMALL)
     assert caught.value.code == "rate_limit_exceeded"
     assert caught.value.response.headers["retry-after"]
     thread.join(30)
+    waiting.close()
     assert gone and isinstance(gone[0], openai.APITimeoutError)
     # The server saw its caller go: the generation is cancelled and its hold released.
     deadline = time.monotonic() + 30
@@ -337,6 +343,19 @@ def test_edit_repaints_only_where_the_mask_is_transparent(client: openai.OpenAI)
     right = (160, 0, 256, 256)
     assert edited.crop(right).tobytes() == source.crop(right).tobytes()
     assert edited.crop((0, 0, 96, 256)).tobytes() != source.crop((0, 0, 96, 256)).tobytes()
+
+
+def test_an_images_own_transparent_pixels_are_its_mask(client: openai.OpenAI) -> None:
+    source = Image.open(io.BytesIO(picture())).convert("RGBA")
+    source.paste((0, 0, 0, 0), (0, 0, 128, 256))
+    buffer = io.BytesIO()
+    source.save(buffer, "PNG")
+    result = client.images.edit(
+        image=("in.png", buffer.getvalue(), "image/png"), prompt="a red fox", **EDIT
+    )
+    edited = decoded(result.data[0].b64_json).convert("RGB")
+    right = (160, 0, 256, 256)
+    assert edited.crop(right).tobytes() == source.convert("RGB").crop(right).tobytes()
 
 
 def test_edit_without_a_mask_and_with_image_list(client: openai.OpenAI) -> None:
