@@ -28,6 +28,7 @@ from server.api.a1111.checkpoints import Checkpoint
 from server.api.a1111.errors import Invalid, a1111_error, a1111_route, caller, json_object
 from server.api.a1111.progress import Call, calls_of
 from server.api.a1111.prompts import parse_tags
+from server.api.blocking import CallerGone, wait_for
 from server.api.idempotency import HEADER, Keyed, conflict, idempotent, key_of
 from server.api.offload import off_loop
 from server.contract import (
@@ -46,7 +47,6 @@ from server.store.accounts import User
 NATIVE_SIZE = 1024  # SDXL's; the tiny model is SDXL-shaped
 MAX_HIRES_SIZE = 4096
 HIRES_STRENGTH = 0.7  # A1111's hires fix default
-WAIT_SECONDS = 0.05
 # An img2img's part of the job (its inputs stored in the vault), made only when admitting.
 ImageJob = Callable[[], Awaitable[dict[str, Any] | None]]
 SLOT_POLL_SECONDS = 0.25  # how often a call over its user's active limit retries admission
@@ -227,9 +227,9 @@ async def _answer(request: Request, prepared: Prepared, row: dict[str, Any]) -> 
     call = Call(row["id"], row["user_id"])
     calls_of(request).add(call)
     try:
-        while row["status"] not in ("completed", "failed"):
-            await asyncio.sleep(WAIT_SECONDS)
-            row = await off_loop(state.store.generation_by_id, call.generation_id) or row
+        row = await wait_for(request, state, call.generation_id)
+    except CallerGone:
+        return Response(status_code=499)  # nobody reads it: the generation was cancelled
     finally:
         calls_of(request).remove(call)
     if row["status"] == "failed":
