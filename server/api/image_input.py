@@ -110,3 +110,19 @@ async def read_base64(field: str, value: object, settings: Settings) -> InputIma
         return decode(field, data, settings.max_image_pixels)
 
     return await off_loop(work)
+
+
+MIN_SIDE, MAX_SIDE = 256, 2048  # the contract's smallest and largest width and height
+
+
+def render_size(size: tuple[int, int]) -> tuple[int, int]:
+    """An input image's own size as a render size (an img2img or edit without one): scaled
+    into 256-2048 per side, keeping its shape where it can, rounded down to multiples of 8."""
+    width, height = size
+    scale = min(MAX_SIDE / max(width, height), 1.0)
+    scale = max(scale, MIN_SIDE / min(width, height))
+    return (
+        min(MAX_SIDE, max(MIN_SIDE, int(width * scale) // 8 * 8)),
+        min(MAX_SIDE, max(MIN_SIDE, int(height * scale) // 8 * 8)),
+    )
+

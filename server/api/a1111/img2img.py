@@ -13,13 +13,17 @@ from starlette.responses import Response
 from server.api.a1111 import models
 from server.api.a1111.errors import Invalid, a1111_error, a1111_route, json_object
 from server.api.a1111.txt2img import generate, latent_size
-from server.api.image_input import ImageInputError, InputImage, body_limit, read_base64
+from server.api.image_input import (
+    ImageInputError,
+    InputImage,
+    body_limit,
+    read_base64,
+    render_size,
+)
 from server.api.offload import off_loop
 from server.contract import ErrorCode
 from server.jobs import image_jobs
 from server.state import AppState, state_of
-
-MAX_SIZE = 2048  # the contract's largest width and height
 
 
 @a1111_route
@@ -39,21 +43,13 @@ async def img2img(request: Request) -> Response:
         return a1111_error(exc.status, ErrorCode.VALIDATION_ERROR, str(exc))
     width, height = req.width, req.height
     if not width or not height:
-        width, height = default_size(init)
+        width, height = render_size(init.size)
     width, height = latent_size(width), latent_size(height)
 
     async def job() -> dict[str, Any]:  # the inputs go to the vault only when admitting
         return await off_loop(image_job, state, req, init, mask)
 
     return await generate(request, "sdapi/v1/img2img", data, req, (width, height), job)
-
-
-def default_size(init: InputImage) -> tuple[int, int]:
-    """Without width and height: the init image's size, within the largest size the
-    server renders, in multiples of 8."""
-    w, h = init.size
-    scale = min(1.0, MAX_SIZE / max(w, h))
-    return max(8, int(w * scale) // 8 * 8), max(8, int(h * scale) // 8 * 8)
 
 
 def image_job(

@@ -19,7 +19,13 @@ from starlette.responses import Response
 
 from server.api.body import BodyProblem, read_body
 from server.api.common import user_of
-from server.api.image_input import ImageInputError, InputImage, body_limit, decode
+from server.api.image_input import (
+    ImageInputError,
+    InputImage,
+    body_limit,
+    decode,
+    render_size,
+)
 from server.api.offload import off_loop
 from server.api.openai.errors import OpenAIError, invalid, openai_route
 from server.api.openai.images import render
@@ -31,7 +37,6 @@ MASKED_STRENGTH = 1.0  # a masked area is repainted
 UNMASKED_STRENGTH = 0.75  # AUTOMATIC1111's img2img default
 VARIATION_STRENGTH = 0.6
 MASK_BLUR = 4  # AUTOMATIC1111's default
-MIN_SIDE, MAX_SIDE = 256, 2048
 NUMBERS = {"steps": int, "seed": int, "cfg_scale": float, "strength": float}
 
 
@@ -128,7 +133,7 @@ def _edit_job(
                           "invalid_image") from None  # fmt: skip
     repaint = _repaint_mask(image, mask)
     if params.size == "auto":
-        params.width, params.height = _native_size(image.size)
+        params.width, params.height = render_size(image.size)
     strength = params.extra.get("strength")
     if strength is None:
         strength = MASKED_STRENGTH if repaint is not None else UNMASKED_STRENGTH
@@ -170,16 +175,3 @@ def _repaint_mask(
     buffer = BytesIO()
     repaint.convert("L").save(buffer, "PNG")
     return buffer.getvalue(), image.size
-
-
-def _native_size(size: tuple[int, int]) -> tuple[int, int]:
-    """`size: auto` for an edit: the image's own size, scaled into 256-2048 per side and
-    rounded down to multiples of 8."""
-    width, height = size
-    scale = min(MAX_SIDE / max(width, height), 1.0)
-    scale = max(scale, MIN_SIDE / min(width, height))
-    return (
-        min(MAX_SIDE, max(MIN_SIDE, int(width * scale) // 8 * 8)),
-        min(MAX_SIDE, max(MIN_SIDE, int(height * scale) // 8 * 8)),
-    )
-
