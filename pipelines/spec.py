@@ -57,6 +57,10 @@ LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {  # name -> (interpolation, ant
     "Latent (nearest-exact)": ("nearest-exact", False),
 }
 IMAGE_UPSCALERS = ("None", "Lanczos", "Nearest")
+# A VAE encode in denoising steps of the same size, for time estimates: on SDXL an encode
+# takes about what one UNet step with classifier-free guidance does. (A decode, about twice
+# that, is part of every render, so the measured speed holds it already.)
+VAE_ENCODE_STEPS = 1.0
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,18 @@ class GenerationSpec:
         if self.hires is not None:
             done += self.hires.width * self.hires.height * self.hires.steps
         return done
+
+    @property
+    def work_pixel_steps(self) -> float:
+        """pixel_steps plus the VAE encodes an image-to-image adds (the init image's, and a
+        hires fix's through an image upscaler), each counted as VAE_ENCODE_STEPS steps at
+        its size: what the queue's time estimate and fair share weigh (the cost does not)."""
+        work = float(self.pixel_steps)
+        if self.image is not None:
+            work += VAE_ENCODE_STEPS * self.width * self.height
+        if self.hires is not None and self.hires.upscaler not in LATENT_UPSCALERS:
+            work += VAE_ENCODE_STEPS * self.hires.width * self.hires.height
+        return work
 
     @property
     def num_images(self) -> int:

@@ -115,7 +115,9 @@ class Admission:
         parts = image_jobs.image_parts(extra)
         spec = build_spec(request, seed, loras, model, **parts)
         steps_run = spec.pixel_steps / (spec.width * spec.height)  # both passes of a hires fix
-        units = work_units(settings.width, settings.height, steps_run, options.num_images)
+        # The estimate also counts the VAE encodes of an image-to-image; the cost does not.
+        steps_worked = spec.work_pixel_steps / (spec.width * spec.height)
+        units = work_units(settings.width, settings.height, steps_worked, options.num_images)
         cost = credits_for(settings.width, settings.height, steps_run, options.num_images)
         request_id = uuid.uuid4().hex
 

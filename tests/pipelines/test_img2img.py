@@ -143,3 +143,17 @@ def test_inpainting_several_images_each_keep_the_outside(
     assert not np.array_equal(arr(first), arr(second))
     alone = renderer.render(replace(BASE, seeds=(2,), image=image))[0]
     assert np.array_equal(arr(second), arr(alone))  # image 2 as if rendered alone
+
+
+def test_the_time_estimate_counts_the_vae_encodes() -> None:
+    """The queue's weight of an image-to-image holds its encode (the cost does not): an
+    img2img at strength 1 weighs more than the txt2img of the same steps, a hires fix through
+    an image upscaler more than through a latent one."""
+    base = GenerationSpec("p", "", 64, 64, 4, 7.0, "euler", (1,))
+    img2img = replace(base, image=ImageInput("init.png", denoising_strength=1.0))
+    assert img2img.pixel_steps == base.pixel_steps
+    assert img2img.work_pixel_steps == base.work_pixel_steps + 64 * 64
+    latent = replace(base, hires=HiresFix(128, 128, "Latent", 4, 0.5))
+    lanczos = replace(base, hires=HiresFix(128, 128, "Lanczos", 4, 0.5))
+    assert latent.pixel_steps == lanczos.pixel_steps == latent.work_pixel_steps
+    assert lanczos.work_pixel_steps == latent.work_pixel_steps + 128 * 128
