@@ -183,7 +183,7 @@ def open_state(
             one, store, vault, queue, catalog, models, settings, metrics, health
         ),
     )
-    admission = Admission(store, catalog, models, queue, settings, pool.measured_speed)
+    admission = Admission(store, catalog, models, queue, settings, vault, pool.measured_speed)
     admission.router = providers
     pool.start()
     start = getattr(queue, "start", None)

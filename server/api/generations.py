@@ -131,15 +131,18 @@ def parse_date(text: str, field: str = "date_from") -> float:
 
 async def delete_generation(request: Request) -> Response:
     """DELETE /generations/{id}: an active generation is cancelled (as POST .../cancel);
-    an ended one is deleted: its images' files and its row (the ledger keeps its charge)."""
+    an ended one is deleted: its images' files, its inputs no other generation uses, and
+    its row (the ledger keeps its charge)."""
     state = state_of(request)
     row = await off_loop(own_generation, request, await user_of(request))
     if row["status"] in ("pending", "processing"):
         return await cancel_generation(request)
-    files = await off_loop(state.store.delete_generation, row["id"])
-    if files is None:  # it became active again? (a restart re-queued it): cancel instead
+    deleted = await off_loop(state.store.delete_generation, row["id"])
+    if deleted is None:  # it became active again? (a restart re-queued it): cancel instead
         return await cancel_generation(request)
+    files, inputs = deleted
     await off_loop(state.vault.delete, *files)
+    await off_loop(state.vault.remove_inputs, inputs, state.store.named_inputs)
     return JSONResponse({"request_id": row["request_id"], "status": "deleted"})
 
 

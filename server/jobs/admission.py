@@ -7,7 +7,8 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from server.config import Settings
@@ -31,6 +32,7 @@ from server.library.loras import LoraCatalog
 from server.store import Store, ledger, webhooks
 from server.store.accounts import User
 from server.store.database import Connection
+from server.store.vault import Vault
 
 # Until a job has been measured and with no measurement from the renderer, assume roughly
 # SDXL base on a modern GPU.
@@ -55,6 +57,7 @@ class Admission:
         models: ModelCatalog,
         queue: JobQueue,
         settings: Settings,
+        vault: Vault,
         measured_speed: Callable[[], float | None] = lambda: None,
     ) -> None:
         """`measured_speed()`: seconds per work unit the loaded renderer measured on its
@@ -64,6 +67,7 @@ class Admission:
         self.models = models
         self.queue = queue
         self.settings = settings
+        self.vault = vault
         self.measured_speed = measured_speed
         # (read at, seconds per work unit overall, and by image size in pixels)
         self._rates: tuple[float, float, dict[int, float]] | None = None
@@ -91,69 +95,83 @@ class Admission:
         (server.jobs.image_jobs), stored beside the request; it renders locally.
         `blocking`: the caller waits on its connection to this node (a restart of the node
         cancels the job)."""
-        options, settings = request.options, request.settings
-        if options.provider != "auto" and self.router is None:
-            raise ApiError(
-                ErrorCode.PROVIDER_ERROR,
-                f"Provider {options.provider!r} is not configured on this server",
-                {"provider": options.provider, "available": ["auto"]},
+        image_job, files = image_jobs.split_pending(image_job)
+        with self._inputs_removed_if_refused(files):
+            options, settings = request.options, request.settings
+            if options.provider != "auto" and self.router is None:
+                raise ApiError(
+                    ErrorCode.PROVIDER_ERROR,
+                    f"Provider {options.provider!r} is not configured on this server",
+                    {"provider": options.provider, "available": ["auto"]},
+                )
+            check_limits(
+                request.loras, options.num_images, self.settings.max_loras, max_images
             )
-        check_limits(
-            request.loras, options.num_images, self.settings.max_loras, max_images
-        )
-        check_lengths(request.prompt, settings.negative_prompt, self.settings.max_prompt_chars)
-        model, loras = resolve_request(self.models, self.catalog, request)
-        provider = PROVIDER_NAME
-        if self.router is not None:
-            local_only = "image-to-image" if image_job else None
-            provider = self.router.choose(request, loras, self.local_wait, local_only)
-        # Stored by title (name and hash): the job renders that file, wherever it moves.
-        settings.model = None if model.default else model.title
-        seed_fixed = settings.seed != -1
-        seed = settings.seed if seed_fixed else secrets.randbelow(MAX_SEED + 1)
-        extra = {**(extra or {}), **({image_jobs.KEY: image_job} if image_job else {})}
-        parts = image_jobs.image_parts(extra)
-        spec = build_spec(request, seed, loras, model, **parts)
-        steps_run = spec.pixel_steps / (spec.width * spec.height)  # both passes of a hires fix
-        # The estimate also counts the VAE encodes of an image-to-image; the cost does not.
-        steps_worked = spec.work_pixel_steps / (spec.width * spec.height)
-        units = work_units(settings.width, settings.height, steps_worked, options.num_images)
-        cost = credits_for(settings.width, settings.height, steps_run, options.num_images)
-        request_id = uuid.uuid4().hex
+            check_lengths(request.prompt, settings.negative_prompt, self.settings.max_prompt_chars)
+            model, loras = resolve_request(self.models, self.catalog, request)
+            provider = PROVIDER_NAME
+            if self.router is not None:
+                local_only = "image-to-image" if image_job else None
+                provider = self.router.choose(request, loras, self.local_wait, local_only)
+            # Stored by title (name and hash): the job renders that file, wherever it moves.
+            settings.model = None if model.default else model.title
+            seed_fixed = settings.seed != -1
+            seed = settings.seed if seed_fixed else secrets.randbelow(MAX_SEED + 1)
+            extra = {**(extra or {}), **({image_jobs.KEY: image_job} if image_job else {})}
+            parts = image_jobs.image_parts(extra)
+            spec = build_spec(request, seed, loras, model, **parts)
+            steps_run = spec.pixel_steps / (spec.width * spec.height)  # both passes of a hires fix
+            # The estimate also counts the VAE encodes of an image-to-image; the cost does not.
+            steps_worked = spec.work_pixel_steps / (spec.width * spec.height)
+            units = work_units(settings.width, settings.height, steps_worked, options.num_images)
+            cost = credits_for(settings.width, settings.height, steps_run, options.num_images)
+            request_id = uuid.uuid4().hex
 
-        def admit(db: Connection) -> None:
-            self._check_user_limit(db, user)
-            self._check_credits(db, user, cost)
-            self._check_queue_bound(db)
-            if bind is not None:
-                bind(db, request_id)
-            if options.webhook_url:
-                webhooks.register(db, request_id, user.id, options.webhook_url, webhook_base)
+            def admit(db: Connection) -> None:
+                self._check_user_limit(db, user)
+                self._check_credits(db, user, cost)
+                self._check_queue_bound(db)
+                if bind is not None:
+                    bind(db, request_id)
+                if options.webhook_url:
+                    webhooks.register(db, request_id, user.id, options.webhook_url, webhook_base)
 
-        generation_id = self.store.insert_generation(
-            request_id,
-            request.prompt,
-            {**request.model_dump(mode="json"), **extra},
-            seed,
-            seed_fixed,
-            units,
-            user.id,
-            cost,
-            admit,
-            provider,
-            self.settings.node if blocking else None,
-        )
-        row = self.store.generation_by_id(generation_id)
-        assert row is not None
-        if self.router is None or not self.router.dispatch(row):
-            self.queue.put(
-                generation_id,
+            generation_id = self.store.insert_generation(
+                request_id,
+                request.prompt,
+                {**request.model_dump(mode="json"), **extra},
+                seed,
+                seed_fixed,
                 units,
                 user.id,
-                queue_key(request, loras, model, parts),
-                model_key(model),
+                cost,
+                admit,
+                provider,
+                self.settings.node if blocking else None,
             )
-        return row
+            # A deletion of another generation naming the same file may have removed it while
+            # this one was being recorded (Vault.remove_inputs).
+            self.vault.write_inputs(files)
+            row = self.store.generation_by_id(generation_id)
+            assert row is not None
+            if self.router is None or not self.router.dispatch(row):
+                self.queue.put(
+                    generation_id,
+                    units,
+                    user.id,
+                    queue_key(request, loras, model, parts),
+                    model_key(model),
+                )
+            return row
+
+    @contextmanager
+    def _inputs_removed_if_refused(self, files: dict[str, bytes]) -> Iterator[None]:
+        """A refused image job's input files go, unless another generation uses them."""
+        try:
+            yield
+        except BaseException:
+            self.vault.remove_inputs(files, self.store.named_inputs)
+            raise
 
     def local_wait(self) -> float:
         """Seconds a job submitted now would wait for this server's own devices."""

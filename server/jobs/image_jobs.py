@@ -11,6 +11,9 @@ from pipelines.spec import HiresFix, ImageInput
 from server.store.vault import Vault
 
 KEY = "image_job"
+# The inputs' PNG bytes by vault name, carried with a new job until admission has
+# committed it (then written again if gone: see write_inputs); never stored.
+PENDING = "pending_files"
 _HIRES_FIELDS = tuple(f.name for f in fields(HiresFix))
 
 
@@ -45,15 +48,24 @@ def new_job(
     """An image-to-image's part of a request: its init image and mask (PNG bytes and size)
     kept in the vault once per content, and pipelines.spec.ImageInput's other fields
     (`image`: denoising_strength, resize_mode, mask_blur, inpainting_fill, ...)."""
-    inputs = {}
+    inputs, files = {}, {}
     for field, given in (("init_image", init), ("mask", mask)):
         if given is not None:
             png, (width, height) = given
             name, digest = vault.save_input(png)
             inputs[field] = {"name": name, "sha256": digest, "width": width, "height": height}
+            files[name] = png
     mask_name = inputs["mask"]["name"] if "mask" in inputs else None
     return {
         "image": {"init_image": inputs["init_image"]["name"], "mask": mask_name, **image},
         "inputs": inputs,
+        PENDING: files,
     }
+
+
+def split_pending(job: dict[str, Any] | None) -> tuple[dict[str, Any] | None, dict[str, bytes]]:
+    """A new job as stored, and its inputs' bytes by vault name."""
+    if not job:
+        return job, {}
+    return {k: v for k, v in job.items() if k != PENDING}, dict(job.get(PENDING) or {})
 

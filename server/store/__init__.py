@@ -9,6 +9,7 @@ from __future__ import annotations
 from server.store.activity import ActivityQueries
 from server.store.generations import GenerationQueries
 from server.store.idempotency import IdempotencyQueries
+from server.store.inputs import InputQueries
 from server.store.keys import KeyQueries
 from server.store.loras import LoraQueries
 from server.store.models import ModelQueries
@@ -27,5 +28,6 @@ class Store(
     RemoteQueries,
     IdempotencyQueries,
     ActivityQueries,
+    InputQueries,
 ):
     """The database: open it with `Store(path or postgresql URL)`; it migrates itself."""

@@ -15,6 +15,7 @@ Rewritten for PostgreSQL:
 - `CREATE TRIGGER t BEFORE UPDATE|DELETE ON tab BEGIN SELECT RAISE(ABORT, 'msg'); END` ->
   a PL/pgSQL function raising 'msg' and a row trigger calling it (DELETE also refuses
   TRUNCATE);
+- `json_extract(column, '$.a.b')` -> `(column::jsonb #>> '{a,b}')` (json_text's);
 - `?` placeholders -> `%s` outside quoted strings, and a literal `%` -> `%%`.
 Shared as written: partial unique indexes, CHECK, `ON CONFLICT (...) DO UPDATE SET x =
 excluded.x`, `INSERT ... RETURNING id`, `ALTER TABLE ... ADD COLUMN / RENAME TO`.
@@ -37,6 +38,7 @@ _TRIGGER = re.compile(
     r"\s*'([^']*)'\);\s*END;?",
     re.IGNORECASE,
 )
+_JSON_EXTRACT = re.compile(r"json_extract\((\w+),\s*'(\$[\w.]+)'\)")
 _QUOTED = re.compile(r"('(?:[^']|'')*'|\"[^\"]*\")")
 
 
@@ -53,6 +55,7 @@ def to_postgres(statement: str) -> str:
         flags=re.IGNORECASE,
     )
     sql = sql.replace(_NOW, "EXTRACT(EPOCH FROM now())")
+    sql = _JSON_EXTRACT.sub(lambda m: json_text(POSTGRESQL, m[1], m[2]), sql)
     return _outside_quotes(
         sql,
         lambda part: re.sub(

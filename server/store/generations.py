@@ -11,6 +11,7 @@ from typing import Any
 import server.store.ledger as ledger
 import server.store.webhooks as webhooks
 from server.store.database import Connection, Database, insert_id
+from server.store.inputs import input_names, record_inputs, release_inputs
 
 ACTIVE = ("pending", "processing")
 # Rendered by this server's own pool (remote providers' times say nothing of its speed).
@@ -113,6 +114,7 @@ class GenerationQueries(Database):
                     caller_node,
                 ),
             )
+            record_inputs(db, generation_id, input_names(request))
             ledger.hold(db, user_id, generation_id, cost)
             return generation_id
 
@@ -306,10 +308,11 @@ class GenerationQueries(Database):
         )
         return rows, int(total["n"] if total else 0)
 
-    def delete_generation(self, generation_id: int) -> list[str] | None:
+    def delete_generation(self, generation_id: int) -> tuple[list[str], list[str]] | None:
         """Delete an ended generation: its images' rows, prompt and request; the vault files
-        to remove, or None if it is still active. What stays is a tombstone that no route
-        shows, since the append-only ledger's rows (its charge) point at it."""
+        to remove (its images', and its inputs' that no other generation names), or None if
+        it is still active. What stays is a tombstone that no route shows, since the
+        append-only ledger's rows (its charge) point at it."""
         with self.transaction() as db:
             row = db.execute(
                 "SELECT status FROM generations WHERE id = ? AND deleted_at IS NULL",
@@ -331,7 +334,7 @@ class GenerationQueries(Database):
                 " error_json = NULL, lora_ids = NULL WHERE id = ?",
                 (time.time(), generation_id),
             )
-            return files
+            return files, release_inputs(db, generation_id)
 
     def seconds_per_work_unit(self, recent: int = 20) -> float | None:
         """Measured render speed over the most recent completed jobs."""
@@ -373,8 +376,11 @@ class GenerationQueries(Database):
             db.executemany("UPDATE images SET purged = 1 WHERE id = ?", [(i,) for i in image_ids])
 
     def referenced_files(self) -> set[str]:
+        """Every vault file a record names: images, thumbnails, inputs."""
         rows = self.fetch_all("SELECT file_name, thumb_name FROM images WHERE purged = 0")
-        return {name for row in rows for name in (row["file_name"], row["thumb_name"])}
+        images = {name for row in rows for name in (row["file_name"], row["thumb_name"])}
+        inputs = self.fetch_all("SELECT DISTINCT name FROM generation_inputs")
+        return images | {row["name"] for row in inputs}
 
     @staticmethod
     def active_count(db: Connection, user_id: int) -> int:

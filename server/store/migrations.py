@@ -269,6 +269,27 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE generations ADD COLUMN caller_node TEXT;
     """,
+    # An image-to-image's input files (init image, mask; content-addressed in the vault)
+    # by the generations naming them, so deleting the last one removes the file
+    # (server/store/inputs.py). Those of generations already stored are read from their
+    # requests.
+    """
+    CREATE TABLE generation_inputs (
+        generation_id INTEGER NOT NULL REFERENCES generations(id),
+        name TEXT NOT NULL,
+        PRIMARY KEY (generation_id, name)
+    );
+    CREATE INDEX generation_inputs_by_name ON generation_inputs(name);
+    INSERT INTO generation_inputs (generation_id, name)
+        SELECT id, json_extract(request_json, '$.image_job.inputs.init_image.name')
+        FROM generations
+        WHERE json_extract(request_json, '$.image_job.inputs.init_image.name') IS NOT NULL;
+    INSERT INTO generation_inputs (generation_id, name)
+        SELECT id, json_extract(request_json, '$.image_job.inputs.mask.name')
+        FROM generations
+        WHERE json_extract(request_json, '$.image_job.inputs.mask.name') IS NOT NULL
+        ON CONFLICT (generation_id, name) DO NOTHING;
+    """,
 ]
 
 

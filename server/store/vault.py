@@ -14,7 +14,7 @@ import io
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +39,7 @@ class Vault:
     def __init__(self, root: Path, secret: bytes) -> None:
         self.root = root
         self._secret = secret
-        for area in ("keep", "temporary"):
+        for area in ("keep", "temporary", "inputs"):
             (root / area).mkdir(parents=True, exist_ok=True)
 
     @classmethod
@@ -73,15 +73,44 @@ class Vault:
 
     def save_input(self, png: bytes) -> tuple[str, str]:
         """Store an input image (an img2img's init image or mask) once per content: its
-        vault name and SHA-256. Inputs live outside keep/ and temporary/, so the orphan
-        sweep leaves them to the generations that name them."""
+        vault name and SHA-256. The generations naming it are in the database
+        (server/store/inputs.py); the orphan sweep removes one none names."""
         digest = hashlib.sha256(png).hexdigest()
         name = f"inputs/{digest[:2]}/{digest}.png"
-        path = self.root / name
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, png)
+        try:  # used again: new to the orphan sweep's age rule
+            os.utime(self.root / name)
+        except FileNotFoundError:
+            self.write_inputs({name: png})
         return name, digest
+
+    def write_inputs(self, files: dict[str, bytes]) -> None:
+        """Write the input files (by vault name) that are not there."""
+        for name, png in files.items():
+            path = self.root / name
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _write_atomic(path, png)
+
+    def remove_inputs(
+        self, names: Iterable[str], named: Callable[[list[str]], set[str]]
+    ) -> list[str]:
+        """Remove input files no generation names, as far as the database said: `named`
+        tells which of some names a generation names now. An admission may be naming one
+        at this moment (it found the file, its record is not committed yet), so each file
+        is read, removed, then put back if `named` says so once it is gone; the admission
+        writes its inputs again after committing (write_inputs). Whichever side goes last,
+        a named input stays. The names removed."""
+        held: dict[str, bytes] = {}
+        for name in names:
+            path = self.root / name
+            try:
+                held[name] = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            path.unlink(missing_ok=True)
+        kept = named(list(held)) if held else set()
+        self.write_inputs({name: held[name] for name in kept})
+        return [name for name in held if name not in kept]
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -99,11 +128,11 @@ class Vault:
 
     def remove_orphans(self, referenced: set[str], min_age: float = 0.0) -> int:
         """Delete half-written temp files and files no record points to (a crash between
-        writing an image and committing its record). Run before the worker starts; on a
+        writing an image or an input and committing its record). Run before the worker starts; on a
         vault other nodes write to, only files older than `min_age` seconds."""
         removed = 0
         newest = time.time() - min_age
-        for area in ("keep", "temporary"):
+        for area in ("keep", "temporary", "inputs"):
             for path in (self.root / area).rglob("*"):
                 if not path.is_file() or (min_age > 0 and path.stat().st_mtime > newest):
                     continue

@@ -190,3 +190,40 @@ def test_inputs_are_kept_once_and_shown(api: webuiapi.WebUIApi, server: ServerPr
     assert path("mask") in before
     # Cost by steps run: 0.5 of 10 steps at 256x256 is 5 / (16 * 30) credits.
     assert detail["credits_used"] == pytest.approx(5 / (16 * 30), abs=1e-4)
+
+
+def test_an_input_leaves_the_vault_with_the_last_generation_naming_it(
+    api: webuiapi.WebUIApi, server: ServerProcess
+) -> None:
+    init = noise_image(seed=31)
+    inputs_dir = server.data_dir / "vault" / "inputs"  # type: ignore[attr-defined]
+    ids = [
+        api.img2img(images=[init], prompt="x", seed=seed, denoising_strength=0.3,
+                    **SMALL).info["request_id"]  # fmt: skip
+        for seed in (1, 2)
+    ]
+    inputs = httpx.get(f"{server.base}/generations/{ids[0]}").json()["inputs"]
+    digest = inputs["init_image"]["sha256"]
+    path = inputs_dir / digest[:2] / f"{digest}.png"
+    assert path.exists()
+    assert httpx.delete(f"{server.base}/generations/{ids[0]}").status_code == 200
+    assert path.exists()  # the second generation still names it
+    again = httpx.get(f"{server.base}/generations/{ids[1]}/inputs/init_image")
+    assert again.status_code == 200
+    assert np.array_equal(arr(Image.open(io.BytesIO(again.content))), arr(init))
+    assert httpx.delete(f"{server.base}/generations/{ids[1]}").status_code == 200
+    assert not path.exists()
+    assert httpx.get(f"{server.base}/generations/{ids[1]}").status_code == 404
+
+
+def test_a_refused_img2img_keeps_no_copy_of_its_image(server: ServerProcess) -> None:
+    inputs_dir = server.data_dir / "vault" / "inputs"  # type: ignore[attr-defined]
+    before = set(inputs_dir.rglob("*.png"))
+    response = httpx.post(
+        f"{server.base}/sdapi/v1/img2img",
+        json={"prompt": "x" * 2001, "init_images": [b64(noise_image(seed=32))], **SMALL},
+        timeout=60,
+    )
+    assert response.status_code == 422, response.text
+    assert "2000" in response.text
+    assert set(inputs_dir.rglob("*.png")) == before

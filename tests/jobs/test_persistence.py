@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import time
 from pathlib import Path
 
+from PIL import Image
 from starlette.testclient import TestClient
 
 from conftest import AppFactory, fetch_image, generate, pixels, render, wait_done, wait_healthy
 from fakes import NeverLoads, Stalls
+
+
+def _png(size: int) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (200, 30, 30)).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+PNG_8x8 = _png(8)
 
 
 def test_completed_generations_survive_restart(make_client: AppFactory) -> None:
@@ -99,13 +112,22 @@ def test_orphans_and_half_written_files_are_removed_at_start(
 ) -> None:
     client = make_client()
     body = render(client)
+    edited = client.post(
+        "/sdapi/v1/img2img",
+        json={"prompt": "x", "init_images": [PNG_8x8], "steps": 2, "width": 256, "height": 256},
+    )
+    assert edited.status_code == 200, edited.text
     client.close()
-    keep = tmp_path / "data" / "vault" / "keep"
-    half = keep / "ab" / ".tmp-0123-abc.png"
-    orphan = keep / "cd" / "orphan.png"
-    for path in (half, orphan):
+    vault = tmp_path / "data" / "vault"
+    half = vault / "keep" / "ab" / ".tmp-0123-abc.png"
+    orphan = vault / "keep" / "cd" / "orphan.png"
+    orphan_input = vault / "inputs" / "ef" / "orphan-input.png"  # written, never recorded
+    for path in (half, orphan, orphan_input):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"partial")
     client = make_client()
-    assert not half.exists() and not orphan.exists()
+    assert not half.exists() and not orphan.exists() and not orphan_input.exists()
     assert client.get(body["images"][0]["vault_url"]).status_code == 200
+    request_id = json.loads(edited.json()["info"])["request_id"]
+    kept = client.get(f"/generations/{request_id}/inputs/init_image")
+    assert kept.status_code == 200 and kept.content == base64.b64decode(PNG_8x8)

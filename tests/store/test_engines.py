@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,3 +157,59 @@ def test_the_signing_key_lives_in_the_database_and_keeps_old_links_valid(
         assert not (tmp_path / "other-vault" / "signing.key").exists()
     finally:
         other.close()
+
+
+def test_inputs_of_generations_stored_before_the_inputs_table_are_named(
+    tmp_path: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database from before generation_inputs: its img2img generations' inputs are read
+    from their requests when it migrates, so the orphan sweep and deletions keep them."""
+    import server.store.migrations as migrations
+
+    target = database_url or tmp_path / "old.sqlite3"
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:-1])
+    old = Store(target)
+    inputs = {
+        "init_image": {"name": "inputs/ab/ab1.png", "sha256": "ab1", "width": 8, "height": 8},
+        "mask": {"name": "inputs/cd/cd2.png", "sha256": "cd2", "width": 8, "height": 8},
+    }
+    with_mask = insert(old, "r1")
+    init_only = insert(old, "r2")
+    text_only = insert(old, "r3")
+    jobs = ((with_mask, inputs), (init_only, {"init_image": inputs["init_image"]}))
+    for generation_id, job in jobs:
+        with old.transaction() as db:
+            db.execute(
+                "UPDATE generations SET request_json = ? WHERE id = ?",
+                (json.dumps({"image_job": {"inputs": job}}), generation_id),
+            )
+    old.close()
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
+    new = Store(target)
+    try:
+        rows = new.fetch_all("SELECT generation_id, name FROM generation_inputs ORDER BY 1, 2")
+        assert [(r["generation_id"], r["name"]) for r in rows] == [
+            (with_mask, "inputs/ab/ab1.png"),
+            (with_mask, "inputs/cd/cd2.png"),
+            (init_only, "inputs/ab/ab1.png"),
+        ]
+        assert text_only not in {r["generation_id"] for r in rows}
+        assert new.named_inputs(["inputs/ab/ab1.png", "inputs/zz/none.png"]) == {
+            "inputs/ab/ab1.png"
+        }
+    finally:
+        new.close()
+
+
+def test_deleting_a_generation_releases_inputs_no_other_names(store: Store) -> None:
+    job = {"image_job": {"inputs": {"init_image": {"name": "inputs/ab/shared.png"}}}}
+    request = {"settings": {"width": 256, "height": 256}, **job}
+    first, second = (
+        store.insert_generation(rid, "p", request, 1, True, 0.1, 1, 0.0) for rid in ("a", "b")
+    )
+    for generation_id in (first, second):
+        store.fail(generation_id, {"code": "CANCELLED", "message": "x"})
+    assert store.delete_generation(first) == ([], [])  # the second still names it
+    assert store.named_inputs(["inputs/ab/shared.png"]) == {"inputs/ab/shared.png"}
+    assert store.delete_generation(second) == ([], ["inputs/ab/shared.png"])
+    assert store.named_inputs(["inputs/ab/shared.png"]) == set()
