@@ -1,19 +1,25 @@
-"""AUTOMATIC1111's blocking txt2img against a real server process: a call whose server is
-killed is not rendered and charged for no one after the restart (a contract generation in
-the same crash is), and a caller who hangs up while waiting for a slot stops waiting."""
+"""AUTOMATIC1111's blocking calls against a real server process: calls whose server is
+killed (an img2img rendering, a txt2img waiting) are not rendered and charged for no one
+after the restart, the img2img's init image still in the vault (a contract generation in
+the same crash is rendered), and a caller who hangs up while waiting for a slot stops
+waiting."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from conftest import bearer
 from processes import ServerProcess
@@ -21,6 +27,15 @@ from server.cli import main
 from server.contract import credits_for
 
 SIZE = {"width": 256, "height": 256}
+
+
+def _png() -> str:
+    buffer = io.BytesIO()
+    Image.radial_gradient("L").convert("RGB").resize((256, 256)).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+INIT = _png()
 
 
 @contextmanager
@@ -43,14 +58,19 @@ def items(base: str, headers: dict[str, str]) -> list[dict]:
     return httpx.get(f"{base}/generations/history", headers=headers).json()["items"]
 
 
-def blocking_call(base: str, headers: dict[str, str], steps: int, timeout: float = 300) -> None:
-    """A txt2img in a thread; what it gets back (or that its server died) does not matter."""
+def blocking_call(
+    base: str, headers: dict[str, str], steps: int, timeout: float = 300, **img2img: Any
+) -> None:
+    """A txt2img (an img2img given its fields) in a thread; what it gets back (or that its
+    server died) does not matter."""
+    route = "img2img" if img2img else "txt2img"
 
     def run() -> None:
         with contextlib.suppress(httpx.HTTPError):
             httpx.post(
-                f"{base}/sdapi/v1/txt2img",
-                json={"prompt": "a blocking call", "steps": steps, "seed": 3, **SIZE},
+                f"{base}/sdapi/v1/{route}",
+                json={"prompt": f"a blocking {route}", "steps": steps, "seed": 3, **SIZE,
+                      **img2img},  # fmt: skip
                 headers=headers,
                 timeout=timeout,
             )
@@ -71,11 +91,14 @@ def test_a_blocking_call_killed_with_its_server_is_cancelled_uncharged(
     data, log = tmp_path / "data", tmp_path / "server.log"
     carol = add_user(capsys, data, "--credits", "100")
     with serving(data, models_dir, log) as server:
-        blocking_call(server.base, carol, steps=40)
+        blocking_call(server.base, carol, steps=40, init_images=[INIT], denoising_strength=1)
         wait_for(lambda: items(server.base, carol))
         [call] = items(server.base, carol)
         status = f"{server.base}/generations/{call['request_id']}/status"
         wait_for(lambda: httpx.get(status, headers=carol).json().get("step", 0) >= 2)
+        blocking_call(server.base, carol, steps=10)  # waits behind the img2img
+        wait_for(lambda: len(items(server.base, carol)) == 2)
+        [waiting] = [i for i in items(server.base, carol) if i["request_id"] != call["request_id"]]
         contract = httpx.post(
             f"{server.base}/image/generate",
             json={"prompt": "a polled job", "settings": {**SIZE, "steps": 10, "seed": 5}},
@@ -88,11 +111,17 @@ def test_a_blocking_call_killed_with_its_server_is_cancelled_uncharged(
         done = f"{server.base}/generations/{contract['request_id']}/status"
         wait_for(lambda: httpx.get(done, headers=carol).json()["status"] == "completed")
         by_id = {item["request_id"]: item for item in items(server.base, carol)}
-        cancelled = by_id[call["request_id"]]
-        assert cancelled["status"] == "failed"
-        assert cancelled["error"]["code"] == "CANCELLED"
-        assert cancelled["error"]["details"]["reason"] == "caller_gone"
-        assert cancelled["credits_used"] == 0
+        for gone in (call, waiting):
+            cancelled = by_id[gone["request_id"]]
+            assert cancelled["status"] == "failed"
+            assert cancelled["error"]["code"] == "CANCELLED"
+            assert cancelled["error"]["details"]["reason"] == "caller_gone"
+            assert cancelled["credits_used"] == 0
+        kept = f"{server.base}/generations/{call['request_id']}/inputs/init_image"
+        init = httpx.get(kept, headers=carol)
+        assert init.status_code == 200
+        sent = Image.open(io.BytesIO(base64.b64decode(INIT)))
+        assert Image.open(io.BytesIO(init.content)).tobytes() == sent.tobytes()
         cost = credits_for(256, 256, 10, 1)
         assert by_id[contract["request_id"]]["credits_used"] == pytest.approx(cost)
         credits = httpx.get(f"{server.base}/account", headers=carol).json()["credits"]
