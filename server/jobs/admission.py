@@ -92,7 +92,8 @@ class Admission:
         transaction that admits the job (an Idempotency-Key is tied to it there) and may
         raise to refuse it. `max_images`: the bound on `num_images` of the API the request
         came through (OpenAI's `n` goes to 10). `image_job`: an image-to-image's part
-        (server.jobs.image_jobs), stored beside the request; it renders locally.
+        (server.jobs.image_jobs), stored beside the request; it renders here or on a remote
+        provider that can render it (server.providers.router.choose).
         `blocking`: the caller waits on its connection to this node (a restart of the node
         cancels the job)."""
         image_job, files = image_jobs.split_pending(image_job)
@@ -109,16 +110,15 @@ class Admission:
             )
             check_lengths(request.prompt, settings.negative_prompt, self.settings.max_prompt_chars)
             model, loras = resolve_request(self.models, self.catalog, request)
+            extra = {**(extra or {}), **({image_jobs.KEY: image_job} if image_job else {})}
+            parts = image_jobs.image_parts(extra)
             provider = PROVIDER_NAME
             if self.router is not None:
-                local_only = "image-to-image" if image_job else None
-                provider = self.router.choose(request, loras, self.local_wait, local_only)
+                provider = self.router.choose(request, loras, self.local_wait, parts)
             # Stored by title (name and hash): the job renders that file, wherever it moves.
             settings.model = None if model.default else model.title
             seed_fixed = settings.seed != -1
             seed = settings.seed if seed_fixed else secrets.randbelow(MAX_SEED + 1)
-            extra = {**(extra or {}), **({image_jobs.KEY: image_job} if image_job else {})}
-            parts = image_jobs.image_parts(extra)
             spec = build_spec(request, seed, loras, model, **parts)
             steps_run = spec.pixel_steps / (spec.width * spec.height)  # both passes of a hires fix
             # The estimate also counts the VAE encodes of an image-to-image; the cost does not.

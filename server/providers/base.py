@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from pipelines.spec import HiresFix, ImageInput
 from server.contract import ApiError, ErrorCode, ImageGenerationRequest, error_object
 from server.progress import Progress
 
@@ -146,7 +147,8 @@ class RemoteResult:
 @dataclass
 class RemoteJob:
     """What a provider's `run` gets: the request as admitted (seed fixed), the LoRA rows it
-    names, the stored handle of an earlier submit (None: submit now), and callbacks."""
+    names, the stored handle of an earlier submit (None: submit now), and callbacks.
+    `image`, `hires`: an image-to-image's parts, its inputs as vault paths."""
 
     generation_id: int
     request: ImageGenerationRequest
@@ -158,6 +160,8 @@ class RemoteJob:
     save: Callable[[dict[str, Any]], None]
     started: Callable[[], None]
     poll_seconds: float = 1.0
+    image: ImageInput | None = None
+    hires: HiresFix | None = None
 
     def check(self) -> None:
         """Raise Stopped when the job was stopped or ran past its deadline."""
@@ -343,6 +347,13 @@ class RemoteProvider:
 
     def check(self, request: ImageGenerationRequest, loras: list[dict[str, Any]]) -> None:
         """At submit: raise ApiError if this provider cannot render the request."""
+
+    def refusal(
+        self, request: ImageGenerationRequest, image: ImageInput | None, hires: HiresFix | None
+    ) -> str | None:
+        """What of an image-to-image job (image_jobs.image_parts) this provider cannot
+        render, in a few words; None when it can (or for a text-to-image)."""
+        return "image-to-image jobs" if image is not None or hires is not None else None
 
     def prefetch(self, request: ImageGenerationRequest) -> None:
         """Before submit, off the event loop: fetch what `check` needs from the remote."""

@@ -1,13 +1,17 @@
 """fal.ai's queue API (/work/shared/notes/fal-queue-api.md, docs.fal.ai): submit to
 `{url}/{app}`, follow the status URL it returns (IN_QUEUE -> IN_PROGRESS -> COMPLETED), fetch
 the result, download its images. fast-sdxl takes no sampler; a request with LoRAs or
-another sampler goes to fal-ai/lora, which takes `scheduler` names."""
+another sampler goes to fal-ai/lora, which takes `scheduler` names. An img2img goes to
+fal-ai/fast-sdxl/image-to-image, an inpainting to fal-ai/fast-sdxl/inpainting (their init
+image and mask as data URIs, server.providers.image_inputs); a job they cannot render as
+asked (a hires fix, inpainting options they lack) is refused (`refusal`)."""
 
 from __future__ import annotations
 
 import contextlib
 from typing import Any
 
+from pipelines.spec import HiresFix, ImageInput
 from server.config import Settings
 from server.contract import MAX_SEED, ApiError, ErrorCode, ImageGenerationRequest
 from server.net.ssrf import handed_url_problem
@@ -20,8 +24,11 @@ from server.providers.base import (
     redact_url,
     unusable_loras,
 )
+from server.providers.image_inputs import FalInputs, fal_inputs, fal_refusal
 
 LORA_APP = "fal-ai/lora"
+IMAGE_APP = "fal-ai/fast-sdxl/image-to-image"
+INPAINT_APP = "fal-ai/fast-sdxl/inpainting"
 LORA_APP_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 # fast-sdxl has no sampler field: it serves the contract's default sampler.
 PLAIN_SAMPLERS = frozenset({"euler"})
@@ -61,8 +68,26 @@ class FalProvider(RemoteProvider):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "url": redact_url(self.url), "app": self.app}
 
-    def route(self, request: ImageGenerationRequest, loras: list[dict[str, Any]]) -> tuple:
+    def refusal(
+        self, request: ImageGenerationRequest, image: ImageInput | None, hires: HiresFix | None
+    ) -> str | None:
+        reason = fal_refusal(image, hires)
+        if reason is None and image is not None and request.settings.sampler not in PLAIN_SAMPLERS:
+            reason = (
+                f"sampler {request.settings.sampler!r} on image-to-image (its image endpoints"
+                f" take no sampler: {', '.join(sorted(PLAIN_SAMPLERS))} only)"
+            )
+        return reason
+
+    def route(
+        self,
+        request: ImageGenerationRequest,
+        loras: list[dict[str, Any]],
+        image: ImageInput | None = None,
+    ) -> tuple:
         """(app, scheduler or None) for a request; ApiError if fal cannot render it."""
+        if image is not None:  # `refusal` said yes: the default sampler, LoRAs by URL
+            return (INPAINT_APP if image.mask else IMAGE_APP), None
         sampler = request.settings.sampler
         if not loras and sampler in PLAIN_SAMPLERS:
             return self.app, None
@@ -82,7 +107,9 @@ class FalProvider(RemoteProvider):
             raise unusable_loras(self.name, loras, missing, reason)
         self.route(request, loras)
 
-    def body(self, job: RemoteJob, scheduler: str | None) -> dict[str, Any]:
+    def body(
+        self, job: RemoteJob, scheduler: str | None, inputs: FalInputs | None = None
+    ) -> dict[str, Any]:
         settings, options = job.request.settings, job.request.options
         body: dict[str, Any] = {
             "prompt": job.request.prompt,
@@ -93,24 +120,35 @@ class FalProvider(RemoteProvider):
             "seed": job.seed,
             "num_images": options.num_images,
         }
-        if scheduler is None:
+        loras = [
+            {"path": lora_url(row), "scale": ref.weight}
+            for row, ref in zip(job.loras, job.request.loras, strict=True)
+        ]
+        if inputs is not None and job.image is not None:
+            body.update(format="png", image_url=inputs.image_url,
+                        strength=job.image.denoising_strength)  # fmt: skip
+            if inputs.mask_url is not None:
+                body["mask_url"] = inputs.mask_url
+            if loras:
+                body["loras"] = loras
+        elif scheduler is None:
             body["format"] = "png"  # lossless; the vault encodes the requested format
         else:
             body.update(
                 model_name=LORA_APP_MODEL,
                 scheduler=scheduler,
                 image_format="png",
-                loras=[
-                    {"path": lora_url(row), "scale": ref.weight}
-                    for row, ref in zip(job.loras, job.request.loras, strict=True)
-                ],
+                loras=loras,
             )
         return body
 
     def run(self, job: RemoteJob) -> RemoteResult:
+        settings = job.request.settings
+        # Made again on a resume: the overlay is needed once fal's images are back.
+        inputs = fal_inputs(job.image, settings.width, settings.height) if job.image else None
         handle = job.handle
         if not handle or not handle.get("request_id"):
-            handle = self._submit(job)
+            handle = self._submit(job, inputs)
         while True:
             job.check()
             status = self.http.request("GET", handle["status_url"], what="status poll").json()
@@ -140,16 +178,18 @@ class FalProvider(RemoteProvider):
         for url in urls:
             self._refuse_unsafe(url, "image")
         images = [self.http.image(url) for url in urls]
+        if inputs is not None:
+            images = [inputs.finish(image) for image in images]
         if not images:
             raise UpstreamError(self.name, "fal returned no images", 200, result, "no_images")
         seed = int(result.get("seed", job.seed))
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(len(images))]
         return RemoteResult(images, seeds, handle.get("app") or self.app)
 
-    def _submit(self, job: RemoteJob) -> dict[str, Any]:
-        app, scheduler = self.route(job.request, job.loras)
+    def _submit(self, job: RemoteJob, inputs: FalInputs | None) -> dict[str, Any]:
+        app, scheduler = self.route(job.request, job.loras, job.image)
         answer = self.http.request(
-            "POST", f"{self.url}/{app}", json=self.body(job, scheduler), idempotent=False,
+            "POST", f"{self.url}/{app}", json=self.body(job, scheduler, inputs), idempotent=False,
             what="submit",
         ).json()
         request_id = answer["request_id"]

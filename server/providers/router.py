@@ -87,20 +87,13 @@ class Providers:
         request: ImageGenerationRequest,
         loras: list[ResolvedLora],
         local_wait: Callable[[], float],
-        local_only: str | None = None,
+        parts: dict[str, Any] | None = None,
     ) -> str:
         """The provider a request renders on; ApiError if the requested one is not
-        configured or cannot render it as asked. `local_only`: what kind of job no remote
-        provider takes (auto keeps it here)."""
+        configured or cannot render it as asked. `parts`: an image-to-image's
+        (image_jobs.image_parts), which a remote takes only if it can render them."""
         wanted = request.options.provider
-        if local_only and wanted != "auto":
-            raise ApiError(
-                ErrorCode.PROVIDER_ERROR,
-                f"Provider {wanted!r} does not take {local_only} jobs; use provider 'auto'",
-                {"provider": wanted, "available": ["auto"]},
-            )
-        if local_only:
-            return LOCAL
+        image, hires = (parts or {}).get("image"), (parts or {}).get("hires")
         if wanted != "auto":
             provider = self.remotes.get(wanted)
             if provider is None:
@@ -116,6 +109,14 @@ class Providers:
                     " only to this server's models",
                     {"provider": wanted, "field": "settings.model"},
                 )
+            reason = provider.refusal(request, image, hires)
+            if reason:
+                raise ApiError(
+                    ErrorCode.PROVIDER_ERROR,
+                    f"Provider {wanted!r} cannot render this job: it does not take {reason};"
+                    " provider 'auto' renders it on this server",
+                    {"provider": wanted, "reason": reason, "available": ["auto"]},
+                )
             provider.check(request, self._rows(loras))
             return wanted
         if not self.overflow_to or request.settings.model:
@@ -125,6 +126,10 @@ class Providers:
             if limit <= 0 or local_wait() <= limit:
                 return LOCAL
         for name in self.overflow_to:
+            reason = self.remotes[name].refusal(request, image, hires)
+            if reason:
+                log.info("auto: %s cannot take this request (it does not take %s)", name, reason)
+                continue
             try:
                 self.remotes[name].check(request, self._rows(loras))
             except ApiError as exc:

@@ -1,10 +1,11 @@
 """rundiffusion: any server speaking AUTOMATIC1111's API (/work/shared/notes/automatic1111-api.md)
 - a RunDiffusion session, Forge, SD.Next, another Darkroom. One blocking `txt2img` call
-per job (in a thread), `/sdapi/v1/progress` polled meanwhile. AUTOMATIC1111 has no
-request ids and one global `/sdapi/v1/interrupt`: a cancel interrupts only while this very
-job's call is in flight and the remote says it renders; a job not sent yet is just never
-sent. A job cut short by a restart is submitted again (same seed and settings, so the same
-images), counted as a try."""
+per job (in a thread; `img2img` for an img2img or inpainting, its init image and mask read
+from the vault; txt2img's `enable_hr` for a hires fix), `/sdapi/v1/progress` polled
+meanwhile. AUTOMATIC1111 has no request ids and one global `/sdapi/v1/interrupt`: a cancel
+interrupts only while this very job's call is in flight and the remote says it renders; a
+job not sent yet is just never sent. A job cut short by a restart is submitted again (same
+seed and settings, so the same images), counted as a try."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import httpx
 from PIL import Image
 
 from pipelines.samplers import UnsupportedSampler, a1111_samplers, a1111_schedulers, resolve
+from pipelines.spec import HiresFix, ImageInput
 from server.config import Settings
 from server.contract import MAX_SEED, ApiError, ErrorCode, ImageGenerationRequest
 from server.providers.base import (
@@ -34,6 +36,7 @@ from server.providers.base import (
     redact_url,
     unusable_loras,
 )
+from server.providers.image_inputs import vault_base64
 
 LORA_LIST_SECONDS = 30.0
 
@@ -122,6 +125,15 @@ class RunDiffusion(RemoteProvider):
             )  # fmt: skip
         return found
 
+    def refusal(
+        self, request: ImageGenerationRequest, image: ImageInput | None, hires: HiresFix | None
+    ) -> str | None:
+        if image is not None and hires is not None:
+            return "a hires fix on an img2img (AUTOMATIC1111's img2img has none)"
+        if hires is not None and hires.sampler and hires.sampler not in a1111_names():
+            return f"hires sampler {hires.sampler!r} (no AUTOMATIC1111 equivalent)"
+        return None
+
     def check(self, request: ImageGenerationRequest, loras: list[dict[str, Any]]) -> None:
         self.sampler(request)
         if not loras:
@@ -140,7 +152,7 @@ class RunDiffusion(RemoteProvider):
             name = next((n for n in lora_names(row) if n in listed), lora_names(row)[0])
             tags += f" <lora:{name}:{ref.weight:g}>"
         sampler_name, scheduler = self.sampler(request)
-        return {
+        body = {
             "prompt": request.prompt + tags,
             "negative_prompt": settings.negative_prompt,
             "steps": settings.steps,
@@ -155,16 +167,22 @@ class RunDiffusion(RemoteProvider):
             "send_images": True,
             "save_images": False,
         }
+        if job.image is not None:
+            body.update(image_fields(job.image))
+        if job.hires is not None:
+            body.update(hires_fields(job.hires, settings.width, tags))
+        return body
 
     def run(self, job: RemoteJob) -> RemoteResult:
         body = self.body(job)
+        route = "img2img" if job.image is not None else "txt2img"
         outcome: dict[str, Any] = {}
 
         def call() -> None:
             try:
                 outcome["response"] = self.http.request(
-                    "POST", f"{self.url}/sdapi/v1/txt2img", json=body, idempotent=False,
-                    timeout=self.job_timeout + 60, what="txt2img",
+                    "POST", f"{self.url}/sdapi/v1/{route}", json=body, idempotent=False,
+                    timeout=self.job_timeout + 60, what=route,
                 )
             except Exception as exc:  # handed to the job's thread
                 outcome["error"] = exc
@@ -241,3 +259,40 @@ class RunDiffusion(RemoteProvider):
 
     def close(self) -> None:
         self.http.close()
+
+
+def image_fields(image: ImageInput) -> dict[str, Any]:
+    """img2img's own fields: the init image and mask (vault paths) as bare base64."""
+    return {
+        "init_images": [vault_base64(image.init_image)],
+        "mask": vault_base64(image.mask) if image.mask else None,
+        "denoising_strength": image.denoising_strength,
+        "resize_mode": image.resize_mode,
+        "mask_blur": image.mask_blur,
+        "inpainting_fill": image.inpainting_fill,
+        "inpaint_full_res": image.inpaint_full_res,
+        "inpaint_full_res_padding": image.inpaint_full_res_padding,
+        "inpainting_mask_invert": int(image.inpainting_mask_invert),
+        "include_init_images": False,
+    }
+
+
+def hires_fields(hires: HiresFix, width: int, tags: str) -> dict[str, Any]:
+    """txt2img's hires fix: the target size and second-pass steps given outright (A1111 runs
+    exactly `hr_second_pass_steps`, as Darkroom's HiresFix does)."""
+    fields: dict[str, Any] = {
+        "enable_hr": True,
+        "hr_scale": hires.width / width,
+        "hr_resize_x": hires.width,
+        "hr_resize_y": hires.height,
+        "hr_upscaler": hires.upscaler,
+        "hr_second_pass_steps": hires.steps,
+        "denoising_strength": hires.denoising_strength,
+    }
+    if hires.sampler:
+        fields["hr_sampler_name"], fields["hr_scheduler"] = a1111_names()[hires.sampler]
+    if hires.prompt is not None:
+        fields["hr_prompt"] = hires.prompt + tags
+    if hires.negative_prompt is not None:
+        fields["hr_negative_prompt"] = hires.negative_prompt
+    return fields

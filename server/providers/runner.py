@@ -18,6 +18,7 @@ from typing import Any
 from server.config import Settings
 from server.contract import ErrorCode, ImageGenerationRequest, error_object, stored_request
 from server.jobs.failures import gave_up_error, provider_error, timeout_error
+from server.jobs.image_jobs import image_parts
 from server.jobs.results import ResultWriter, Task
 from server.jobs.specs import build_spec
 from server.library.loras import ResolvedLora
@@ -56,6 +57,7 @@ class RemoteRunner:
         providers: dict[str, RemoteProvider],
     ) -> None:
         self.store = store
+        self.vault = vault
         self.settings = settings
         self.providers = providers
         self.results = ResultWriter(store, vault, settings.url_ttl_hours * 3600, metrics)
@@ -141,6 +143,7 @@ class RemoteRunner:
             self.store.fail(generation_id, _gone_lora())
             return
         handle = json.loads(row["remote_json"]) if row["remote_json"] else None
+        parts = image_parts(json.loads(row["request_json"]), self.vault)
         limit = self.settings.job_timeout
         job = RemoteJob(
             generation_id,
@@ -153,6 +156,7 @@ class RemoteRunner:
             lambda handle: self.store.save_remote(generation_id, handle),
             lambda: self.store.mark_remote_processing(generation_id),
             self.settings.remote_poll,
+            **parts,
         )
         started = time.perf_counter()
         try:
@@ -175,7 +179,8 @@ class RemoteRunner:
             self.store.fail(generation_id, exc.error())
             return
         provider.health.ok()
-        self._record(row, request, loras, progress, result, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self._record(row, request, loras, progress, result, seconds, parts)
 
     def _stopped(self, provider: RemoteProvider, job: RemoteJob, reason: str) -> None:
         log.info("remote job %d on %s: stopped (%s)", job.generation_id, provider.name, reason)
@@ -204,6 +209,7 @@ class RemoteRunner:
         progress: RemoteProgress,
         result: RemoteResult,
         seconds: float,
+        parts: dict[str, Any],
     ) -> None:
         generation_id = row["id"]
         if not self.store.mark_remote_processing(generation_id):
@@ -212,7 +218,9 @@ class RemoteRunner:
             ResolvedLora(lora["id"], lora["sha256"], Path(lora["path"]), ref.weight)
             for lora, ref in zip(loras, request.loras, strict=True)
         ]
-        spec = replace(build_spec(request, result.seeds[0], resolved), seeds=tuple(result.seeds))
+        # With the image parts: the charge counts the steps an img2img or hires fix runs.
+        spec = build_spec(request, result.seeds[0], resolved, **parts)
+        spec = replace(spec, seeds=tuple(result.seeds))
         model = RemoteModel(result.model, result.model_hash)
         fresh = self.store.generation_by_id(generation_id) or row
         task = Task(progress, fresh, request, spec, resolved, model)  # type: ignore[arg-type]

@@ -6,6 +6,14 @@ depends on the seed, and its knobs script the failure modes Darkroom must surviv
 - `POST /{owner}/{app}`: submit; `{status: IN_QUEUE, request_id, response_url,
   status_url, cancel_url, queue_position}`; 401 without `Authorization: Key <key>`;
   422 `{detail: [{loc, msg, type}]}` for a missing prompt or when `reject_422` is set.
+- `POST /fal-ai/fast-sdxl/image-to-image` and `/fal-ai/fast-sdxl/inpainting`, by their
+  pages on fal.ai/models (API and llms.txt): the text endpoint's inputs plus `image_url`
+  (both) and `mask_url` (inpainting; white is repainted), which take a URL or a base64
+  data URI, and `strength` (0.05 to 1, default 0.95). The double takes data URIs only: one
+  that does not decode to an image, a missing `mask_url` or a `strength` out of range is
+  a 422 naming the field. Its image depends on the input: the init image (resized to
+  `image_size`) blended with the seed's colour by `strength`; for inpainting the seed's
+  colour where the mask is white and the init image elsewhere.
 - `GET /{owner}/{app}/requests/{id}/status`: 202 IN_QUEUE (`queue_position`) for
   `queue_polls` polls, then 202 IN_PROGRESS until `release` is set, then 200 COMPLETED
   (with `error`/`error_type` when `complete_error` is set).
@@ -25,6 +33,8 @@ depends on the seed, and its knobs script the failure modes Darkroom must surviv
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import io
 import threading
 import time
@@ -41,6 +51,7 @@ from starlette.routing import Route
 from processes import free_port
 
 KEY = "test-key-123"
+IMAGE_APPS = ("fal-ai/fast-sdxl/image-to-image", "fal-ai/fast-sdxl/inpainting")
 
 
 def colour(seed: int) -> tuple[int, int, int]:
@@ -73,6 +84,7 @@ class FalDouble:
             routes=[
                 Route("/files/{rid}/{name}", self.file, methods=["GET"]),
                 Route("/{owner}/{app}", self.submit, methods=["POST"]),
+                Route("/{owner}/{app}/{path}", self.submit, methods=["POST"]),
                 Route("/{owner}/{app}/requests/{rid}/status", self.status, methods=["GET"]),
                 Route("/{owner}/{app}/requests/{rid}/cancel", self.cancel, methods=["PUT"]),
                 Route("/{owner}/{app}/requests/{rid}", self.result, methods=["GET"]),
@@ -118,14 +130,18 @@ class FalDouble:
         if scripted is not None:
             return scripted
         body = await request.json()
-        app = f"{request.path_params['owner']}/{request.path_params['app']}"
+        params = request.path_params
+        app = "/".join(params[k] for k in ("owner", "app", "path") if k in params)
         if self.reject_422 or not body.get("prompt"):
-            return JSONResponse(
-                {"detail": [{"loc": ["body", "prompt"], "msg": "rejected", "type": "value_error"}]},
-                422,
-            )
+            return invalid("prompt", "rejected")
+        if "path" in params and app not in IMAGE_APPS:
+            return JSONResponse({"detail": f"Application {app!r} not found"}, 404)
+        if app in IMAGE_APPS:
+            problem = image_problem(app, body)
+            if problem is not None:
+                return invalid(*problem)
         rid = uuid.uuid4().hex
-        base = f"{self.url}/{app}/requests/{rid}"
+        base = f"{self.url}/{params['owner']}/{params['app']}/requests/{rid}"
         with self.lock:
             self.submits.append({"app": app, "body": body, "request_id": rid})
             self.jobs[rid] = {"app": app, "body": body, "polls": 0, "cancelled": False}
@@ -203,6 +219,51 @@ class FalDouble:
         index = int(request.path_params["name"].split(".")[0])
         size = job["body"].get("image_size") or {"width": 1024, "height": 1024}
         seed = int(job["body"].get("seed") or 7) + index
+        image = Image.new("RGB", (size["width"], size["height"]), colour(seed))
+        if job["app"] in IMAGE_APPS:
+            image = image_result(job["body"], image)
         buffer = io.BytesIO()
-        Image.new("RGB", (size["width"], size["height"]), colour(seed)).save(buffer, "PNG")
+        image.save(buffer, "PNG")
         return Response(buffer.getvalue(), media_type="image/png")
+
+
+def invalid(field: str, message: str) -> Response:
+    return JSONResponse(
+        {"detail": [{"loc": ["body", field], "msg": message, "type": "value_error"}]}, 422
+    )
+
+
+def decode(uri: Any) -> Image.Image | None:
+    """A base64 data URI's image (None: not one, or not an image)."""
+    if not isinstance(uri, str) or not uri.startswith("data:image/") or ";base64," not in uri:
+        return None
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1], validate=True)))
+        image.load()
+    except (binascii.Error, OSError, ValueError):
+        return None
+    return image
+
+
+def image_problem(app: str, body: dict[str, Any]) -> tuple[str, str] | None:
+    if decode(body.get("image_url")) is None:
+        return "image_url", "not a base64 data URI of an image"
+    if app.endswith("/inpainting") and decode(body.get("mask_url")) is None:
+        return "mask_url", "field required: a base64 data URI of an image"
+    strength = body.get("strength", 0.95)
+    if not isinstance(strength, int | float) or not 0.05 <= strength <= 1:
+        return "strength", "ensure this value is between 0.05 and 1"
+    return None
+
+
+def image_result(body: dict[str, Any], flat: Image.Image) -> Image.Image:
+    init = decode(body["image_url"])
+    assert init is not None  # checked at submit
+    init = init.convert("RGB").resize(flat.size)
+    if "mask_url" not in body:
+        return Image.blend(init, flat, float(body.get("strength", 0.95)))
+    mask = decode(body["mask_url"])
+    assert mask is not None
+    repaint = mask.convert("L").resize(flat.size).point(lambda x: 255 if x > 127 else 0)
+    init.paste(flat, mask=repaint)
+    return init

@@ -231,20 +231,23 @@ def test_auto_goes_remote_when_no_local_device_is_in_service(
     assert local == {"configured": True, "state": "failed", "in_service": False}
 
 
-def test_image_to_image_stays_local_and_a_named_provider_refuses_it(
+def test_a_job_fal_cannot_render_stays_local_and_a_named_fal_refuses_it(
     make_client: AppFactory, fal: FalDouble
 ) -> None:
+    from pipelines.spec import HiresFix
     from server.contract import ApiError, ImageGenerationRequest
 
     client = fal_client(make_client, fal, renderer=NeverLoads(), wait=False)
     wait_for(lambda: client.get("/health").json()["status"] == "failed")
     router = client.app.state.darkroom.admission.router  # type: ignore[attr-defined]
     auto = ImageGenerationRequest.model_validate({"prompt": "a fox"})
-    # No local device in service: a text-to-image would go to fal; an image-to-image not.
+    hires = {"hires": HiresFix(512, 512, "Latent", 4, 0.5)}
+    # No local device in service: a text-to-image goes to fal; a hires fix not.
     assert router.choose(auto, [], lambda: 1e9) == "fal"
-    assert router.choose(auto, [], lambda: 1e9, "image-to-image") == "darkroom"
+    assert router.choose(auto, [], lambda: 1e9, hires) == "darkroom"
     options = {"provider": "fal"}
     named = ImageGenerationRequest.model_validate({"prompt": "a fox", "options": options})
     with pytest.raises(ApiError) as caught:
-        router.choose(named, [], lambda: 0.0, "image-to-image")
-    assert caught.value.code == "PROVIDER_ERROR" and "image-to-image" in caught.value.message
+        router.choose(named, [], lambda: 0.0, hires)
+    assert caught.value.code == "PROVIDER_ERROR" and caught.value.http_status == 400
+    assert "'fal'" in caught.value.message and "hires fix" in caught.value.message
