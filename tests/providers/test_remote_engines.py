@@ -1,20 +1,30 @@
 """Both remote providers on SQLite and on PostgreSQL (a fresh database per test): a remote
 job completes on a node of a shared database exactly as on one box: images in the vault,
 `metadata.provider`, charged once, its hold released (so a sixth job is not refused by the
-5-active limit)."""
+5-active limit). rundiffusion renders image-to-image jobs too: an img2img through the
+remote's /sdapi/v1/img2img, a hires fix through its txt2img (fal's: test_fal_image_jobs)."""
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 from fal_double import FalDouble
-from remote_fixtures import FAST, alice, credits, fal, fal_client
+from PIL import Image
+from remote_fixtures import FAST, alice, credits, fal, fal_client, wait_for
+from test_fal_image_jobs import SIZE, STEPS, halves, png, submit, vault_image
 
 from conftest import SMALL, AppFactory, generate, wait_done
+from fakes import NeverLoads
 from processes import ServerProcess
 from server.contract import credits_for
+from server.jobs import image_jobs
 
 __all__ = ["fal"]  # the fixture
 
@@ -91,3 +101,63 @@ def test_rundiffusion_jobs_complete_and_charge_once(
     assert client.get(image["vault_url"]).status_code == 200
     assert credits(client, headers)["held"] == 0
     assert credits(client, headers)["balance"] == pytest.approx(10 - COST, abs=1e-4)
+
+
+def remote_newest(a1111: ServerProcess) -> tuple[dict, np.ndarray]:
+    """The remote's latest generation (GET /generations/{id}) and its image's pixels."""
+    item = httpx.get(f"{a1111.base}/generations/history").json()["items"][0]  # newest first
+    found = httpx.get(f"{a1111.base}/generations/{item['request_id']}").json()
+    image = httpx.get(found["images"][0]["url"]).content
+    return found, np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
+
+
+def test_rundiffusion_renders_an_img2img_on_the_remote(
+    make_client: AppFactory, a1111: ServerProcess, database_url: str | None
+) -> None:
+    client = make_client(rundiffusion_url=a1111.base, **FAST)
+    headers = alice(client)
+    state = client.app.state.darkroom  # type: ignore[attr-defined]
+    job = image_jobs.new_job(
+        state.vault, (png(halves()), (SIZE, SIZE)), None, denoising_strength=0.5,
+        resize_mode=0, mask_blur=4, inpainting_fill=1, inpaint_full_res=False,
+        inpaint_full_res_padding=0, inpainting_mask_invert=False,
+    )  # fmt: skip
+    row = submit(client, headers, "rundiffusion", job)
+    body = wait_done(client, row["request_id"], headers=headers)
+    assert body["status"] == "completed", body
+    assert body["images"][0]["metadata"]["provider"] == "rundiffusion"
+    # The remote rendered it as an img2img of this very image: its own record and pixels.
+    remote, pixels = remote_newest(a1111)
+    assert set(remote["inputs"]) == {"init_image"}
+    assert remote["inputs"]["init_image"]["width"] == SIZE
+    assert np.array_equal(vault_image(client, body), pixels)
+    cost = credits_for(SIZE, SIZE, 2, 1)  # ceil(4 steps * strength 0.5)
+    assert body["credits_used"] == pytest.approx(cost, abs=1e-6)
+    assert credits(client, headers)["balance"] == pytest.approx(10 - cost, abs=1e-6)
+    assert credits(client, headers)["held"] == 0
+
+
+def test_a_hires_fix_overflows_to_rundiffusion(
+    make_client: AppFactory, a1111: ServerProcess, database_url: str | None
+) -> None:
+    client = make_client(rundiffusion_url=a1111.base, renderer=NeverLoads(), wait=False, **FAST)
+    wait_for(lambda: client.get("/health").json()["status"] == "failed")
+    headers = alice(client)
+    answer = client.post(
+        "/sdapi/v1/txt2img", headers=headers,
+        json={"prompt": "a barn", "seed": 3, "steps": STEPS, "width": SIZE, "height": SIZE,
+              "enable_hr": True, "hr_scale": 2, "hr_second_pass_steps": 2,
+              "denoising_strength": 0.5},
+    )  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    (data,) = answer.json()["images"]
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+    assert image.shape == (2 * SIZE, 2 * SIZE, 3)
+    remote, pixels = remote_newest(a1111)
+    assert remote["images"][0]["metadata"]["seed"] == 3
+    assert np.array_equal(image, pixels)  # the remote's own hires render
+    body = wait_done(client, json.loads(answer.json()["info"])["request_id"], headers=headers)
+    assert body["images"][0]["metadata"]["provider"] == "rundiffusion"
+    cost = credits_for(SIZE, SIZE, STEPS + 4 * 2, 1)  # both passes: 4 steps, then 2 at 4x pixels
+    assert body["credits_used"] == pytest.approx(cost, abs=1e-6)
+    assert credits(client, headers)["held"] == 0
