@@ -155,6 +155,34 @@ def test_inpainting_named_fal_renders_there_with_the_mask(
     assert set(inputs) == {"init_image", "mask"}
 
 
+def test_an_openai_edit_names_fal_and_is_inpainted_there(
+    make_client: AppFactory, fal: FalDouble, database_url: str | None
+) -> None:
+    client = fal_client(make_client, fal)
+    headers = alice(client)
+    mask = Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (64, 64, 160, 160))  # OpenAI's mask: transparent is repainted
+    files = {"image": ("door.png", png(halves()), "image/png"),
+             "mask": ("mask.png", png(mask), "image/png")}  # fmt: skip
+    form = {"prompt": "a red door", "size": f"{SIZE}x{SIZE}", "provider": "fal", "seed": "9",
+            "steps": "10", "response_format": "b64_json"}  # fmt: skip
+    answer = client.post("/v1/images/edits", headers=headers, data=form, files=files)
+    assert answer.status_code == 200, answer.text
+    (submitted,) = fal.submits
+    assert submitted["app"] == "fal-ai/fast-sdxl/inpainting"
+    (item,) = answer.json()["data"]
+    result = np.asarray(Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))).convert("RGB"))
+    assert tuple(result[112, 112]) == colour(9) and tuple(result[8, 8]) == (200, 30, 30)
+    assert tuple(result[8, SIZE - 8]) == (20, 40, 220)
+    # What fal cannot render, named: OpenAI's error shape, nothing sent.
+    refused = client.post("/v1/images/edits", headers=headers, files=files,
+                          data={**form, "strength": "0.01"})  # fmt: skip
+    assert refused.status_code == 400, refused.text
+    assert "'fal'" in refused.json()["error"]["message"]
+    assert "denoising_strength 0.01" in refused.json()["error"]["message"]
+    assert len(fal.submits) == 1 and credits(client, headers)["held"] == 0
+
+
 HIRES = {"hires": {"width": 2 * SIZE, "height": 2 * SIZE, "upscaler": "Latent", "steps": 2,
                    "denoising_strength": 0.5, "sampler": None, "prompt": None,
                    "negative_prompt": None}}  # fmt: skip
