@@ -72,12 +72,16 @@ class FalProvider(RemoteProvider):
         self, request: ImageGenerationRequest, image: ImageInput | None, hires: HiresFix | None
     ) -> str | None:
         reason = fal_refusal(image, hires)
-        if reason is None and image is not None and request.settings.sampler not in PLAIN_SAMPLERS:
-            reason = (
+        if reason is not None or image is None:
+            return reason
+        if request.settings.sampler not in PLAIN_SAMPLERS:
+            return (
                 f"sampler {request.settings.sampler!r} on image-to-image (its image endpoints"
                 f" take no sampler: {', '.join(sorted(PLAIN_SAMPLERS))} only)"
             )
-        return reason
+        if image.steps_run(request.settings.steps) == 0:  # the init image back, unchanged
+            return "an img2img of no denoising step (steps x denoising_strength below 1)"
+        return None
 
     def route(
         self,

@@ -128,16 +128,22 @@ def test_img2img_overflows_from_sdapi_img2img_to_fal(
     )
 
 
-def test_inpainting_named_fal_renders_there_with_the_mask(
+def test_inpainting_named_fal_renders_there_with_the_mask_across_a_restart(
     make_client: AppFactory, fal: FalDouble, database_url: str | None
 ) -> None:
     client = fal_client(make_client, fal)
     headers = alice(client)
+    fal.release.clear()  # fal holds it IN_PROGRESS while this server restarts
     row = submit(client, headers, "fal", inpainting(client))
     assert row["provider"] == "fal"
+    status = f"/generations/{row['request_id']}/status"
+    wait_for(lambda: client.get(status, headers=headers).json()["status"] == "processing")
+    client.close()
+    client = fal_client(make_client, fal)  # resumes watching it by its stored handle
+    fal.release.set()
     body = wait_done(client, row["request_id"], headers=headers)
     assert body["status"] == "completed", body
-    (submitted,) = fal.submits
+    (submitted,) = fal.submits  # submitted once
     assert submitted["app"] == "fal-ai/fast-sdxl/inpainting"
     assert submitted["body"]["strength"] == 0.6
     sent_mask = np.asarray(decode(submitted["body"]["mask_url"]).convert("L"))
@@ -194,7 +200,9 @@ def test_what_fal_cannot_render_is_refused_when_named_and_kept_local_on_auto(
     client = no_local_device(make_client, fal)
     headers = alice(client)
     only_masked = inpainting(client, inpaint_full_res=True)
-    for job, words in ((HIRES, "hires fix"), (only_masked, "inpaint_full_res")):
+    no_step = inpainting(client, denoising_strength=0.2)  # 4 steps x 0.2: none runs
+    for job, words in ((HIRES, "hires fix"), (only_masked, "inpaint_full_res"),
+                       (no_step, "no denoising step")):  # fmt: skip
         with pytest.raises(ApiError) as caught:
             submit(client, headers, "fal", job)
         error = caught.value
