@@ -114,7 +114,7 @@ class Providers:
                 raise ApiError(
                     ErrorCode.PROVIDER_ERROR,
                     f"Provider {wanted!r} cannot render this job: it does not take {reason};"
-                    " provider 'auto' renders it on this server",
+                    " with provider 'auto' it renders where it can",
                     {"provider": wanted, "reason": reason, "available": ["auto"]},
                 )
             provider.check(request, self._rows(loras))
