@@ -1,8 +1,9 @@
 """Both remote providers on SQLite and on PostgreSQL (a fresh database per test): a remote
 job completes on a node of a shared database exactly as on one box: images in the vault,
 `metadata.provider`, charged once, its hold released (so a sixth job is not refused by the
-5-active limit). rundiffusion renders image-to-image jobs too: an img2img through the
-remote's /sdapi/v1/img2img, a hires fix through its txt2img (fal's: test_fal_image_jobs)."""
+5-active limit). rundiffusion renders image-to-image jobs too: an img2img and an
+inpainting through the remote's /sdapi/v1/img2img, a hires fix through its txt2img (fal's:
+test_fal_image_jobs)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,20 @@ import pytest
 from fal_double import FalDouble
 from PIL import Image
 from remote_fixtures import FAST, alice, credits, fal, fal_client, wait_for
-from test_fal_image_jobs import SIZE, STEPS, halves, png, submit, vault_image
+from test_fal_image_jobs import (
+    SIZE,
+    STEPS,
+    halves,
+    inpainting,
+    png,
+    square_mask,
+    submit,
+    vault_image,
+)
 
 from conftest import SMALL, AppFactory, generate, wait_done
 from fakes import NeverLoads
+from pipelines import image_ops
 from processes import ServerProcess
 from server.contract import credits_for
 from server.jobs import image_jobs
@@ -111,7 +122,7 @@ def remote_newest(a1111: ServerProcess) -> tuple[dict, np.ndarray]:
     return found, np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
 
 
-def test_rundiffusion_renders_an_img2img_on_the_remote(
+def test_rundiffusion_renders_an_img2img_and_an_inpainting_on_the_remote(
     make_client: AppFactory, a1111: ServerProcess, database_url: str | None
 ) -> None:
     client = make_client(rundiffusion_url=a1111.base, **FAST)
@@ -135,6 +146,17 @@ def test_rundiffusion_renders_an_img2img_on_the_remote(
     assert body["credits_used"] == pytest.approx(cost, abs=1e-6)
     assert credits(client, headers)["balance"] == pytest.approx(10 - cost, abs=1e-6)
     assert credits(client, headers)["held"] == 0
+    # An inpainting as AUTOMATIC1111 defaults it ("only masked", fill): what fal cannot take.
+    inpaint = inpainting(client, inpaint_full_res=True, inpainting_fill=0)
+    body = wait_done(client, submit(client, headers, "rundiffusion", inpaint)["request_id"],
+                     headers=headers)  # fmt: skip
+    assert body["status"] == "completed", body
+    remote, pixels = remote_newest(a1111)
+    assert set(remote["inputs"]) == {"init_image", "mask"}
+    result = vault_image(client, body)
+    assert np.array_equal(result, pixels)
+    outside = np.asarray(image_ops.blur_mask(square_mask(), 4)) == 0
+    assert np.array_equal(result[outside], np.asarray(halves())[outside])
 
 
 def test_a_hires_fix_overflows_to_rundiffusion(
