@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Preloaded, wait_done, wait_healthy
 from PIL import Image
 from starlette.testclient import TestClient
 
+from conftest import Preloaded, wait_done, wait_healthy
 from server.app import create_app
 from server.config import Settings
 
@@ -117,7 +117,7 @@ def test_strength_decides_how_far_from_the_init_image(app: TestClient) -> None:
     _, again = render(app, init_image=b64(init), settings={**BASE, "denoising_strength": 0.2})
     assert np.array_equal(arr(low), arr(again))  # same seed, same pixels
     assert distance(low, encoded) < distance(high, encoded)
-    assert 0 < distance(low, encoded)
+    assert distance(low, encoded) > 0
     text = low.info["parameters"]
     assert "Denoising strength: 0.2" in text and "Size: 256x256" in text
     # Stored: the inputs by name in the vault, never the base64.
