@@ -152,3 +152,32 @@ def test_cli_generate_hires_and_its_reproduction(server: LiveServer, tmp_path: P
     again = darkroom(server, "reproduce", str(image))
     assert again.returncode == 0, again.stdout + again.stderr
     assert "identical" in again.stdout
+
+
+def test_infotext_settings_are_what_the_contract_takes() -> None:
+    """AUTOMATIC1111's hires and inpainting keys, read back as settings the server takes."""
+    from darkroom_client.images import build_body
+    from darkroom_client.infotext import image_settings
+    from server.contract_images import ImageGenerateBody
+
+    base = "a boat\nSteps: 12, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 320x256, "
+    hires = image_settings(
+        base + "Denoising strength: 0.45, Hires resize: 640x512, Hires steps: 4, Hires "
+        "upscaler: Latent (nearest), Hires sampler: DPM++ 2M, Hires schedule type: Karras, "
+        'Hires prompt: "a boat, detailed"'
+    )
+    assert hires == {"hires": {
+        "width": 640, "height": 512, "steps": 4, "upscaler": "Latent (nearest)",
+        "denoising_strength": 0.45, "sampler": "DPM++ 2M Karras", "prompt": "a boat, detailed",
+    }}  # fmt: skip
+    body = ImageGenerateBody.model_validate(build_body("a boat", **hires))
+    assert body.settings.hires is not None and body.settings.hires.sampler == "dpmpp_2m_karras"
+    inpaint = image_settings(
+        base + "Denoising strength: 0.6, Mask blur: 2, Inpaint area: Only masked, Masked area "
+        "padding: 16, Mask mode: Inpaint not masked, Masked content: latent noise"
+    )
+    assert inpaint == {
+        "denoising_strength": 0.6, "mask_blur": 2, "inpaint_full_res": True,
+        "inpaint_full_res_padding": 16, "inpainting_mask_invert": True, "inpainting_fill": 2,
+    }  # fmt: skip
+    assert image_settings(base + "Model: tiny") == {}
