@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one AUTOMATIC1111-style NAME.safetensors of SDXL's block layout at tiny widths,"
         " with tiny-xl-lora-N LoRAs that fit it",
     )
-    try:  # generate, batch, grid, reproduce: the client package's commands (client/)
+    try:  # generate, edit, batch, grid, reproduce: the client package's commands (client/)
         from darkroom_client.cli import add_commands
     except ImportError:
         pass
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "tiny-model":
         return tiny_model(args)
-    if args.command in ("generate", "batch", "grid", "reproduce", "wait-ready"):
+    if args.command in ("generate", "edit", "batch", "grid", "reproduce", "wait-ready"):
         from darkroom_client.cli import run
 
         return run(args)

@@ -16,7 +16,6 @@ from darkroom_client._core import (
     OpenEvents,
     Sleep,
     SSEDecoder,
-    build_request,
     concurrency_from,
 )
 from darkroom_client.client import (
@@ -27,6 +26,7 @@ from darkroom_client.client import (
     _Shared,
 )
 from darkroom_client.errors import TransportError
+from darkroom_client.images import build_body, build_edit
 from darkroom_client.models import Generation, parse_generation
 
 
@@ -129,7 +129,7 @@ class AsyncClient(_Shared):
         self, prompt: str | None = None, *, request: dict[str, Any] | None = None, **settings: Any
     ) -> Generation:
         return await self._run(
-            self.submit_op(build_request(prompt, request, **settings), self._make)
+            self.submit_op(build_body(prompt, request, **settings), self._make)
         )
 
     async def status(self, request_id: str) -> Generation:
@@ -153,7 +153,32 @@ class AsyncClient(_Shared):
         on_submit: Callable[[Generation], Any] | None = None,
         **settings: Any,
     ) -> Generation:
-        body = build_request(prompt, request, **settings)
+        body = build_body(prompt, request, **settings)
+        return await self._generate(body, on_progress, timeout, on_submit)
+
+    async def edit(
+        self,
+        image: Any,
+        prompt: str | None = None,
+        mask: Any = None,
+        strength: float | None = 0.75,
+        *,
+        request: dict[str, Any] | None = None,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        on_submit: Callable[[Generation], Any] | None = None,
+        **settings: Any,
+    ) -> Generation:
+        body = build_edit(image, prompt, mask, strength, request, **settings)
+        return await self._generate(body, on_progress, timeout, on_submit)
+
+    async def _generate(
+        self,
+        body: dict[str, Any],
+        on_progress: ProgressCallback | None,
+        timeout: float | None,
+        on_submit: Callable[[Generation], Any] | None,
+    ) -> Generation:
         async with await self._slots_for_generate():
             self._enter()
             try:

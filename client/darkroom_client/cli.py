@@ -1,4 +1,4 @@
-"""The command line: generate, batch, grid, reproduce, wait-ready.
+"""The command line: generate, edit, batch, grid, reproduce, wait-ready.
 
 Mounted into the server's `darkroom` command (`add_commands` + `run`) and installed on its
 own as `darkroom-client` for machines without the server."""
@@ -16,13 +16,13 @@ from darkroom_client import __version__
 from darkroom_client._core import OPTION_NAMES, SETTING_NAMES
 from darkroom_client.batch import cmd_batch
 from darkroom_client.client import Client
-from darkroom_client.commands import cmd_generate, fail
+from darkroom_client.commands import cmd_edit, cmd_generate, fail
 from darkroom_client.errors import DarkroomError
 from darkroom_client.grid import cmd_grid
 from darkroom_client.reproduce import cmd_reproduce
 from darkroom_client.wait_ready import cmd_wait_ready
 
-COMMANDS = ("generate", "batch", "grid", "reproduce", "wait-ready")
+COMMANDS = ("generate", "edit", "batch", "grid", "reproduce", "wait-ready")
 FLAT_KEYS = textwrap.fill(
     ", ".join(["prompt", *SETTING_NAMES, "size", *OPTION_NAMES, "loras"]),
     width=72,
@@ -51,7 +51,26 @@ def add_commands(subparsers: Any) -> None:
     _settings_arguments(generate)
     generate.add_argument("--n", type=int, help="images (num_images, 1-8)")
     generate.add_argument("--out", type=Path, default=Path("."), help="folder (default .)")
+    generate.add_argument("--hires", type=float, metavar="SCALE", help="hires fix: upscale by")
+    generate.add_argument("--hires-upscaler", help="Latent (default), Lanczos, Nearest, ...")
+    generate.add_argument("--hires-steps", type=int, help="second-pass steps (0: --steps)")
+    generate.add_argument("--hires-strength", type=float, help="second-pass denoising (0.7)")
     _connection_arguments(generate)
+
+    edit = subparsers.add_parser(
+        "edit", help="image to image: rework IMAGE (or inpaint where --mask is white)"
+    )
+    edit.add_argument("image", type=Path)
+    edit.add_argument("--prompt", required=True)
+    edit.add_argument("--mask", type=Path, help="white repaints, black keeps")
+    edit.add_argument(
+        "--strength", type=float, default=0.75, help="denoising strength, 0-1 (default 0.75)"
+    )
+    edit.add_argument("--mask-blur", type=int, help="pixels (default 4)")
+    _settings_arguments(edit)  # --size absent: IMAGE's own size
+    edit.add_argument("--n", type=int, help="images (num_images, 1-8)")
+    edit.add_argument("--out", type=Path, default=Path("."), help="folder (default .)")
+    _connection_arguments(edit)
 
     batch = subparsers.add_parser(
         "batch",
@@ -82,6 +101,10 @@ def add_commands(subparsers: Any) -> None:
         "reproduce", help="render an image again from its embedded parameters and compare"
     )
     reproduce.add_argument("image", type=Path)
+    reproduce.add_argument(
+        "--init-image", type=Path, help="an image-to-image render's init image (required then)"
+    )
+    reproduce.add_argument("--mask", type=Path, help="an inpainting render's mask")
     reproduce.add_argument("--model", help="render with this model instead of the recorded one")
     reproduce.add_argument("--quality", type=int, help="JPEG/WebP quality (default: detected)")
     reproduce.add_argument("--out", type=Path, help="also save the new render here")
@@ -139,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     """Run one of COMMANDS; errors are one line on stderr and a non-zero exit."""
     commands: dict[str, Callable[[argparse.Namespace, Client], int]] = {
         "generate": cmd_generate,
+        "edit": cmd_edit,
         "batch": cmd_batch,
         "grid": cmd_grid,
         "reproduce": cmd_reproduce,

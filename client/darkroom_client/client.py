@@ -20,10 +20,10 @@ from darkroom_client._core import (
     OpenEvents,
     Sleep,
     SSEDecoder,
-    build_request,
     concurrency_from,
 )
 from darkroom_client.errors import TransportError
+from darkroom_client.images import build_body, build_edit
 from darkroom_client.models import Generation, parse_generation
 
 ProgressCallback = Callable[[Generation], Any]
@@ -168,7 +168,7 @@ class Client(_Shared):
         self, prompt: str | None = None, *, request: dict[str, Any] | None = None, **settings: Any
     ) -> Generation:
         """Queue a generation (202) and return it, pending."""
-        return self._run(self.submit_op(build_request(prompt, request, **settings), self._make))
+        return self._run(self.submit_op(build_body(prompt, request, **settings), self._make))
 
     def status(self, request_id: str) -> Generation:
         return self._run(self.status_op(request_id, self._make))
@@ -193,8 +193,38 @@ class Client(_Shared):
         on_submit: Callable[[Generation], Any] | None = None,
         **settings: Any,
     ) -> Generation:
-        """Submit and wait, never running more generations at once than the account allows."""
-        body = build_request(prompt, request, **settings)
+        """Submit and wait, never running more generations at once than the account allows.
+        `hires=2` (or a dict: scale, upscaler, steps, denoising_strength, ...) adds a hires
+        fix."""
+        body = build_body(prompt, request, **settings)
+        return self._generate(body, on_progress, timeout, on_submit)
+
+    def edit(
+        self,
+        image: Any,
+        prompt: str | None = None,
+        mask: Any = None,
+        strength: float | None = 0.75,
+        *,
+        request: dict[str, Any] | None = None,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        on_submit: Callable[[Generation], Any] | None = None,
+        **settings: Any,
+    ) -> Generation:
+        """Image to image, as generate(): `image` (and `mask`: white repaints) a path or
+        bytes; `strength` is denoising_strength; settings as generate's, plus mask_blur,
+        inpainting_fill, resize_mode, inpaint_full_res, ... (docs/image-to-image.md)."""
+        body = build_edit(image, prompt, mask, strength, request, **settings)
+        return self._generate(body, on_progress, timeout, on_submit)
+
+    def _generate(
+        self,
+        body: dict[str, Any],
+        on_progress: ProgressCallback | None,
+        timeout: float | None,
+        on_submit: Callable[[Generation], Any] | None,
+    ) -> Generation:
         with self._slots_for_generate():
             self._enter()
             try:

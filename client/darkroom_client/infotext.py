@@ -104,11 +104,7 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
     if sampler:
         # Darkroom's API names a schedule in the sampler ("DPM++ 2M Karras"); uniform (and
         # normal, the same sigmas) is what a bare name means there.
-        schedule = params.get("Schedule type", "")
-        plain = ("", "automatic", "uniform", "normal")
-        if schedule.lower() not in plain and schedule.lower() not in sampler.lower():
-            sampler = f"{sampler} {schedule}"
-        settings["sampler"] = sampler
+        settings["sampler"] = _with_schedule(sampler, params.get("Schedule type", ""))
     if params.get("Model"):
         settings["model"] = params["Model"]
     if params.get("Model hash"):
@@ -117,22 +113,60 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
     return settings
 
 
-def not_reproducible(text: str) -> str | None:
-    """Why `darkroom reproduce` cannot render an image's parameters again, or None: an
-    img2img's init image is not in its infotext, and a hires fix needs A1111's txt2img."""
+INPAINTING_FILLS = ("fill", "original", "latent noise", "latent nothing")
+
+
+def _with_schedule(sampler: str, schedule: str) -> str:
+    plain = ("", "automatic", "uniform", "normal")
+    if schedule.lower() not in plain and schedule.lower() not in sampler.lower():
+        return f"{sampler} {schedule}"
+    return sampler
+
+
+def image_settings(text: str) -> dict[str, Any]:
+    """The image to image or hires fix settings an infotext records, as keyword settings:
+    `hires` (a dict) for a hires fix; `denoising_strength` and the inpainting settings
+    (`mask_blur`, ...) for an image to image, which also needs its init image (and mask,
+    when `mask_blur` is there), which no infotext carries."""
     params = parse_infotext(text)["params"]
-    if any(key.startswith("Hires") for key in params):
-        return (
-            "it was made with a hires fix, which only POST /sdapi/v1/txt2img renders"
-            " (enable_hr); reproduce renders through Darkroom's own API"
-        )
+    if "Hires upscale" in params or "Hires resize" in params:
+        return {"hires": _hires(params)}
+    if "Denoising strength" not in params:
+        return {}
+    settings: dict[str, Any] = {"denoising_strength": float(params["Denoising strength"])}
+    if "Mask blur" in params:
+        settings["mask_blur"] = int(params["Mask blur"])
+        settings["inpaint_full_res"] = params.get("Inpaint area") == "Only masked"
+        if "Masked area padding" in params:
+            settings["inpaint_full_res_padding"] = int(params["Masked area padding"])
+        settings["inpainting_mask_invert"] = params.get("Mask mode") == "Inpaint not masked"
+        fill = params.get("Masked content", "original")
+        if fill in INPAINTING_FILLS:
+            settings["inpainting_fill"] = INPAINTING_FILLS.index(fill)
+    return settings
+
+
+def _hires(params: dict[str, str]) -> dict[str, Any]:
+    hires: dict[str, Any] = {}
+    if "Hires resize" in params:
+        width, _, height = params["Hires resize"].partition("x")
+        hires["width"], hires["height"] = int(width), int(height)
+    else:
+        hires["scale"] = float(params["Hires upscale"])
+    if "Hires steps" in params:
+        hires["steps"] = int(params["Hires steps"])
+    if "Hires upscaler" in params:
+        hires["upscaler"] = params["Hires upscaler"]
     if "Denoising strength" in params:
-        return (
-            "it was made by image to image from an init image its parameters cannot carry;"
-            " reproducing it needs that image (--init-image), which this client does not"
-            " take yet: send it to POST /sdapi/v1/img2img with these parameters"
+        hires["denoising_strength"] = float(params["Denoising strength"])
+    if params.get("Hires sampler"):
+        hires["sampler"] = _with_schedule(
+            params["Hires sampler"], params.get("Hires schedule type", "")
         )
-    return None
+    for key, name in (("Hires prompt", "prompt"), ("Hires negative prompt", "negative_prompt")):
+        if params.get(key):
+            hires[name] = params[key]
+    return hires
 
 
 def image_format(source: str | Path | bytes | Image.Image) -> str:

@@ -21,8 +21,8 @@ def cmd_reproduce(args: argparse.Namespace, client: Client) -> int:
     from darkroom_client.infotext import (
         compare,
         image_format,
+        image_settings,
         jpeg_quality,
-        not_reproducible,
         read_parameters,
         settings_from_infotext,
     )
@@ -31,10 +31,8 @@ def cmd_reproduce(args: argparse.Namespace, client: Client) -> int:
     text = read_parameters(data)
     if not text:
         raise ValidationError(f"{args.image} holds no generation parameters")
-    why = not_reproducible(text)
-    if why:
-        raise ValidationError(f"{args.image} cannot be reproduced here: {why}")
-    settings = settings_from_infotext(text)
+    settings = {**settings_from_infotext(text), **image_settings(text)}
+    init_image = needed_inputs(args, settings)
     prompt = settings.pop("prompt")
     tags = settings.pop("lora_tags")
     if tags:
@@ -49,7 +47,13 @@ def cmd_reproduce(args: argparse.Namespace, client: Client) -> int:
     settings["num_images"] = 1
     bar = Bar("reproduce", not args.no_progress)
     try:
-        generation = client.generate(prompt, on_progress=bar.progress, **settings)
+        if init_image is None:
+            generation = client.generate(prompt, on_progress=bar.progress, **settings)
+        else:
+            strength = settings.pop("denoising_strength")
+            generation = client.edit(
+                init_image, prompt, args.mask, strength, on_progress=bar.progress, **settings
+            )
         bar.download(1)
         rendered = generation.images[0].bytes()
         bar.advance()
@@ -84,6 +88,23 @@ def cmd_reproduce(args: argparse.Namespace, client: Client) -> int:
 
 
 ROUNDING_LEVELS = 3  # below this a difference is rounding, not another image
+
+
+def needed_inputs(args: argparse.Namespace, settings: dict) -> object:
+    """The init image an image-to-image render needs (--init-image, and --mask for an
+    inpainting), None for a text-to-image; a missing one is a one-line error."""
+    if "denoising_strength" not in settings:
+        if args.init_image is not None:
+            raise ValidationError(f"{args.image} is not an image-to-image render: no --init-image")
+        return None
+    if args.init_image is None:
+        raise ValidationError(
+            f"{args.image} was made by image to image: reproducing it needs its init image"
+            " (--init-image FILE" + (", --mask FILE)" if "mask_blur" in settings else ")")
+        )
+    if "mask_blur" in settings and args.mask is None:
+        raise ValidationError(f"{args.image} was inpainted: reproducing it needs --mask FILE")
+    return args.init_image
 
 
 def matching_model(client: Client, name: str | None, short_hash: str | None) -> str | None:

@@ -8,7 +8,8 @@ from typing import Any
 from starlette.requests import Request
 
 from server.api import views
-from server.api.body import BodyProblem, parse_json, read_body
+from server.api.body import BodyProblem, parse_json, read_body, too_large
+from server.api.image_input import body_limit
 from server.api.offload import off_loop
 from server.contract import CONTRACT_PREFIX, ApiError, ErrorCode, not_found
 from server.jobs.limits import UserLimits, retry_after
@@ -64,10 +65,19 @@ def check_poll_rate(request: Request, user: User) -> None:
         )
 
 
-async def json_body(request: Request) -> dict:
-    """The body's JSON object, within --max-body-bytes; errors in the contract's shape."""
+async def json_body(request: Request, images: tuple[str, ...] = ()) -> dict:
+    """The body's JSON object, within --max-body-bytes; errors in the contract's shape.
+    `images`: top-level fields that may hold a base64 image each; the body may be larger by
+    their room (image_input.body_limit), but what is left without them is held to the
+    limit."""
+    settings = state_of(request).settings
     try:
-        data = parse_json(await read_body(request, state_of(request).settings.max_body_bytes))
+        raw = await read_body(request, body_limit(settings, len(images)))
+        data = parse_json(raw)
+        if isinstance(data, dict) and images:
+            rest = len(raw) - sum(len(v) for k in images if isinstance(v := data.get(k), str))
+            if rest > settings.max_body_bytes:
+                raise too_large(settings.max_body_bytes)
     except BodyProblem as problem:
         raise body_error(problem) from None
     if not isinstance(data, dict):

@@ -19,9 +19,11 @@ from server.api.common import (
 )
 from server.api.events import stream_events
 from server.api.idempotency import Keyed, idempotent
+from server.api.image_generate import read_request
 from server.api.offload import off_loop
 from server.api.webhooks import check_webhook_url
-from server.contract import ApiError, ErrorCode, HistoryQuery, ImageGenerationRequest, parse
+from server.contract import ApiError, ErrorCode, HistoryQuery, parse
+from server.contract_images import IMAGE_FIELDS
 from server.state import state_of
 from server.store.accounts import User
 from server.store.generations import HistoryFilters
@@ -38,20 +40,25 @@ async def generate(request: Request) -> Response:
             503,
             {"Retry-After": str(round(state.settings.drain_timeout))},
         )
-    payload = await json_body(request)
+    payload = await json_body(request, IMAGE_FIELDS)
 
     async def admit(keyed: Keyed | None) -> Response:
-        body = parse(ImageGenerationRequest, payload)
+        read = await read_request(state, payload)
+        body = read.request
         await check_webhook_url(request, body)
         if state.providers is not None:  # a remote's LoRA list, fetched off the event loop
             await off_loop(state.providers.prefetch, body)
-        row = await off_loop(
-            state.admission.submit,
-            body,
-            user,
-            webhook_base=links_for(request).base,
-            bind=keyed.bind if keyed else None,
-        )
+
+        def submit() -> dict:  # an image job's inputs go to the vault only when admitting
+            return state.admission.submit(
+                body,
+                user,
+                webhook_base=links_for(request).base,
+                bind=keyed.bind if keyed else None,
+                image_job=read.job(state.vault) if read.job else None,
+            )
+
+        row = await off_loop(submit)
         request.state.request_id = row["request_id"]
         return JSONResponse(await off_loop(generation_view, request, row), status_code=202)
 

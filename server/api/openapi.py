@@ -21,10 +21,10 @@ from server.api.idempotency import HEADER, MAX_KEY_LENGTH
 from server.contract import (
     CONTRACT_PREFIX,
     HistoryQuery,
-    ImageGenerationRequest,
     SavePresetRequest,
     not_found,
 )
+from server.contract_images import ImageGenerateBody
 from server.library.loras import LoraQuery
 
 ERRORS = {
@@ -36,8 +36,10 @@ ERRORS = {
     404: "Unknown (or someone else's) id (NOT_FOUND)",
     409: "A request with the same Idempotency-Key is still being admitted (CONFLICT),"
     " with Retry-After",
-    413: "Request body too large (LIMIT_EXCEEDED)",
-    422: "Idempotency-Key already used with a different request (VALIDATION_ERROR)",
+    413: "Request body, or an init_image or mask, too large (LIMIT_EXCEEDED)",
+    422: "Idempotency-Key already used with a different request; an init_image or mask that"
+    " is not a readable image, a mask without init_image, hires with init_image"
+    " (VALIDATION_ERROR)",
     429: "Too many active generations or polls (LIMIT_EXCEEDED), with Retry-After",
     503: "Draining or queue full (SERVICE_UNAVAILABLE), with Retry-After; not ready (probes)",
 }
@@ -70,7 +72,7 @@ OPERATIONS = [
     Operation(
         "post", "/image/generate", "Submit a generation",
         (202, schemas.GenerationStatus, "Accepted: pending, with poll_url"),
-        body=ImageGenerationRequest, errors=(400, 401, 402, 409, 413, 422, 429, 503),
+        body=ImageGenerateBody, errors=(400, 401, 402, 409, 413, 422, 429, 503),
         extra={"idempotent": True},
     ),
     Operation(

@@ -7,13 +7,15 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from pipelines.spec import HiresFix, ImageInput
+from pipelines.spec import HiresFix, ImageInput, hires_size
 from server.store.vault import Vault
 
 KEY = "image_job"
 # The inputs' PNG bytes by vault name, carried with a new job until admission has
 # committed it (then written again if gone: see write_inputs); never stored.
 PENDING = "pending_files"
+MAX_HIRES_SIZE = 4096
+HIRES_STRENGTH = 0.7  # AUTOMATIC1111's hires fix default
 _HIRES_FIELDS = tuple(f.name for f in fields(HiresFix))
 
 
@@ -69,3 +71,44 @@ def split_pending(job: dict[str, Any] | None) -> tuple[dict[str, Any] | None, di
         return job, {}
     return {k: v for k, v in job.items() if k != PENDING}, dict(job.get(PENDING) or {})
 
+
+class HiresTooLarge(ValueError):
+    """A hires target over MAX_HIRES_SIZE; each API names its own field."""
+
+
+def hires_job(
+    width: int,
+    height: int,
+    *,
+    scale: float,
+    resize_x: int = 0,
+    resize_y: int = 0,
+    upscaler: str | None,
+    steps: int,
+    base_steps: int,
+    denoising_strength: float | None,
+    sampler: str | None = None,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+) -> dict[str, Any]:
+    """A text-to-image's hires fix as stored (pipelines.spec.HiresFix's fields, and what
+    the infotext says of it): `width` x `height` upscaled by `scale` (or to `resize_x` /
+    `resize_y`), `steps` 0 meaning `base_steps`; `sampler` a canonical name or None (the
+    first pass's)."""
+    target = hires_size(width, height, scale, resize_x, resize_y)
+    if max(target) > MAX_HIRES_SIZE:
+        raise HiresTooLarge(f"the hires size {target[0]}x{target[1]} is above {MAX_HIRES_SIZE}")
+    return {
+        "width": target[0],
+        "height": target[1],
+        "upscaler": upscaler or "Latent",
+        "steps": steps or base_steps,
+        "steps_asked": steps,
+        "denoising_strength": HIRES_STRENGTH if denoising_strength is None else denoising_strength,
+        "sampler": sampler,
+        "prompt": prompt or None,
+        "negative_prompt": negative_prompt or None,
+        "scale": scale,
+        "resize_x": resize_x,
+        "resize_y": resize_y,
+    }

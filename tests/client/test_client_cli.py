@@ -294,8 +294,8 @@ def test_reproduce_reads_automatic1111_infotext(server: LiveServer, tmp_path: Pa
 
 @pytest.mark.parametrize(
     ("extra", "says"),
-    [("Denoising strength: 0.5, Mask blur: 4", "--init-image"),
-     ("Denoising strength: 0.7, Hires upscale: 2, Hires upscaler: Latent", "hires fix")],
+    [("Denoising strength: 0.5, Mask blur: 4", "--init-image FILE, --mask FILE"),
+     ("Denoising strength: 0.5", "needs its init image (--init-image FILE)")],
 )  # fmt: skip
 def test_reproduce_explains_an_image_to_image(
     server: LiveServer, tmp_path: Path, extra: str, says: str
@@ -310,6 +310,7 @@ def test_reproduce_explains_an_image_to_image(
     result = darkroom(server, "reproduce", str(path))
     assert result.returncode != 0
     assert says in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_batch_help_documents_the_line_format_with_examples_that_work(

@@ -22,7 +22,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pipelines.samplers import UnsupportedSampler, resolve
-from pipelines.spec import hires_size
 from server.api.a1111 import checkpoints, models
 from server.api.a1111.checkpoints import Checkpoint
 from server.api.a1111.errors import Invalid, a1111_error, a1111_route, caller, json_object
@@ -45,8 +44,6 @@ from server.store import options
 from server.store.accounts import User
 
 NATIVE_SIZE = 1024  # SDXL's; the tiny model is SDXL-shaped
-MAX_HIRES_SIZE = 4096
-HIRES_STRENGTH = 0.7  # A1111's hires fix default
 # An img2img's part of the job (its inputs stored in the vault), made only when admitting.
 ImageJob = Callable[[], Awaitable[dict[str, Any] | None]]
 SLOT_POLL_SECONDS = 0.25  # how often a call over its user's active limit retries admission
@@ -107,34 +104,30 @@ def _sampler(field: str, sampler: str, scheduler: str | None) -> str:
 
 
 def hires_job(req: models.Txt2ImgRequest, width: int, height: int) -> dict[str, Any]:
-    """The stored hires fix of a txt2img (pipelines.spec.HiresFix's fields, and what the
-    infotext says of it)."""
-    target = hires_size(width, height, req.hr_scale, req.hr_resize_x, req.hr_resize_y)
-    if max(target) > MAX_HIRES_SIZE:
-        raise Invalid(
-            ("hr_scale", f"the hires size {target[0]}x{target[1]} is above {MAX_HIRES_SIZE}")
-        )
+    """The stored hires fix of a txt2img (server.jobs.image_jobs.hires_job)."""
     sampler = None
     same = (None, "", "Use same sampler")
     schedule = None if req.hr_scheduler in (None, "", "Use same scheduler") else req.hr_scheduler
     if req.hr_sampler_name not in same or schedule is not None:
         name = req.sampler if req.hr_sampler_name in same else str(req.hr_sampler_name)
         sampler = _sampler("hr_sampler_name", name, schedule or req.scheduler)
-    strength = req.denoising_strength
-    return {
-        "width": target[0],
-        "height": target[1],
-        "upscaler": req.hr_upscaler or "Latent",
-        "steps": req.hr_second_pass_steps or req.steps,
-        "steps_asked": req.hr_second_pass_steps,
-        "denoising_strength": HIRES_STRENGTH if strength is None else strength,
-        "sampler": sampler,
-        "prompt": req.hr_prompt or None,
-        "negative_prompt": req.hr_negative_prompt or None,
-        "scale": req.hr_scale,
-        "resize_x": req.hr_resize_x,
-        "resize_y": req.hr_resize_y,
-    }
+    try:
+        return image_jobs.hires_job(
+            width,
+            height,
+            scale=req.hr_scale,
+            resize_x=req.hr_resize_x,
+            resize_y=req.hr_resize_y,
+            upscaler=req.hr_upscaler,
+            steps=req.hr_second_pass_steps,
+            base_steps=req.steps,
+            denoising_strength=req.denoising_strength,
+            sampler=sampler,
+            prompt=req.hr_prompt,
+            negative_prompt=req.hr_negative_prompt,
+        )
+    except image_jobs.HiresTooLarge as exc:
+        raise Invalid(("hr_scale", str(exc))) from None
 
 
 async def generate(
