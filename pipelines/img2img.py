@@ -15,7 +15,7 @@ from PIL import Image
 
 from pipelines import image_ops
 from pipelines.placement import scale
-from pipelines.progress import StepProgress
+from pipelines.progress import StepProgress, offset_steps
 from pipelines.spec import LATENT_UPSCALERS, GenerationSpec, HiresFix
 
 # `renderer` below is the SDXLRenderer calling (typed Any: pipelines.sdxl imports this).
@@ -181,8 +181,9 @@ def render_img2img(
     starts = [prepare(renderer, spec) for spec in specs]
     latents = torch.cat([start.latents for start in starts])
     run = first.image.steps_run(first.steps)
+    total = first.total_steps
     if run > 0:
-        progress = StepProgress(run, on_step, should_stop, on_latents)
+        progress = StepProgress(run, offset_steps(on_step, 0, total), should_stop, on_latents)
         callback: Callable[..., dict] = progress
         if first.image.mask is not None:
             masks = torch.cat([start.mask for start in starts if start.mask is not None])
@@ -196,7 +197,15 @@ def render_img2img(
         if start.overlay is not None:
             done = [image_ops.apply_overlay(i, start.overlay, start.paste_to) for i in done]
         out.append(done)
-    return out
+    if first.hires is None:
+        return out
+    # A hires fix of an image to image: its finished picture (the overlay laid) upscaled and
+    # denoised again, as for a text to image's first pass.
+    latents = encode(renderer, [image for done in out for image in done])
+    steps = offset_steps(on_step, run, total)
+    latents = hires_pass(renderer, specs, latents, steps, should_stop, on_latents)
+    images = iter(renderer._decode(latents, first.hires.width * first.hires.height))
+    return [[next(images) for _ in spec.seeds] for spec in specs]
 
 
 def upscale(renderer: SDXLRenderer, latents: torch.Tensor, base: int, hires: HiresFix) -> Any:

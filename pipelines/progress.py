@@ -65,3 +65,12 @@ class StepProgress:
             # and then still decodes; raising here leaves before the VAE runs.
             raise RenderInterrupted()
         return tensors
+
+
+def offset_steps(
+    on_step: Callable[[int, int], None] | None, done: int, total: int
+) -> Callable[[int, int], None] | None:
+    """on_step for one pass of several: its steps counted after `done`, out of `total`."""
+    if on_step is None:
+        return None
+    return lambda step, _steps: on_step(done + step, total)

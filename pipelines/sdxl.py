@@ -20,7 +20,7 @@ from pipelines.model_files import (
 )
 from pipelines.model_pool import LoadedModel, ModelPool
 from pipelines.placement import pad_per_image_linears, unet_per_image, unscale, use_sdpa
-from pipelines.progress import StepProgress
+from pipelines.progress import StepProgress, offset_steps
 from pipelines.samplers import canonical_sampler, make_scheduler
 from pipelines.spec import GenerationSpec, ModelSpec, RenderInterrupted, batch_key
 from pipelines.tuning import plan_for
@@ -65,15 +65,6 @@ def resolve_dtype(dtype: str | None, device: str) -> str:
     if name is None:
         raise ValueError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
     return name
-
-
-def _offset(
-    on_step: Callable[[int, int], None] | None, done: int, total: int
-) -> Callable[[int, int], None] | None:
-    """on_step for one pass of several: its steps counted after `done`, out of `total`."""
-    if on_step is None:
-        return None
-    return lambda step, _steps: on_step(done + step, total)
 
 
 class SDXLRenderer(ModelPool):
@@ -286,7 +277,7 @@ class SDXLRenderer(ModelPool):
             with torch.inference_mode():
                 return img2img.render_img2img(self, specs, on_step, should_stop, on_latents)
         total = first.steps + (first.hires.steps if first.hires is not None else 0)
-        steps = _offset(on_step, 0, total)
+        steps = offset_steps(on_step, 0, total)
         progress = StepProgress(first.steps, steps, should_stop, on_latents)
         generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
         per_image = len(seeds) if self.plan.batch_invariant else 1
@@ -303,7 +294,7 @@ class SDXLRenderer(ModelPool):
             ).images
             width, height = first.width, first.height
             if first.hires is not None:
-                steps = _offset(on_step, first.steps, total)
+                steps = offset_steps(on_step, first.steps, total)
                 latents = img2img.hires_pass(self, specs, latents, steps, should_stop, on_latents)
                 width, height = first.hires.width, first.hires.height
             images = iter(self._decode(latents, width * height))

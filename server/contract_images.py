@@ -1,6 +1,6 @@
 """The contract's image-to-image additions to POST /image/generate (additive: a request
 without them parses and renders as before): a top-level `init_image` and `mask`, the
-img2img / inpainting settings, and `settings.hires`, a text-to-image's hires fix.
+img2img / inpainting settings, and `settings.hires`, a hires fix (of either kind).
 
 Routes validate a body with ImageGenerateBody, then render the plain
 ImageGenerationRequest (contract.py) its other fields make, plus an image job
@@ -30,7 +30,8 @@ IMAGE_DESCRIPTION = "Bare base64 or a data:image/...;base64, URL"
 
 
 class HiresSettings(_Strict):
-    """A hires fix: render the base size, upscale, denoise again (text-to-image only)."""
+    """A hires fix: render the base size (from text or, with `init_image`, from the image),
+    upscale, denoise again."""
 
     scale: float = Field(2.0, ge=1.0, le=4.0, description="Target = base size x scale")
     width: JsonInt | None = Field(
@@ -100,7 +101,9 @@ class ImageSettings(GenerationSettings):
     inpaint_full_res: bool = Field(False, description="Render only the mask's box, paste back")
     inpaint_full_res_padding: JsonInt = Field(32, ge=0, le=256, description="Pixels around it")
     inpainting_mask_invert: bool = Field(False, description="Repaint what is black")
-    hires: HiresSettings | None = Field(None, description="Hires fix (text-to-image only)")
+    hires: HiresSettings | None = Field(
+        None, description="Hires fix: a second, larger pass over the first pass's result"
+    )
 
 
 IMAGE_SETTINGS = tuple(set(ImageSettings.model_fields) - set(GenerationSettings.model_fields))

@@ -44,6 +44,13 @@ run the same command again after an interruption to do only what is missing."""
 # -- the parser ------------------------------------------------------------------------
 
 
+def _hires_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hires", type=float, metavar="SCALE", help="hires fix: upscale by")
+    parser.add_argument("--hires-upscaler", help="Latent (default), Lanczos, Nearest, ...")
+    parser.add_argument("--hires-steps", type=int, help="second-pass steps (0: --steps)")
+    parser.add_argument("--hires-strength", type=float, help="second-pass denoising (0.7)")
+
+
 def add_commands(subparsers: Any) -> None:
     """Add the client's commands to an argparse subparsers object."""
     generate = subparsers.add_parser("generate", help="render a prompt and save the images")
@@ -51,10 +58,7 @@ def add_commands(subparsers: Any) -> None:
     _settings_arguments(generate)
     generate.add_argument("--n", type=int, help="images (num_images, 1-8)")
     generate.add_argument("--out", type=Path, default=Path("."), help="folder (default .)")
-    generate.add_argument("--hires", type=float, metavar="SCALE", help="hires fix: upscale by")
-    generate.add_argument("--hires-upscaler", help="Latent (default), Lanczos, Nearest, ...")
-    generate.add_argument("--hires-steps", type=int, help="second-pass steps (0: --steps)")
-    generate.add_argument("--hires-strength", type=float, help="second-pass denoising (0.7)")
+    _hires_arguments(generate)
     _connection_arguments(generate)
 
     edit = subparsers.add_parser(
@@ -70,6 +74,7 @@ def add_commands(subparsers: Any) -> None:
     _settings_arguments(edit)  # --size absent: IMAGE's own size
     edit.add_argument("--n", type=int, help="images (num_images, 1-8)")
     edit.add_argument("--out", type=Path, default=Path("."), help="folder (default .)")
+    _hires_arguments(edit)
     _connection_arguments(edit)
 
     batch = subparsers.add_parser(

@@ -123,17 +123,25 @@ def _with_schedule(sampler: str, schedule: str) -> str:
     return sampler
 
 
+# Written (by Darkroom, not AUTOMATIC1111) for an image to image with a hires fix, whose
+# `Denoising strength` is the first pass's.
+HIRES_STRENGTH = "Hires denoising strength"
+
+
 def image_settings(text: str) -> dict[str, Any]:
     """The image to image or hires fix settings an infotext records, as keyword settings:
     `hires` (a dict) for a hires fix; `denoising_strength` and the inpainting settings
     (`mask_blur`, ...) for an image to image, which also needs its init image (and mask,
-    when `mask_blur` is there), which no infotext carries."""
+    when `mask_blur` is there), which no infotext carries. Both for an image to image with
+    a hires fix (Darkroom's `Hires denoising strength` is then the second pass's)."""
     params = parse_infotext(text)["params"]
-    if "Hires upscale" in params or "Hires resize" in params:
-        return {"hires": _hires(params)}
-    if "Denoising strength" not in params:
-        return {}
-    settings: dict[str, Any] = {"denoising_strength": float(params["Denoising strength"])}
+    settings: dict[str, Any] = {}
+    hires = "Hires upscale" in params or "Hires resize" in params
+    if hires:
+        settings["hires"] = _hires(params)
+    if "Denoising strength" not in params or (hires and HIRES_STRENGTH not in params):
+        return settings
+    settings["denoising_strength"] = float(params["Denoising strength"])
     if "Mask blur" in params:
         settings["mask_blur"] = int(params["Mask blur"])
         settings["inpaint_full_res"] = params.get("Inpaint area") == "Only masked"
@@ -157,8 +165,9 @@ def _hires(params: dict[str, str]) -> dict[str, Any]:
         hires["steps"] = int(params["Hires steps"])
     if "Hires upscaler" in params:
         hires["upscaler"] = params["Hires upscaler"]
-    if "Denoising strength" in params:
-        hires["denoising_strength"] = float(params["Denoising strength"])
+    strength = params.get(HIRES_STRENGTH, params.get("Denoising strength"))
+    if strength is not None:
+        hires["denoising_strength"] = float(strength)
     if params.get("Hires sampler"):
         hires["sampler"] = _with_schedule(
             params["Hires sampler"], params.get("Hires schedule type", "")

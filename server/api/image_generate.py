@@ -46,11 +46,6 @@ async def read_request(state: AppState, payload: dict[str, Any]) -> ImageRequest
     settings = body.settings
     if body.mask is not None and body.init_image is None:
         raise invalid("mask", "a mask needs an init_image (the image it masks)")
-    if settings.hires is not None and body.init_image is not None:
-        raise invalid(
-            "settings.hires",
-            "a hires fix is text to image only; with an init_image, send the size you want",
-        )
     plain = plain_payload(payload)
     if body.init_image is None:
         request = parse(ImageGenerationRequest, plain)
@@ -66,9 +61,11 @@ async def read_request(state: AppState, payload: dict[str, Any]) -> ImageRequest
         k: v for k, v in given.items() if v is not None
     }}  # fmt: skip
     request = parse(ImageGenerationRequest, plain)
+    hires = hires_part(request, settings) if settings.hires is not None else None
 
     def job(vault: Vault) -> dict[str, Any]:
-        return image_job(vault, settings, init, mask)
+        made = image_job(vault, settings, init, mask)
+        return {**made, "hires": hires} if hires is not None else made
 
     return ImageRequest(request, job)
 

@@ -102,7 +102,10 @@ def image_params(image_job: dict[str, Any] | None) -> dict[str, str]:
                 params["Mask mode"] = "Inpaint not masked"
             params["Masked content"] = INPAINTING_FILLS[image["inpainting_fill"]]
     if hires:
-        params["Denoising strength"] = hires["denoising_strength"]
+        # An image to image's hires fix (Darkroom's; A1111 has none) keeps the first
+        # pass's strength where A1111 reads it.
+        strength = "Hires denoising strength" if image else "Denoising strength"
+        params[strength] = hires["denoising_strength"]
         if hires.get("resize_x") or hires.get("resize_y"):
             params["Hires resize"] = f"{hires['width']}x{hires['height']}"
         else:

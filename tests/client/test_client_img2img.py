@@ -181,3 +181,25 @@ def test_infotext_settings_are_what_the_contract_takes() -> None:
         "inpaint_full_res_padding": 16, "inpainting_mask_invert": True, "inpainting_fill": 2,
     }  # fmt: skip
     assert image_settings(base + "Model: tiny") == {}
+
+
+def test_cli_edit_with_hires_and_its_reproduction(
+    server: LiveServer, inputs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    init, _ = inputs
+    result = darkroom(
+        server, "edit", str(init), "--prompt", "a barn", "--strength", "0.5", "--hires", "2",
+        "--hires-steps", "2", "--hires-strength", "0.3", "--seed", "7", "--steps", "10",
+        "--format", "png", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (image,) = tmp_path.glob("*-7.png")
+    opened = Image.open(io.BytesIO(image.read_bytes()))
+    assert opened.size == (512, 512)  # the 256 px init image, twice
+    text = opened.info["parameters"]
+    assert "Denoising strength: 0.5" in text and "Hires denoising strength: 0.3" in text
+    refused = darkroom(server, "reproduce", str(image))
+    assert refused.returncode == 1 and "--init-image FILE" in refused.stderr
+    again = darkroom(server, "reproduce", str(image), "--init-image", str(init))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "identical" in again.stdout
