@@ -213,3 +213,30 @@ def test_what_fal_cannot_render_is_refused_when_named_and_kept_local_on_auto(
         assert submit(client, headers, "auto", job)["provider"] == "darkroom"
     assert fal.submits == []
     assert credits(client, headers)["held"] > 0  # the local jobs wait, held, not charged
+
+
+def test_the_contract_names_fal_for_an_inpainting_and_not_for_a_hires_edit(
+    make_client: AppFactory, fal: FalDouble, database_url: str | None
+) -> None:
+    client = fal_client(make_client, fal)
+    headers = alice(client)
+    body = {"prompt": "a red door", "init_image": base64.b64encode(png(halves())).decode(),
+            "mask": base64.b64encode(png(square_mask())).decode(),
+            "settings": {"steps": 10, "seed": 9, "denoising_strength": 0.6},
+            "options": {"provider": "fal", "format": "png"}}  # fmt: skip
+    answer = client.post("/image/generate", json=body, headers=headers)
+    assert answer.status_code == 202, answer.text
+    done = wait_done(client, answer.json()["request_id"], headers=headers)
+    assert done["status"] == "completed", done
+    (submitted,) = fal.submits
+    assert submitted["app"] == "fal-ai/fast-sdxl/inpainting"
+    assert submitted["body"]["image_size"] == {"width": SIZE, "height": SIZE}  # the init's
+    result = vault_image(client, done)
+    assert tuple(result[112, 112]) == colour(9)
+    assert done["images"][0]["metadata"]["provider"] == "fal"
+    hires = {**body, "settings": {**body["settings"], "hires": {"scale": 2}}}
+    refused = client.post("/image/generate", json=hires, headers=headers)
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "PROVIDER_ERROR" and "hires fix" in error["message"]
+    assert len(fal.submits) == 1
