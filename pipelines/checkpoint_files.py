@@ -1,9 +1,10 @@
 """What a checkpoint is, from its safetensors header or its diffusers configs (no torch).
 
 `classify_checkpoint(path)` tells an SDXL base-family checkpoint (SDXL 1.0 and the models
-fine-tuned from it: Pony, Illustrious, ...) from everything Darkroom cannot render, with a
-short reason. Only the header of a single file is read (pipelines.lora_files' reader):
-tensor names and shapes say which networks it holds. The key names are those diffusers'
+fine-tuned from it: Pony, Illustrious, ...) and an SDXL inpainting one (the same UNet but
+for its 9 input channels; usable for inpainting only) from everything Darkroom cannot
+render, with a short reason. Only the header of a single file is read (pipelines.lora_files'
+reader): tensor names and shapes say which networks it holds. The key names are those diffusers'
 `single_file_utils.CHECKPOINT_KEY_NAMES` uses to infer a model type. An SDXL file is
 compatible only if pipelines.checkpoint_configs can build its diffusers configs.
 """
@@ -28,6 +29,9 @@ from pipelines.lora_files import LoraFileError, LoraHeader, read_header
 SINGLE_FILE = "single-file"
 DIFFUSERS = "diffusers"
 SDXL = "SDXL"
+SDXL_INPAINTING = "SDXL inpainting"
+# The latents, the repaint mask at latent size, the masked image's latents.
+INPAINTING_CHANNELS = 9
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 PICKLE_REASON = "a pickle checkpoint: pickle checkpoints can run arbitrary code, so they are never opened (convert it to .safetensors)"  # noqa: E501
 REFINER_CLIP_PREFIX = "conditioner.embedders.0.model."
@@ -36,12 +40,17 @@ REFINER_CLIP_PREFIX = "conditioner.embedders.0.model."
 @dataclass(frozen=True)
 class CheckpointInfo:
     """`base_model`: SDXL, SDXL refiner, SDXL inpainting, SD1, SD2, Flux, SD3, ... or
-    unknown; `reason` is None exactly when `compatible`."""
+    unknown; `reason` is None exactly when `compatible`. A compatible SDXL inpainting
+    checkpoint renders inpainting jobs only (`inpainting`)."""
 
     format: str  # "single-file" | "diffusers"
     base_model: str
     compatible: bool
     reason: str | None = None
+
+    @property
+    def inpainting(self) -> bool:
+        return self.compatible and self.base_model == SDXL_INPAINTING
 
 
 def _incompatible(fmt: str, base: str, reason: str) -> CheckpointInfo:
@@ -111,20 +120,17 @@ def classify_header(header: LoraHeader) -> CheckpointInfo:
         )
     if not (has_clip_l and has_open_clip):
         return _incompatible(SINGLE_FILE, "unknown", "not SDXL: it lacks SDXL's two text encoders")
-    if in_channels == 9:
+    if in_channels not in (4, INPAINTING_CHANNELS):
         return _incompatible(
-            SINGLE_FILE, "SDXL inpainting",
-            "an SDXL inpainting model (9 input channels): Darkroom renders from text only",
+            SINGLE_FILE, "unknown",
+            f"its UNet takes {in_channels} input channels, SDXL's 4 (or 9 for inpainting)",
         )  # fmt: skip
-    if in_channels != 4:
-        return _incompatible(
-            SINGLE_FILE, "unknown", f"its UNet takes {in_channels} input channels, SDXL's 4"
-        )
+    base = SDXL if in_channels == 4 else SDXL_INPAINTING
     try:
         sdxl_configs_from_header(header)
     except CheckpointError as exc:
-        return _incompatible(SINGLE_FILE, SDXL, str(exc))
-    return CheckpointInfo(SINGLE_FILE, SDXL, True)
+        return _incompatible(SINGLE_FILE, base, str(exc))
+    return CheckpointInfo(SINGLE_FILE, base, True)
 
 
 def classify_diffusers_folder(folder: Path) -> CheckpointInfo:
@@ -156,14 +162,11 @@ def classify_diffusers_folder(folder: Path) -> CheckpointInfo:
             DIFFUSERS, "SDXL refiner",
             "the SDXL refiner: it refines other models' images, it does not render from text",
         )  # fmt: skip
-    if unet.get("in_channels") == 9 or "Inpaint" in pipeline:
-        return _incompatible(
-            DIFFUSERS, "SDXL inpainting",
-            "an SDXL inpainting model (9 input channels): Darkroom renders from text only",
-        )  # fmt: skip
-    if unet.get("in_channels") != 4 or unet.get("addition_embed_type") != "text_time":
+    channels = unet.get("in_channels")
+    if channels not in (4, INPAINTING_CHANNELS) or unet.get("addition_embed_type") != "text_time":
         return _incompatible(DIFFUSERS, "unknown", "its UNet is not SDXL's text_time UNet")
-    return CheckpointInfo(DIFFUSERS, SDXL, True)
+    # An inpainting pipeline's folder with a 4-channel UNet is an ordinary SDXL model.
+    return CheckpointInfo(DIFFUSERS, SDXL if channels == 4 else SDXL_INPAINTING, True)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -1,11 +1,14 @@
 """Image-to-image on the loaded SDXL components (StableDiffusionXLImg2ImgPipeline.from_pipe:
 no second copy of the weights): img2img and inpainting with AUTOMATIC1111's semantics, and
-the hires fix's second pass. SDXLRenderer.render_batch calls these with its scheduler and
-LoRAs already set; progress, previews and interrupts go through the same StepProgress."""
+the hires fix's second pass. An SDXL inpainting checkpoint inpaints through the same loop,
+its UNet given the mask and the masked image's latents too (pipelines.inpaint_unet).
+SDXLRenderer.render_batch calls these with its scheduler and LoRAs already set; progress,
+previews and interrupts go through the same StepProgress."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -13,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines import image_ops
+from pipelines import image_ops, inpaint_unet
 from pipelines.placement import scale
 from pipelines.progress import StepProgress, offset_steps
 from pipelines.spec import LATENT_UPSCALERS, GenerationSpec, HiresFix
@@ -27,12 +30,14 @@ StepFn = Callable[[int, int], None] | None
 @dataclass
 class Start:
     """One spec's starting point: its latents (one row per image) and, when inpainting,
-    the latent repaint mask and what A1111 lays over the decoded result."""
+    the latent repaint mask and what A1111 lays over the decoded result, and for an
+    inpainting model its UNet's extra channels (inpaint_unet.conditioning)."""
 
     latents: torch.Tensor
     mask: torch.Tensor | None = None
     overlay: Image.Image | None = None
     paste_to: tuple[int, int, int, int] | None = None
+    extra: torch.Tensor | None = None
 
 
 def img2img_pipe(renderer: SDXLRenderer) -> Any:
@@ -48,16 +53,22 @@ def img2img_pipe(renderer: SDXLRenderer) -> Any:
     return loaded.img2img
 
 
-def encode(renderer: SDXLRenderer, images: Sequence[Image.Image]) -> torch.Tensor:
-    """Images (RGB, one size) to UNet-space latents, image by image, tiled above the same
-    threshold as decoding; the distribution's mean, so a seed alone decides the noise."""
+def encode(renderer: SDXLRenderer, images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
+    """Images (RGB, or pixels in [-1, 1]; one size) to UNet-space latents, image by image,
+    tiled above the same threshold as decoding; the distribution's mean, so a seed alone
+    decides the noise."""
     pipe = renderer._pipe
     vae = pipe.vae
-    vae.use_tiling = images[0].width * images[0].height > renderer.plan.vae_tiling_above
+    tensors = [
+        image if isinstance(image, torch.Tensor) else pipe.image_processor.preprocess(image)
+        for image in images
+    ]
+    height, width = tensors[0].shape[-2:]
+    vae.use_tiling = width * height > renderer.plan.vae_tiling_above
     device = pipe._execution_device
     parts = []
-    for image in images:
-        pixels = pipe.image_processor.preprocess(image).to(device=device, dtype=vae.dtype)
+    for pixels in tensors:
+        pixels = pixels.to(device=device, dtype=vae.dtype)
         parts.append(vae.encode(pixels).latent_dist.mode())
     return scale(vae, torch.cat(parts))
 
@@ -99,6 +110,11 @@ def prepare(renderer: SDXLRenderer, spec: GenerationSpec) -> Start:
     else:
         image = image_ops.resize_image(image_in.resize_mode, image, width, height)
     latents = encode(renderer, [image])
+    extra = None
+    if latent_mask is not None and inpaint_unet.takes_mask(renderer._pipe.unet):
+        pixels, binary = inpaint_unet.masked_pixels(renderer._pipe, image, latent_mask)
+        extra = inpaint_unet.conditioning(binary, encode(renderer, [pixels]))
+        extra = extra.repeat(spec.num_images, 1, 1, 1)
     size = (height // 8, width // 8)
     if latents.shape[-2:] != size:  # resize mode 3: the latents upscaled
         latents = torch.nn.functional.interpolate(latents, size, mode="bilinear")
@@ -112,7 +128,8 @@ def prepare(renderer: SDXLRenderer, spec: GenerationSpec) -> Start:
         latents = latents * (1 - repaint) + noise * repaint
     elif image_in.inpainting_fill == 3:
         latents = latents * (1 - repaint)
-    return Start(latents, repaint.expand(spec.num_images, 1, -1, -1), overlay, paste_to)
+    repaint = repaint.expand(spec.num_images, 1, -1, -1)
+    return Start(latents, repaint, overlay, paste_to, extra)
 
 
 def _noise(like: torch.Tensor, seed: int) -> torch.Tensor:
@@ -189,7 +206,13 @@ def render_img2img(
             masks = torch.cat([start.mask for start in starts if start.mask is not None])
             seeds = [seed for spec in specs for seed in spec.seeds]
             callback = Blend(progress, latents, masks, seeds)
-        latents = denoise(renderer, specs, latents, first.steps, run, callback, first.cfg_scale)
+        extras = [start.extra for start in starts if start.extra is not None]
+        unet = renderer._pipe.unet
+        extra = inpaint_unet.conditioned(unet, torch.cat(extras)) if extras else nullcontext()
+        with extra:
+            latents = denoise(
+                renderer, specs, latents, first.steps, run, callback, first.cfg_scale
+            )
     images = iter(renderer._decode(latents, first.width * first.height))
     out = []
     for spec, start in zip(specs, starts, strict=True):

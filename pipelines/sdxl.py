@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipelines import img2img
+from pipelines import img2img, inpaint_unet
 from pipelines.lora_fit import LoraFit
 from pipelines.lora_hotswap import HotswapAdapters
 from pipelines.loras import AdapterCache
@@ -265,6 +265,7 @@ class SDXLRenderer(ModelPool):
             raise ValueError("render_batch needs specs of one batch_key")
         self._use(first.model)
         pipe = self._pipe
+        inpaint_unet.check_spec(pipe.unet, first)
         seeds = [seed for spec in specs for seed in spec.seeds]
         pipe.scheduler = self._scheduler(first.sampler, seeds)
         self._adapters.apply(pipe, first.loras)

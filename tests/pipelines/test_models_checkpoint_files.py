@@ -65,7 +65,8 @@ def test_fine_tunes_with_metadata_and_position_ids_are_still_sdxl(
     ("variant", "base_model", "reason"),
     [
         ("refiner", "SDXL refiner", "refiner"),
-        ("inpainting", "SDXL inpainting", "inpainting"),
+        ("eight-channels", "unknown", "8 input channels"),
+        ("inpainting-no-vae", "SDXL inpainting", "first_stage_model"),
         ("sd15", "SD1", "Stable Diffusion 1.x"),
         ("sd2", "SD2", "Stable Diffusion 2.x"),
         ("flux", "Flux", "Flux"),
@@ -84,7 +85,10 @@ def test_other_models_are_incompatible_with_a_reason(
         shapes["conditioner.embedders.0.model.positional_embedding"] = (77, 1280)
         shapes["conditioner.embedders.0.model.text_projection"] = (1280, 1280)
         shapes[UNET + "label_emb.0.0.weight"] = (1280, 2560)
-    elif variant == "inpainting":
+    elif variant == "eight-channels":
+        shapes[UNET + "input_blocks.0.0.weight"] = (320, 8, 3, 3)
+    elif variant == "inpainting-no-vae":
+        shapes = {k: v for k, v in shapes.items() if not k.startswith("first_stage_model.")}
         shapes[UNET + "input_blocks.0.0.weight"] = (320, 9, 3, 3)
     elif variant in ("sd15", "sd2"):
         width = 768 if variant == "sd15" else 1024
@@ -113,6 +117,22 @@ def test_other_models_are_incompatible_with_a_reason(
     assert not info.compatible
     assert info.base_model == base_model
     assert reason in (info.reason or ""), info.reason
+
+
+def test_sdxl_inpainting_is_compatible_for_inpainting_only(
+    tmp_path: Path, sdxl_shapes: dict
+) -> None:
+    """sd_xl_base_1.0_inpainting_0.1's layout: SDXL base but for conv_in's 9 input channels."""
+    shapes = {**sdxl_shapes, UNET + "input_blocks.0.0.weight": (320, 9, 3, 3)}
+    info = classify(tmp_path, shapes)
+    assert (info.base_model, info.compatible, info.reason) == ("SDXL inpainting", True, None)
+    assert info.inpainting
+    configs = sdxl_configs_from_header(read_header(tmp_path / "m.safetensors"))
+    assert configs["unet"]["in_channels"] == 9
+    assert {k: v for k, v in configs["unet"].items() if k != "in_channels"} == {
+        k: v for k, v in SDXL_BASE_CONFIGS["unet"].items() if k != "in_channels"
+    }
+    assert not classify(tmp_path, sdxl_shapes).inpainting
 
 
 def test_pickle_checkpoints_are_never_opened(
@@ -179,11 +199,7 @@ def test_diffusers_folders(tmp_path: Path, models_dir: Path) -> None:
             unet,
             "SDXL refiner",
         ),
-        "inpaint": (
-            {**sdxl_index, "_class_name": "StableDiffusionXLInpaintPipeline"},
-            {**unet, "in_channels": 9},
-            "SDXL inpainting",
-        ),
+        "eight": (sdxl_index, {**unet, "in_channels": 8}, "unknown"),
         "flux": ({"_class_name": "FluxPipeline"}, None, "Flux"),
         "sd3": ({"_class_name": "StableDiffusion3Pipeline"}, None, "SD3"),
     }
@@ -191,6 +207,15 @@ def test_diffusers_folders(tmp_path: Path, models_dir: Path) -> None:
         info = classify_checkpoint(_folder(tmp_path, name, index, config))
         assert (info.compatible, info.base_model) == (False, base_model), name
         assert info.reason
+    inpaint_index = {**sdxl_index, "_class_name": "StableDiffusionXLInpaintPipeline"}
+    nine = {**unet, "in_channels": 9}
+    inpaint = classify_checkpoint(_folder(tmp_path, "inp", inpaint_index, nine))
+    assert (inpaint.base_model, inpaint.compatible, inpaint.inpainting) == (
+        "SDXL inpainting", True, True,
+    )  # fmt: skip
+    # An inpainting pipeline's folder holding a 4-channel UNet is an ordinary SDXL model.
+    four = classify_checkpoint(_folder(tmp_path, "inp4", inpaint_index, unet))
+    assert (four.base_model, four.compatible, four.inpainting) == ("SDXL", True, False)
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "model_index.json" in (classify_checkpoint(empty).reason or "")
