@@ -250,5 +250,6 @@ def model_entry(entry: ModelEntry, loaded: set[str | None]) -> dict[str, Any]:
         "loaded": key in loaded,
         "compatible": entry.compatible,
         "incompatible_reason": entry.reason,
+        "inpainting": entry.inpainting,
         "duplicates": list(entry.duplicates),
     }

@@ -36,6 +36,11 @@ def image_parts(stored: dict[str, Any], vault: Vault | None = None) -> dict[str,
     return parts
 
 
+def has_mask(job: dict[str, Any] | None) -> bool:
+    """Whether an image job is an inpainting (what an SDXL inpainting model may render)."""
+    return bool(((job or {}).get("image") or {}).get("mask"))
+
+
 def inputs_of(stored: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The generation's input images: {"init_image": {name, sha256, width, height}, ...}."""
     return (stored.get(KEY) or {}).get("inputs") or {}

@@ -6,7 +6,9 @@ arbitrary code. Identity is by content, as AUTOMATIC1111 has it: the SHA-256 of 
 (of a folder: of its weight files' hashes, in path order), the short hash its first 10
 hex digits, the title `name [hash]`. Hashing is cached by (path, size, mtime) in the
 database, so a 7 GB file is read once, at a scan, never while answering a request. Only
-headers and configs are read to classify a checkpoint (pipelines.checkpoint_files).
+headers and configs are read to classify a checkpoint (pipelines.checkpoint_files). An
+SDXL inpainting checkpoint is listed as compatible, with `inpainting`, and renders only
+jobs with a mask (`ModelCatalog.check_use`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.checkpoint_files import PICKLE_SUFFIXES, CheckpointInfo, classify_checkpoint
+from pipelines.checkpoint_files import (
+    PICKLE_SUFFIXES,
+    SDXL_INPAINTING,
+    CheckpointInfo,
+    classify_checkpoint,
+)
 from pipelines.spec import ModelSpec
 from server.contract import ApiError, ErrorCode
 from server.library.layout import BAD_NAME_REASON, checkpoint_dirs, has_bad_name, text_path
@@ -57,6 +64,20 @@ class ModelEntry:
     @property
     def title(self) -> str:
         return f"{self.name} [{self.hash}]" if self.hash else self.name
+
+    @property
+    def inpainting(self) -> bool:
+        """An SDXL inpainting checkpoint (9-channel UNet): inpainting jobs only."""
+        return self.compatible and self.base_model == SDXL_INPAINTING
+
+    def refusal(self, masked: bool) -> str | None:
+        """Why this model cannot render a job (None: it can); `masked`: an inpainting job."""
+        if self.inpainting and not masked:
+            return (
+                f"model {self.name!r} is an SDXL inpainting model: it renders only"
+                " inpainting (an image-to-image with a mask)"
+            )
+        return None
 
     def spec(self) -> ModelSpec | None:
         """What a GenerationSpec names: None for the server's default model."""
@@ -138,6 +159,13 @@ class ModelCatalog:
                     return entry
                 raise _invalid(f"model {name!r} cannot be used: {entry.reason}", self)
         raise _invalid(f"unknown model {name!r}", self)
+
+    def check_use(self, entry: ModelEntry, masked: bool) -> None:
+        """A VALIDATION_ERROR naming settings.model when `entry` cannot render this job (an
+        inpainting model, a job without a mask), listing the models that can."""
+        reason = entry.refusal(masked)
+        if reason is not None:
+            raise _invalid(reason, self, masked)
 
     def lora_check(self, entry: ModelEntry) -> Any:
         """LoRA fit against this model (pipelines.lora_fit.LoraFit, from the checkpoint's
@@ -288,8 +316,8 @@ class ModelCatalog:
         return [hub, *entries]
 
 
-def _invalid(message: str, catalog: ModelCatalog) -> ApiError:
-    names = [entry.name for entry in catalog.entries()]
+def _invalid(message: str, catalog: ModelCatalog, masked: bool = True) -> ApiError:
+    names = [entry.name for entry in catalog.entries() if entry.refusal(masked) is None]
     return ApiError(
         ErrorCode.VALIDATION_ERROR,
         f"Invalid request: settings.model: {message}; available: {', '.join(names)}",

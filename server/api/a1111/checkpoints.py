@@ -53,6 +53,8 @@ class Checkpoint:
             "sha256": self.sha256,
             "filename": self.filename,
             "config": None,
+            # Beyond AUTOMATIC1111's fields: an SDXL inpainting model renders inpainting only.
+            "inpainting": self.entry.inpainting,
         }
 
 

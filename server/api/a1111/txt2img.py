@@ -177,9 +177,12 @@ async def _prepare(
     state: AppState, user: User, req: models.Txt2ImgRequest, size: tuple[int, int]
 ) -> Prepared:
     canonical = _sampler("sampler_name", req.sampler, req.scheduler)
-    checkpoint = await chosen_checkpoint(
-        state, user, req.override_settings.get("sd_model_checkpoint")
-    )
+    override = req.override_settings.get("sd_model_checkpoint")
+    checkpoint = await chosen_checkpoint(state, user, override)
+    refusal = checkpoint.entry.refusal(masked=bool(getattr(req, "mask", None)))
+    if refusal is not None:  # named per call, or the user's default (POST /options)
+        where = "override_settings.sd_model_checkpoint" if override else "sd_model_checkpoint"
+        raise Invalid((where, refusal))
     tags = await off_loop(parse_tags, req.prompt, state.catalog)
     generation = parse(
         ImageGenerationRequest,

@@ -14,7 +14,8 @@ async function load() {
   const [models, loras, presets, list] = await Promise.all([
     api("/models"), api("/loras/available"), api("/presets"), api("/samplers"),
   ]);
-  $("model").replaceChildren(...models.map((m) => option(m.default ? "" : m.title, m.title + (m.default ? " (default)" : ""))));
+  // Text to image here: inpainting models render only jobs with a mask.
+  $("model").replaceChildren(...models.filter((m) => !m.inpainting).map((m) => option(m.default ? "" : m.title, m.title + (m.default ? " (default)" : ""))));
   samplers = list.samplers;
   const names = [...new Set(samplers.map((s) => s.sampler))];
   $("sampler").replaceChildren(...names.map((name) => option(name, name, name === "Euler")));

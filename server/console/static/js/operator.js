@@ -35,7 +35,7 @@ async function devices() {
 
 async function library() {
   const [models, loras] = await Promise.all([api("/models?include_incompatible=true"), api("/loras/available?include_incompatible=true")]);
-  $("model-list").replaceChildren(...models.map((m) => el("li", { text: `${m.title}${m.default ? " (default)" : ""}${m.compatible ? "" : ` — incompatible: ${m.incompatible_reason}`}` })));
+  $("model-list").replaceChildren(...models.map((m) => el("li", { text: `${m.title}${m.default ? " (default)" : ""}${m.inpainting ? " (inpainting only)" : ""}${m.compatible ? "" : ` — incompatible: ${m.incompatible_reason}`}` })));
   $("lora-library").replaceChildren(...loras.map((l) => el("li", { text: `${l.name}${l.compatible ? "" : ` — incompatible: ${l.incompatible_reason}`}` })));
 }
 
