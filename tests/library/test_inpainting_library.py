@@ -100,6 +100,12 @@ def test_inpainting_models_are_listed_and_refused_for_anything_but_inpainting(
     assert "xl-file" in error["details"]["available"]
     assert "xl-inpaint" not in error["details"]["available"]
 
+    # OpenAI's images API: the model param (its model_not_found), with the reason.
+    response = client.post("/v1/images/generations", json={"prompt": "x", "model": "xl-inpaint"})
+    assert response.status_code == 404, response.text
+    error = response.json()["error"]
+    assert error["param"] == "model" and "renders only inpainting" in error["message"]
+
     # AUTOMATIC1111: txt2img, hires fix, img2img without a mask name the override.
     init, _ = inputs()
     override = {"sd_model_checkpoint": listed["xl-inpaint"]["title"]}
