@@ -50,23 +50,39 @@ def conditioning(binary: torch.Tensor, masked_latents: torch.Tensor) -> torch.Te
     return torch.cat([small.to(masked_latents), masked_latents], dim=1)
 
 
-@contextmanager
-def conditioned(unet: Any, extra: torch.Tensor) -> Iterator[None]:
-    """While inside, every UNet call gets `extra` (one row per image) after its sample's
-    channels; under classifier-free guidance the sample holds the rows twice (unconditional,
-    then conditional, in the same image order), and so does what is appended."""
+class _ExtraChannels:
+    """The forward pre-hook of an inpainting UNet: `rows` (one per image) appended after
+    its sample's channels. Under classifier-free guidance the sample holds the images
+    twice (unconditional, then conditional, in the same order), and so does what is
+    appended. One per UNet, installed once, so a compiled UNet sees the same hook on
+    every render."""
 
-    def before(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def __init__(self) -> None:
+        self.rows: torch.Tensor | None = None
+
+    def __call__(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if self.rows is None:
+            raise InpaintingOnly("an SDXL inpainting UNet was called without its mask")
         sample = args[0] if args else kwargs["sample"]
-        rows = extra.to(sample.device, sample.dtype)
+        rows = self.rows.to(sample.device, sample.dtype)
         rows = rows.repeat(sample.shape[0] // rows.shape[0], 1, 1, 1)
         sample = torch.cat([sample, rows], dim=1)
         if args:
             return (sample, *args[1:]), kwargs
         return args, {**kwargs, "sample": sample}
 
-    handle = unet.register_forward_pre_hook(before, with_kwargs=True)
+
+@contextmanager
+def conditioned(unet: Any, extra: torch.Tensor) -> Iterator[None]:
+    """While inside, every call of the inpainting `unet` gets `extra` (one row per image,
+    from `conditioning`) after its sample's channels."""
+    hook = unet.__dict__.get("_darkroom_extra_channels")
+    if hook is None:
+        hook = _ExtraChannels()
+        unet.register_forward_pre_hook(hook, with_kwargs=True)
+        unet.__dict__["_darkroom_extra_channels"] = hook
+    hook.rows = extra
     try:
         yield
     finally:
-        handle.remove()
+        hook.rows = None
