@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from checkpoint_builders import build_tiny_xl, build_tiny_xl_inpainting, to_single_file
-from conftest import AppFactory
+from conftest import AppFactory, fetch_image, wait_done
 from pipelines import image_ops
 
-SIZE = {"width": 256, "height": 256, "steps": 3}
+SIZE = {"width": 256, "height": 256, "steps": 10}  # the contract takes 10 and up
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,8 @@ def test_a1111_inpainting_on_an_inpainting_model(library: Path, make_client: App
     kept = np.asarray(init)[outside]
     body = {
         "prompt": "a red door", "seed": 3, "denoising_strength": 0.75, "mask": b64(mask),
-        "init_images": [b64(init)], "inpainting_fill": 1, "inpaint_full_res": False, **SIZE,
+        "init_images": [b64(init)], "inpainting_fill": 1, "inpaint_full_res": False,
+        "cfg_scale": 7.0, **SIZE,
     }  # fmt: skip
 
     def inpaint(model: str, **more: object) -> tuple[np.ndarray, dict]:
@@ -164,6 +165,24 @@ def test_a1111_inpainting_on_an_inpainting_model(library: Path, make_client: App
     base, _ = inpaint("xl-file")
     assert np.array_equal(base[outside], kept)
     assert np.abs(base.astype(int) - first)[~outside].mean() > 5
+    # The contract's POST /image/generate: with a mask it may name the model (the same
+    # job as the A1111 call above, the same pixels); without one, settings.model is refused.
+    contract = {
+        "prompt": "a red door", "init_image": body["init_images"][0], "mask": body["mask"],
+        "settings": {
+            "model": "xl-inpaint", "seed": 3, "denoising_strength": 0.75, "cfg_scale": 7.0,
+            "sampler": "euler", **SIZE,
+        },
+        "options": {"format": "png"},
+    }  # fmt: skip
+    submitted = client.post("/image/generate", json=contract)
+    assert submitted.status_code == 202, submitted.text
+    done = wait_done(client, submitted.json()["request_id"])
+    assert done["status"] == "completed", done
+    assert np.array_equal(np.asarray(fetch_image(client, done["images"][0]["url"])), first)
+    response = client.post("/image/generate", json={**contract, "mask": None})
+    assert response.status_code == 400, response.text
+    assert "settings.model" in response.json()["error"]["details"]["fields"]
     # LoRAs: SDXL's rule (the xl LoRA fits, the tiny model's does not).
     styled, _ = inpaint("xl-inpaint", prompt="a red door <lora:xl-lora-0:1>")
     assert np.array_equal(styled[outside], kept)
