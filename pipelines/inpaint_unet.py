@@ -30,9 +30,13 @@ def takes_mask(unet: Any) -> bool:
 
 
 def check_spec(unet: Any, spec: GenerationSpec) -> None:
-    if takes_mask(unet) and (spec.image is None or spec.image.mask is None):
+    """An inpainting UNet renders an inpainting, and no hires fix of it (a second pass
+    over the whole picture has no mask to give it)."""
+    masked = spec.image is not None and spec.image.mask is not None
+    if takes_mask(unet) and (not masked or spec.hires is not None):
         raise InpaintingOnly(
-            "an SDXL inpainting model (9 input channels) renders only inpainting jobs (with a mask)"
+            "an SDXL inpainting model (9 input channels) renders only inpainting jobs (with a"
+            " mask, without a hires fix)"
         )
 
 

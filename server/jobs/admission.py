@@ -110,7 +110,7 @@ class Admission:
             )
             check_lengths(request.prompt, settings.negative_prompt, self.settings.max_prompt_chars)
             model, loras = resolve_request(self.models, self.catalog, request)
-            self.models.check_use(model, masked=image_jobs.has_mask(image_job))
+            self.models.check_use(model, *image_jobs.mask_and_hires(image_job))
             extra = {**(extra or {}), **({image_jobs.KEY: image_job} if image_job else {})}
             parts = image_jobs.image_parts(extra)
             provider = PROVIDER_NAME

@@ -36,9 +36,11 @@ def image_parts(stored: dict[str, Any], vault: Vault | None = None) -> dict[str,
     return parts
 
 
-def has_mask(job: dict[str, Any] | None) -> bool:
-    """Whether an image job is an inpainting (what an SDXL inpainting model may render)."""
-    return bool(((job or {}).get("image") or {}).get("mask"))
+def mask_and_hires(job: dict[str, Any] | None) -> tuple[bool, bool]:
+    """Whether an image job is an inpainting, and has a hires fix (an SDXL inpainting model
+    renders an inpainting without one)."""
+    job = job or {}
+    return bool((job.get("image") or {}).get("mask")), bool(job.get("hires"))
 
 
 def inputs_of(stored: dict[str, Any]) -> dict[str, dict[str, Any]]:

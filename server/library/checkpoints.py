@@ -70,12 +70,13 @@ class ModelEntry:
         """An SDXL inpainting checkpoint (9-channel UNet): inpainting jobs only."""
         return self.compatible and self.base_model == SDXL_INPAINTING
 
-    def refusal(self, masked: bool) -> str | None:
-        """Why this model cannot render a job (None: it can); `masked`: an inpainting job."""
-        if self.inpainting and not masked:
+    def refusal(self, masked: bool, hires: bool = False) -> str | None:
+        """Why this model cannot render a job (None: it can); `masked`: an inpainting job,
+        `hires`: with a hires fix (a second pass has no mask for an inpainting UNet)."""
+        if self.inpainting and (not masked or hires):
             return (
                 f"model {self.name!r} is an SDXL inpainting model: it renders only"
-                " inpainting (an image-to-image with a mask)"
+                " inpainting (an image-to-image with a mask, without a hires fix)"
             )
         return None
 
@@ -160,12 +161,13 @@ class ModelCatalog:
                 raise _invalid(f"model {name!r} cannot be used: {entry.reason}", self)
         raise _invalid(f"unknown model {name!r}", self)
 
-    def check_use(self, entry: ModelEntry, masked: bool) -> None:
+    def check_use(self, entry: ModelEntry, masked: bool, hires: bool = False) -> None:
         """A VALIDATION_ERROR naming settings.model when `entry` cannot render this job (an
-        inpainting model, a job without a mask), listing the models that can."""
-        reason = entry.refusal(masked)
+        inpainting model, a job without a mask or with a hires fix), listing the models
+        that can."""
+        reason = entry.refusal(masked, hires)
         if reason is not None:
-            raise _invalid(reason, self, masked)
+            raise _invalid(reason, self, masked, hires)
 
     def lora_check(self, entry: ModelEntry) -> Any:
         """LoRA fit against this model (pipelines.lora_fit.LoraFit, from the checkpoint's
@@ -316,8 +318,10 @@ class ModelCatalog:
         return [hub, *entries]
 
 
-def _invalid(message: str, catalog: ModelCatalog, masked: bool = True) -> ApiError:
-    names = [entry.name for entry in catalog.entries() if entry.refusal(masked) is None]
+def _invalid(
+    message: str, catalog: ModelCatalog, masked: bool = True, hires: bool = False
+) -> ApiError:
+    names = [entry.name for entry in catalog.entries() if entry.refusal(masked, hires) is None]
     return ApiError(
         ErrorCode.VALIDATION_ERROR,
         f"Invalid request: settings.model: {message}; available: {', '.join(names)}",

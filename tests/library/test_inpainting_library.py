@@ -166,7 +166,8 @@ def test_a1111_inpainting_on_an_inpainting_model(library: Path, make_client: App
     assert np.array_equal(base[outside], kept)
     assert np.abs(base.astype(int) - first)[~outside].mean() > 5
     # The contract's POST /image/generate: with a mask it may name the model (the same
-    # job as the A1111 call above, the same pixels); without one, settings.model is refused.
+    # job as the A1111 call above, the same pixels); without one, or with a hires fix,
+    # settings.model is refused.
     contract = {
         "prompt": "a red door", "init_image": body["init_images"][0], "mask": body["mask"],
         "settings": {
@@ -180,9 +181,11 @@ def test_a1111_inpainting_on_an_inpainting_model(library: Path, make_client: App
     done = wait_done(client, submitted.json()["request_id"])
     assert done["status"] == "completed", done
     assert np.array_equal(np.asarray(fetch_image(client, done["images"][0]["url"])), first)
-    response = client.post("/image/generate", json={**contract, "mask": None})
-    assert response.status_code == 400, response.text
-    assert "settings.model" in response.json()["error"]["details"]["fields"]
+    hires = {**contract["settings"], "hires": {"scale": 1.5}}
+    for refused in ({**contract, "mask": None}, {**contract, "settings": hires}):
+        response = client.post("/image/generate", json=refused)
+        assert response.status_code == 400, response.text
+        assert "hires fix" in response.json()["error"]["details"]["fields"]["settings.model"]
     # LoRAs: SDXL's rule (the xl LoRA fits, the tiny model's does not).
     styled, _ = inpaint("xl-inpaint", prompt="a red door <lora:xl-lora-0:1>")
     assert np.array_equal(styled[outside], kept)

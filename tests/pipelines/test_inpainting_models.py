@@ -173,10 +173,12 @@ def test_anything_but_inpainting_is_refused(
     renderer: SDXLRenderer, models: dict[str, Path], files: dict
 ) -> None:
     hires = HiresFix(128, 128, "Latent", 2, 0.5)
+    masked = ImageInput(files["init"], 0.5, mask=files["mask"])
     for spec in (
         BASE,
         replace(BASE, image=ImageInput(files["init"], 0.5)),
         replace(BASE, hires=hires),
+        replace(BASE, image=masked, hires=hires),  # a second pass would have no mask
     ):
         with pytest.raises(InpaintingOnly, match="renders only inpainting"):
             renderer.render(on(models, "inpaint", spec))
