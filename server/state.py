@@ -76,10 +76,13 @@ class AppState:
         """Stop a generation wherever it is: out of the queue, stopped at its next step, or
         (a remote job) passed on to its runner; failed CANCELLED now, so nothing it makes is
         recorded or charged. False if it had already ended."""
+        # The row first: a running job told to stop could otherwise end itself, cancelled,
+        # before this call's own answer is decided (and it would say "nothing to cancel").
+        cancelled = self.store.fail(generation_id, cancelled_error())
         self.queue.cancel(generation_id)
         if self.providers is not None:
             self.providers.cancel(generation_id)
-        return self.store.fail(generation_id, cancelled_error())
+        return cancelled
 
     def close(self) -> None:
         if self.providers is not None:
