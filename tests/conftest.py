@@ -95,6 +95,10 @@ def make_client(
         )
         client = TestClient(create_app(settings, renderer or tiny_renderer))
         stack.enter_context(client)
+        # close() shuts the app down (its lifespan: workers, threads, the database), as a
+        # stopped server is; TestClient's own close() would only close the HTTP transport
+        # and leave the app running beside the next one on its data dir.
+        client.close = lambda: client.__exit__(None, None, None)  # type: ignore[method-assign]
         if wait:
             wait_healthy(client)
         return client
