@@ -142,3 +142,30 @@ def flatten(image: Image.Image, background: str = "#ffffff") -> Image.Image:
         flat.alpha_composite(image)
         return flat.convert("RGB")
     return image.convert("RGB")
+
+
+def open_inputs(
+    init_path: str, mask_path: str | None, invert: bool, blur: int
+) -> tuple[Image.Image, Image.Image | None]:
+    """An img2img's init image (flattened) and mask (binary, inverted when asked, resized
+    to the init image's size as A1111 resizes it with the image, blurred) from their files."""
+    with Image.open(init_path) as opened:
+        image = flatten(opened)
+    if mask_path is None:
+        return image, None
+    with Image.open(mask_path) as opened:
+        mask = binary_mask(opened, invert)
+    if mask.size != image.size:
+        mask = mask.resize(image.size, LANCZOS)
+    return image, blur_mask(mask, blur)
+
+
+def fit_masked(
+    mode: int, image: Image.Image, mask: Image.Image, width: int, height: int
+) -> tuple[Image.Image, Image.Image, Image.Image]:
+    """A whole-picture inpainting's image and mask at the output size (resize `mode`) and
+    the overlay laid over its result (A1111 doubles the blurred mask for it)."""
+    mask = resize_image(mode, mask, width, height)
+    image = resize_image(mode, image, width, height)
+    doubled = np.clip(np.asarray(mask, dtype=np.float32) * 2, 0, 255).astype(np.uint8)
+    return image, mask, overlay_of(image, Image.fromarray(doubled))

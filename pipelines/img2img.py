@@ -12,7 +12,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -79,15 +78,11 @@ def prepare(renderer: SDXLRenderer, spec: GenerationSpec) -> Start:
     image_in = spec.image
     assert image_in is not None
     width, height = spec.width, spec.height
-    with Image.open(image_in.init_image) as opened:
-        image = image_ops.flatten(opened)
+    image, mask = image_ops.open_inputs(
+        image_in.init_image, image_in.mask, image_in.inpainting_mask_invert, image_in.mask_blur
+    )
     overlay = paste_to = latent_mask = None
-    if image_in.mask is not None:
-        with Image.open(image_in.mask) as opened:
-            mask = image_ops.binary_mask(opened, image_in.inpainting_mask_invert)
-        if mask.size != image.size:  # A1111 resizes the mask with the image
-            mask = mask.resize(image.size, image_ops.LANCZOS)
-        mask = image_ops.blur_mask(mask, image_in.mask_blur)
+    if mask is not None:
         box = None
         if image_in.inpaint_full_res:
             box = image_ops.crop_region(mask, image_in.inpaint_full_res_padding)
@@ -99,10 +94,7 @@ def prepare(renderer: SDXLRenderer, spec: GenerationSpec) -> Start:
             image = image_ops.resize_image(2, image.crop(box), width, height)
         else:
             mode = image_in.resize_mode if image_in.resize_mode != 3 else 0
-            latent_mask = image_ops.resize_image(mode, mask, width, height)
-            doubled = np.clip(np.asarray(latent_mask, dtype=np.float32) * 2, 0, 255)
-            image = image_ops.resize_image(mode, image, width, height)
-            overlay = image_ops.overlay_of(image, Image.fromarray(doubled.astype(np.uint8)))
+            image, latent_mask, overlay = image_ops.fit_masked(mode, image, mask, width, height)
         if image_in.inpainting_fill != 1:
             image = image_ops.fill(image, latent_mask)
     elif image_in.resize_mode == 3:

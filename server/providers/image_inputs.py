@@ -9,7 +9,6 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from pipelines import image_ops
@@ -76,19 +75,11 @@ class FalInputs:
 def fal_inputs(image: ImageInput, width: int, height: int) -> FalInputs:
     """The init image resized to the output size by `resize_mode` (fal takes the size from
     `image_size`); the mask inverted, blurred and resized as pipelines.img2img does."""
-    with Image.open(image.init_image) as opened:
-        init = image_ops.flatten(opened)
-    if image.mask is None:
+    init, mask = image_ops.open_inputs(
+        image.init_image, image.mask, image.inpainting_mask_invert, image.mask_blur
+    )
+    if mask is None:
         resized = image_ops.resize_image(image.resize_mode, init, width, height)
         return FalInputs(data_uri(resized), None, None)
-    with Image.open(image.mask) as opened:
-        mask = image_ops.binary_mask(opened, image.inpainting_mask_invert)
-    if mask.size != init.size:
-        mask = mask.resize(init.size, image_ops.LANCZOS)
-    mask = image_ops.resize_image(
-        image.resize_mode, image_ops.blur_mask(mask, image.mask_blur), width, height
-    )
-    resized = image_ops.resize_image(image.resize_mode, init, width, height)
-    doubled = np.clip(np.asarray(mask, dtype=np.float32) * 2, 0, 255).astype(np.uint8)
-    overlay = image_ops.overlay_of(resized, Image.fromarray(doubled))
+    resized, mask, overlay = image_ops.fit_masked(image.resize_mode, init, mask, width, height)
     return FalInputs(data_uri(resized), data_uri(mask), overlay)
