@@ -21,10 +21,9 @@ from server.contract import (
     JsonInt,
     _Strict,
 )
-from server.jobs.image_jobs import HIRES_STRENGTH, MAX_HIRES_SIZE
+from server.jobs.image_jobs import HIRES_STRENGTH, INIT_STRENGTH, MAX_HIRES_SIZE
 
 HIRES_UPSCALERS = (*LATENT_UPSCALERS, *IMAGE_UPSCALERS)
-INIT_STRENGTH = 0.75  # AUTOMATIC1111's img2img default
 IMAGE_FIELDS = ("init_image", "mask")
 IMAGE_DESCRIPTION = "Bare base64 or a data:image/...;base64, URL"
 

@@ -12,7 +12,6 @@ from typing import Any
 from server.api.image_input import ImageInputError, InputImage, read_base64, render_size
 from server.contract import ApiError, ErrorCode, ImageGenerationRequest, parse
 from server.contract_images import (
-    INIT_STRENGTH,
     ImageGenerateBody,
     ImageSettings,
     plain_payload,
@@ -112,12 +111,11 @@ def image_job(
     vault: Vault, settings: ImageSettings, init: InputImage, mask: InputImage | None
 ) -> dict[str, Any]:
     """Store the inputs in the vault and describe the job (server.jobs.image_jobs)."""
-    strength = settings.denoising_strength
     return image_jobs.new_job(
         vault,
         (init.png, init.size),
         (mask.png, mask.size) if mask is not None else None,
-        denoising_strength=INIT_STRENGTH if strength is None else strength,
+        denoising_strength=settings.denoising_strength,
         resize_mode=settings.resize_mode,
         mask_blur=settings.mask_blur,
         inpainting_fill=settings.inpainting_fill,

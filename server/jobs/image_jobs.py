@@ -16,6 +16,7 @@ KEY = "image_job"
 PENDING = "pending_files"
 MAX_HIRES_SIZE = 4096
 HIRES_STRENGTH = 0.7  # AUTOMATIC1111's hires fix default
+INIT_STRENGTH = 0.75  # AUTOMATIC1111's img2img default
 _HIRES_FIELDS = tuple(f.name for f in fields(HiresFix))
 
 
@@ -56,7 +57,9 @@ def new_job(
 ) -> dict[str, Any]:
     """An image-to-image's part of a request: its init image and mask (PNG bytes and size)
     kept in the vault once per content, and pipelines.spec.ImageInput's other fields
-    (`image`: denoising_strength, resize_mode, mask_blur, inpainting_fill, ...)."""
+    (`image`: denoising_strength (None: INIT_STRENGTH), resize_mode, mask_blur, ...)."""
+    if image.get("denoising_strength") is None:
+        image["denoising_strength"] = INIT_STRENGTH
     inputs, files = {}, {}
     for field, given in (("init_image", init), ("mask", mask)):
         if given is not None:

@@ -57,12 +57,11 @@ def image_job(
 ) -> dict[str, Any]:
     """Store the inputs in the vault and describe the job (server.jobs.image_jobs)."""
     blur = req.mask_blur if req.mask_blur is not None else req.mask_blur_x
-    strength = 0.75 if req.denoising_strength is None else req.denoising_strength
     return image_jobs.new_job(
         state.vault,
         (init.png, init.size),
         (mask.png, mask.size) if mask is not None else None,
-        denoising_strength=strength,
+        denoising_strength=req.denoising_strength,
         resize_mode=req.resize_mode,
         mask_blur=blur,
         inpainting_fill=req.inpainting_fill,

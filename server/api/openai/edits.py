@@ -34,7 +34,7 @@ from server.jobs import image_jobs
 from server.state import AppState, state_of
 
 MASKED_STRENGTH = 1.0  # a masked area is repainted
-UNMASKED_STRENGTH = 0.75  # AUTOMATIC1111's img2img default
+UNMASKED_STRENGTH = image_jobs.INIT_STRENGTH
 VARIATION_STRENGTH = 0.6
 MASK_BLUR = 4  # AUTOMATIC1111's default
 NUMBERS = {"steps": int, "seed": int, "cfg_scale": float, "strength": float}
