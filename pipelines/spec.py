@@ -159,6 +159,11 @@ class GenerationSpec:
         return done
 
     @property
+    def base_steps_run(self) -> float:
+        """pixel_steps as steps at the base size: what credits count per image."""
+        return self.pixel_steps / (self.width * self.height)
+
+    @property
     def work_pixel_steps(self) -> float:
         """pixel_steps plus the VAE encodes an image-to-image adds (the init image's, and a
         hires fix's through an image upscaler), each counted as VAE_ENCODE_STEPS steps at

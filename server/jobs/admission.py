@@ -121,11 +121,12 @@ class Admission:
             seed_fixed = settings.seed != -1
             seed = settings.seed if seed_fixed else secrets.randbelow(MAX_SEED + 1)
             spec = build_spec(request, seed, loras, model, **parts)
-            steps_run = spec.pixel_steps / (spec.width * spec.height)  # both passes of a hires fix
             # The estimate also counts the VAE encodes of an image-to-image; the cost does not.
             steps_worked = spec.work_pixel_steps / (spec.width * spec.height)
             units = work_units(settings.width, settings.height, steps_worked, options.num_images)
-            cost = credits_for(settings.width, settings.height, steps_run, options.num_images)
+            cost = credits_for(
+                settings.width, settings.height, spec.base_steps_run, options.num_images
+            )
             request_id = uuid.uuid4().hex
 
             def admit(db: Connection) -> None:

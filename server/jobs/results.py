@@ -115,8 +115,7 @@ class ResultWriter:
                 zip(written, spec.seeds, images, strict=True)
             )
         ]
-        steps_run = spec.pixel_steps / (spec.width * spec.height)  # both passes of a hires fix
-        credits = credits_for(spec.width, spec.height, steps_run, len(images))
+        credits = credits_for(spec.width, spec.height, spec.base_steps_run, len(images))
         recorded = False
         try:
             recorded = self.store.complete(
