@@ -66,3 +66,16 @@ def live_server(
     tokens = {name: add_user(data_dir, name, *user_flags) for name, user_flags in users.items()}
     with ServerProcess(data_dir, models_dir, root / "server.log", *flags) as process:
         yield LiveServer(process.base, tokens, data_dir, process)
+
+
+def darkroom(
+    server: LiveServer, *args: str, user: str = "alice", module: str = "server.cli"
+) -> subprocess.CompletedProcess[str]:
+    """The `darkroom` command (or `module`) run as `user` against `server`."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        env=server.env(user),
+        timeout=300,
+    )

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from client_fixtures import SMALL, LiveServer, live_server
+from client_fixtures import SMALL, LiveServer, darkroom, live_server
 from darkroom_client import Client
 
 
@@ -34,14 +34,6 @@ def server(
     yield from live_server(root, models_dir, {"alice": (), "bob": ()})
 
 
-def darkroom(server: LiveServer, *args: str, user: str = "alice", module: str = "server.cli"):
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        env=server.env(user),
-        timeout=300,
-    )
 
 
 def test_generate_writes_images_and_sidecars(server: LiveServer, tmp_path: Path) -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client_fixtures import SMALL, LiveServer, live_server
+from client_fixtures import SMALL, LiveServer, darkroom, live_server
 from darkroom_client import AsyncClient, Client
 
 
@@ -45,14 +43,6 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return folder / "init.png", folder / "mask.png"
 
 
-def darkroom(server: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
-        capture_output=True,
-        text=True,
-        env=server.env(),
-        timeout=300,
-    )
 
 
 def pixels(data: bytes) -> np.ndarray:
