@@ -5,8 +5,8 @@ generation = Client().generate("a lighthouse at dusk", steps=20, size="512x512")
 generation.save("out/")
 """
 
-from darkroom_client._core import build_request
 from darkroom_client.async_client import AsyncClient
+from darkroom_client.bodies import build_request
 from darkroom_client.client import Client
 from darkroom_client.errors import (
     Cancelled,

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from darkroom_client._core import SETTING_KWARGS, build_request
+from darkroom_client.bodies import SETTING_KWARGS, build_request
 from darkroom_client.client import Client
 from darkroom_client.commands import (
     LoraNames,

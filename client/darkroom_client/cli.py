@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from darkroom_client import __version__
-from darkroom_client._core import OPTION_NAMES, SETTING_NAMES
 from darkroom_client.batch import cmd_batch
+from darkroom_client.bodies import OPTION_NAMES, SETTING_NAMES
 from darkroom_client.client import Client
 from darkroom_client.commands import cmd_edit, cmd_generate, fail
 from darkroom_client.errors import DarkroomError

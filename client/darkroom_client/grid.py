@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from darkroom_client._core import build_request, parse_size
+from darkroom_client.bodies import build_request, parse_size
 from darkroom_client.client import Client
 from darkroom_client.commands import (
     MAX_SEED,

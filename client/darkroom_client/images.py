@@ -1,5 +1,5 @@
 """Request bodies for image to image (`Client.edit`) and the hires fix (`generate(...,
-hires=2)`): _core.build_request's body plus the contract's `init_image`, `mask` and the
+hires=2)`): bodies.build_request's body plus the contract's `init_image`, `mask` and the
 image settings (docs/image-to-image.md)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from darkroom_client._core import build_request
+from darkroom_client.bodies import build_request
 
-# Keyword settings a body takes beside _core's (SETTING_KWARGS), as `settings` fields.
+# Keyword settings a body takes beside bodies.SETTING_KWARGS, as `settings` fields.
 IMAGE_SETTINGS = frozenset({
     "denoising_strength", "resize_mode", "mask_blur", "inpainting_fill", "inpaint_full_res",
     "inpaint_full_res_padding", "inpainting_mask_invert",

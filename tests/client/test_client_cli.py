@@ -311,8 +311,8 @@ def test_reproduce_explains_an_image_to_image(
 def test_batch_help_documents_the_line_format_with_examples_that_work(
     server: LiveServer,
 ) -> None:
-    from darkroom_client._core import SETTING_KWARGS
     from darkroom_client.batch import batch_body
+    from darkroom_client.bodies import SETTING_KWARGS
     from darkroom_client.commands import LoraNames
 
     result = darkroom(server, "batch", "--help")
