@@ -15,6 +15,7 @@ from server.store.loras import LoraQueries
 from server.store.models import ModelQueries
 from server.store.presets import PresetQueries
 from server.store.remote import RemoteQueries
+from server.store.speed import SpeedQueries
 from server.store.webhooks import WebhookQueries
 
 
@@ -29,5 +30,6 @@ class Store(
     IdempotencyQueries,
     ActivityQueries,
     InputQueries,
+    SpeedQueries,
 ):
     """The database: open it with `Store(path or postgresql URL)`; it migrates itself."""

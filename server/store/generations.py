@@ -14,8 +14,6 @@ from server.store.database import Connection, Database, insert_id
 from server.store.inputs import input_names, record_inputs, release_inputs
 
 ACTIVE = ("pending", "processing")
-# Rendered by this server's own pool (remote providers' times say nothing of its speed).
-LOCAL = "(provider IS NULL OR provider = 'darkroom')"
 
 
 @dataclass(frozen=True)
@@ -336,35 +334,6 @@ class GenerationQueries(Database):
             )
             return files, release_inputs(db, generation_id)
 
-    def seconds_per_work_unit(self, recent: int = 20) -> float | None:
-        """Measured render speed over the most recent completed jobs."""
-        row = self.fetch_one(
-            "SELECT SUM(render_seconds) AS seconds, SUM(work_units) AS units FROM ("
-            " SELECT render_seconds, work_units FROM generations WHERE status = 'completed'"
-            f" AND render_seconds IS NOT NULL AND {LOCAL} ORDER BY id DESC LIMIT ?) AS recent",
-            (recent,),
-        )
-        if not row or not row["units"]:
-            return None
-        return float(row["seconds"]) / float(row["units"])
-
-    def seconds_per_work_unit_by_size(self, recent: int = 200) -> dict[int, float]:
-        """Measured render speed per image size (width x height) over recent jobs."""
-        rows = self.fetch_all(
-            "SELECT pixels, SUM(render_seconds) AS seconds, SUM(work_units) AS units FROM ("
-            f" SELECT {self.json_number('request_json', '$.settings.width')}"
-            f" * {self.json_number('request_json', '$.settings.height')} AS pixels,"
-            " render_seconds, work_units FROM generations WHERE status = 'completed'"
-            f" AND render_seconds IS NOT NULL AND {LOCAL} ORDER BY id DESC LIMIT ?) AS recent"
-            " GROUP BY pixels",
-            (recent,),
-        )
-        return {
-            int(row["pixels"]): float(row["seconds"]) / float(row["units"])
-            for row in rows
-            if row["units"] and row["pixels"]
-        }
-
     def expired_temporary_images(self, older_than: float) -> list[dict[str, Any]]:
         return self.fetch_all(
             "SELECT * FROM images WHERE in_vault = 0 AND purged = 0 AND created_at < ?",
@@ -391,15 +360,3 @@ class GenerationQueries(Database):
     def pending_count(db: Connection) -> int:
         sql = "SELECT COUNT(*) FROM generations WHERE status = 'pending'"
         return int(db.execute(sql).fetchone()[0])
-
-    def finished_counts(self) -> list[dict[str, Any]]:
-        """Finished generations by status and error code (the metrics' job counter)."""
-        return self.fetch_all(
-            f"SELECT status, COALESCE({self.json_text('error_json', '$.code')}, '') AS code,"
-            " COUNT(*) AS n FROM generations WHERE status IN ('completed', 'failed')"
-            " GROUP BY status, code"
-        )
-
-    def image_count(self) -> int:
-        row = self.fetch_one("SELECT COUNT(*) AS n FROM images")
-        return int(row["n"]) if row else 0
