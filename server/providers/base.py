@@ -240,6 +240,12 @@ class Http:
         self.base = base
         auth = OriginAuth(origin, credentials) if credentials else None
         self.client = httpx.Client(timeout=timeout, auth=auth)
+        # Submits each go over a new connection: on a kept-alive one the remote may have
+        # closed while idle, the request fails as if it had been sent, and a submit is
+        # never sent twice, so a job would fail `submit_uncertain` that never reached it.
+        self.fresh = httpx.Client(
+            timeout=timeout, auth=auth, limits=httpx.Limits(max_keepalive_connections=0)
+        )
 
     def request(
         self,
@@ -259,7 +265,8 @@ class Http:
                 kwargs: dict[str, Any] = {"json": json} if json is not None else {}
                 if timeout is not None:
                     kwargs["timeout"] = timeout
-                response = self.client.request(method, url, **kwargs)
+                client = self.client if idempotent else self.fresh
+                response = client.request(method, url, **kwargs)
             except httpx.TransportError as exc:
                 last = UpstreamError(
                     self.provider,
@@ -321,6 +328,7 @@ class Http:
 
     def close(self) -> None:
         self.client.close()
+        self.fresh.close()
 
 
 def uncertain(exc: UpstreamError, how: str) -> UpstreamError:

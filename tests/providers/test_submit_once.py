@@ -59,7 +59,7 @@ def scripted(failure: Failure) -> tuple[Http, list[str]]:
         return failure(request) if len(calls) == 1 else httpx.Response(200, json={"ok": 1})
 
     http = Http("fal", Health(), 5.0, 3, 0.001, "http://fal.test")
-    http.client = httpx.Client(transport=httpx.MockTransport(handle))
+    http.client = http.fresh = httpx.Client(transport=httpx.MockTransport(handle))
     return http, calls
 
 
@@ -154,3 +154,50 @@ def test_a_connection_closed_after_the_submit_was_sent_is_uncertain(hangs_up: st
         http.request("POST", f"{hangs_up}/app", json={"prompt": "x"}, idempotent=False)
     assert caught.value.reason == "submit_uncertain"
     assert "RemoteProtocolError" in caught.value.message
+
+
+def test_a_submit_never_rides_a_kept_alive_connection() -> None:
+    """A kept-alive connection the remote closed while idle fails a request as if it had
+    been sent; a submit is never sent twice, so submits each open their own connection
+    (other calls reuse theirs)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    connections: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            connections.append(1)
+
+        def _answer(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            self.rfile.read(length)
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    http = Http("fal", Health(), 5.0, 0, 0.001, base)
+    try:
+        for _ in range(3):
+            http.request("GET", f"{base}/status")
+        assert len(connections) == 1  # polls keep their connection
+        for _ in range(3):
+            http.request("POST", f"{base}/app", json={}, idempotent=False)
+        assert len(connections) == 4  # each submit on a new one
+    finally:
+        http.close()
+        server.shutdown()
+        server.server_close()
